@@ -1,0 +1,16 @@
+"""gpufleet's Prefect flows. `ALL_FLOWS` maps each flow's name to the flow, for the worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def all_flows() -> dict[str, Any]:
+    from flows.delete import delete, delete_instance
+    from flows.deploy import deploy
+    from flows.node import serve_instance, stop_instance_flow
+    from flows.restart import restart
+    from flows.scale import scale, start, stop
+
+    flows = [deploy, scale, stop, start, delete, delete_instance, restart, serve_instance, stop_instance_flow]
+    return {f.name: f for f in flows}

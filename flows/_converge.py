@@ -1,0 +1,91 @@
+"""The recipe shared by deploy, scale, stop, start, delete and delete_instance:
+bring a deployment's instances to its replica count."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect import get_run_logger
+from pydantic import BaseModel
+
+from gpufleet.core.states import InstanceState
+from tasks.dispatch import run_on_node, wait_for_node_runs
+from tasks.model import estimate_resources, fetch_metadata
+from tasks.scheduling import select_gpus
+from tasks.server import (
+    plan_replicas,
+    read_deployment,
+    read_instance,
+    remove_instance_record,
+    report_state,
+)
+
+STOP_TIMEOUT_S = 120.0
+
+
+class ConvergeReport(BaseModel):
+    deployment: str
+    created: list[int]
+    placed: dict[int, str]  # instance id -> worker
+    unplaced: dict[int, str]  # instance id -> reason
+    removed: list[int]
+    node_runs: dict[str, str]  # flow run id -> final state
+
+
+def remove_instances(instance_ids: list[int]) -> list[int]:
+    """Stop each instance's backend on its node, then drop its record (releasing its claims)."""
+    stop_runs: list[UUID] = []
+    for iid in instance_ids:
+        inst = read_instance(iid)
+        if inst is not None and inst.worker is not None:
+            stop_runs.append(
+                run_on_node("stop-instance", inst.worker, {"instance_id": iid}, f"stop-{iid}-{inst.updated_at.timestamp()}")
+            )
+    if stop_runs:
+        results = wait_for_node_runs(stop_runs, timeout=STOP_TIMEOUT_S)
+        failed = {r: s for r, s in results.items() if s != "Completed"}
+        if failed:
+            get_run_logger().warning(
+                "stop runs did not complete: %s; the node will stop unknown backends when it reconnects",
+                failed,
+            )
+    for iid in instance_ids:
+        remove_instance_record(iid)
+    return instance_ids
+
+
+def converge(name: str, wait: bool = True) -> ConvergeReport:
+    plan = plan_replicas(name)
+    removed = remove_instances(plan.removing) if plan.removing else []
+    placed: dict[int, str] = {}
+    unplaced: dict[int, str] = {}
+    serve_runs: list[UUID] = []
+    if plan.to_place:
+        dep = read_deployment(name)
+        for iid in plan.to_place:
+            report_state(iid, InstanceState.ANALYZING, "reading model metadata and estimating memory")
+        metadata = fetch_metadata(dep.source)
+        estimate = estimate_resources(metadata, dep.config())
+        for iid in plan.to_place:
+            inst = select_gpus(iid, estimate)
+            if inst.state != InstanceState.SCHEDULED or inst.worker is None:
+                unplaced[iid] = inst.state_message
+                continue
+            placed[iid] = inst.worker
+            serve_runs.append(
+                run_on_node(
+                    "serve-instance",
+                    inst.worker,
+                    {"instance_id": iid, "metadata": metadata.model_dump(mode="json") if metadata else None},
+                    f"serve-{iid}-{inst.restart_count}",
+                )
+            )
+    node_runs = wait_for_node_runs(serve_runs) if (serve_runs and wait) else {}
+    return ConvergeReport(
+        deployment=name,
+        created=plan.created,
+        placed=placed,
+        unplaced=unplaced,
+        removed=removed,
+        node_runs=node_runs,
+    )

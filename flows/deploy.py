@@ -1,0 +1,17 @@
+"""Flow `deploy`: record a deployment and bring up its replicas."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows._converge import ConvergeReport, converge
+from gpufleet.core.schemas import DeploymentSpec
+from tasks.server import register_deployment
+
+
+@flow(name="deploy", log_prints=True)
+def deploy(spec: DeploymentSpec) -> ConvergeReport:
+    """Idempotent: deploying the same spec twice changes nothing; a different spec
+    under an existing name is refused (use scale / edit)."""
+    register_deployment(spec)
+    return converge(spec.name)

@@ -1,0 +1,176 @@
+"""`gpufleet up`: an embedded single-machine cluster in the foreground.
+
+Starts (each as its own process, in its own session so that only this process
+decides when they stop): a Prefect server unless PREFECT_API_URL points at one,
+the gpufleet server, and one local node agent. Ctrl-C, SIGTERM or `gpufleet down`
+stops them in reverse order; the node stops its backends on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from gpufleet.settings import home
+
+PIDFILE = "up.pid"
+
+
+class StartFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> Child:
+    log = logs / f"{name}.log"
+    with log.open("ab") as f:
+        proc = subprocess.Popen(
+            args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        )
+    return Child(name, proc, log)
+
+
+def _wait_http(url: str, child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            tail = child.log.read_text(errors="replace")[-2000:]
+            raise StartFailed(f"{child.name} exited with code {child.proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise StartFailed(f"{child.name} did not answer {url} within {timeout:.0f} s; see {child.log}")
+
+
+def stop_children(children: list[Child], grace: float = 20.0) -> None:
+    for child in reversed(children):
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+            try:
+                child.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+
+
+@dataclass
+class Cluster:
+    api_url: str
+    prefect_api_url: str
+    prefect_ui_url: str | None
+    children: list[Child]
+    env: dict[str, str]
+
+    def stop(self) -> None:
+        stop_children(self.children)
+
+
+def cluster_env(prefect_api_url: str, server_url: str, gpufleet_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PREFECT_API_URL=prefect_api_url,
+        GPUFLEET_SERVER_URL=server_url,
+        GPUFLEET_HOME=str(gpufleet_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    env.setdefault("PREFECT_HOME", str(gpufleet_home / "prefect"))
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "0.5")
+    env.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    return env
+
+
+def start_cluster(
+    port: int,
+    prefect_port: int,
+    node_name: str,
+    virtual_gpus: str | None,
+    gpufleet_home: Path | None = None,
+    log=print,  # noqa: ANN001
+) -> Cluster:
+    gpufleet_home = gpufleet_home or home()
+    logs = gpufleet_home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    children: list[Child] = []
+    external_prefect = os.environ.get("PREFECT_API_URL")
+    prefect_api = external_prefect or f"http://127.0.0.1:{prefect_port}/api"
+    server_url = f"http://127.0.0.1:{port}"
+    env = cluster_env(prefect_api, server_url, gpufleet_home)
+    py = sys.executable
+    try:
+        if not external_prefect:
+            log(f"starting Prefect server on 127.0.0.1:{prefect_port} (logs: {logs / 'prefect.log'})")
+            prefect = _spawn("prefect", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                         "--port", str(prefect_port)], env, logs)
+            children.append(prefect)
+            _wait_http(f"{prefect_api}/health", prefect, 120)
+        log(f"starting gpufleet server on {server_url}")
+        server = _spawn("server", [py, "-m", "gpufleet.cli.main", "server", "--port", str(port)], env, logs)
+        children.append(server)
+        _wait_http(f"{server_url}/v1/health", server, 120)
+        node_args = [py, "-m", "gpufleet.cli.main", "node", "--name", node_name, "--server", server_url,
+                     "--stop-backends-on-exit"]
+        if virtual_gpus:
+            node_args += ["--virtual-gpus", virtual_gpus]
+        log(f"starting node {node_name}")
+        node = _spawn(f"node-{node_name}", node_args, env, logs)
+        children.append(node)
+        _wait_for_worker(server_url, node_name, node, 60)
+    except BaseException:
+        stop_children(children)
+        raise
+    ui = None if external_prefect else f"http://127.0.0.1:{prefect_port}"
+    return Cluster(server_url, prefect_api, ui, children, env)
+
+
+def _wait_for_worker(server_url: str, name: str, child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            tail = child.log.read_text(errors="replace")[-2000:]
+            raise StartFailed(f"node {name} exited with code {child.proc.returncode}:\n{tail}")
+        try:
+            workers = httpx.get(f"{server_url}/v1/workers", timeout=2).json()
+            if any(w["name"] == name and w["ready"] for w in workers):
+                return
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise StartFailed(f"node {name} did not register within {timeout:.0f} s; see {child.log}")
+
+
+def write_pidfile(gpufleet_home: Path) -> Path:
+    path = gpufleet_home / PIDFILE
+    path.write_text(str(os.getpid()))
+    return path
+
+
+def signal_running_cluster(gpufleet_home: Path) -> int | None:
+    """`gpufleet down`: ask a running `gpufleet up` to stop; returns its pid."""
+    path = gpufleet_home / PIDFILE
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        return None
+    return pid

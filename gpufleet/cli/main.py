@@ -1,0 +1,410 @@
+"""The `gpufleet` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+from gpufleet.cli.output import (
+    console,
+    deployments_table,
+    err_console,
+    instances_table,
+    print_json,
+    workers_table,
+)
+from gpufleet.cli.wait import WaitFailed, wait_for_deployment
+from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable, server_url
+from gpufleet.core.backends.llama_cpp import validate_params
+from gpufleet.core.backends.params import BackendParamError
+from gpufleet.core.schemas import DeploymentEdit, DeploymentSpec, ModelSource
+from gpufleet.settings import DEFAULT_PORT, database_url, home
+
+app = typer.Typer(
+    name="gpufleet",
+    help="Deploy and run models on a GPU cluster, orchestrated by Prefect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ParamOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--backend-param", help="backend flag, e.g. --backend-param=--ctx-size=1024 (repeatable)"),
+]
+EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the backend (repeatable)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the deployment converges")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds to wait")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def client() -> GpufleetClient:
+    return GpufleetClient()
+
+
+def _parse_env(pairs: list[str] | None) -> dict[str, str]:
+    env = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--env {pair!r} must be KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def _params(raw: list[str] | None) -> list[str]:
+    params = list(raw or [])
+    try:
+        validate_params(params)
+    except BackendParamError as exc:
+        fail(str(exc), 2)
+    return params
+
+
+def _wait(name: str, timeout: float, gone: bool = False) -> None:
+    with client() as c:
+        try:
+            wait_for_deployment(c, name, timeout, gone=gone)
+        except WaitFailed as exc:
+            fail(str(exc))
+
+
+def _show_operation(op) -> None:  # noqa: ANN001
+    if op.flow_run_url:
+        console.print(f"flow run: {op.flow_run_url}", highlight=False)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="gpufleet API port")] = DEFAULT_PORT,
+    prefect_port: Annotated[int, typer.Option(help="embedded Prefect server port")] = 4200,
+    node_name: Annotated[Optional[str], typer.Option(help="name of the local node")] = None,
+    virtual_gpus: Annotated[Optional[str], typer.Option(help='declare GPUs, e.g. "A100-80G:4"')] = None,
+    demo: Annotated[bool, typer.Option(help="deploy a generated tiny model and chat with it")] = False,
+) -> None:
+    """Start an embedded cluster (Prefect server, gpufleet server, one node) in the foreground."""
+    from gpufleet.cli.embedded import StartFailed, start_cluster, write_pidfile
+
+    name = node_name or _default_node_name()
+    try:
+        cluster = start_cluster(port, prefect_port, name, virtual_gpus, log=console.print)
+    except StartFailed as exc:
+        fail(str(exc))
+    pidfile = write_pidfile(home())
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    console.print(f"[green]gpufleet is up[/green]\n  gpufleet API: {cluster.api_url}")
+    if cluster.prefect_ui_url:
+        console.print(f"  Prefect UI:   {cluster.prefect_ui_url}")
+    console.print(f"  Prefect API:  {cluster.prefect_api_url}\n  node:         {name}\n"
+                  f"  use it from another shell with: export GPUFLEET_SERVER_URL={cluster.api_url}\n"
+                  "Ctrl-C (or `gpufleet down`) stops everything.", highlight=False)
+    os.environ["GPUFLEET_SERVER_URL"] = cluster.api_url
+    try:
+        if demo:
+            _run_demo()
+        while not stopping:
+            for child in cluster.children:
+                if child.proc.poll() is not None:
+                    err_console.print(f"{child.name} exited with code {child.proc.returncode}; see {child.log}")
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        console.print("stopping gpufleet…")
+        cluster.stop()
+        pidfile.unlink(missing_ok=True)
+        console.print("stopped")
+
+
+def _default_node_name() -> str:
+    raw = socket.gethostname().lower()
+    cleaned = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in raw).strip("-")
+    return cleaned[:63] or "local"
+
+
+def _run_demo() -> None:
+    from gpufleet.demo.run import run_demo
+
+    run_demo(console.print)
+
+
+@app.command()
+def down() -> None:
+    """Stop a `gpufleet up` running on this machine (same GPUFLEET_HOME)."""
+    from gpufleet.cli.embedded import signal_running_cluster
+
+    pid = signal_running_cluster(home())
+    if pid is None:
+        fail("no running `gpufleet up` found for this GPUFLEET_HOME")
+    console.print(f"asked gpufleet up (pid {pid}) to stop")
+    for _ in range(600):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            console.print("stopped")
+            return
+        time.sleep(0.1)
+    fail(f"gpufleet up (pid {pid}) is still running after 60 s")
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = DEFAULT_PORT,
+    no_control_worker: Annotated[bool, typer.Option(help="do not serve the control queue here")] = False,
+) -> None:
+    """Run the gpufleet server (REST API; the only writer of the gpufleet database)."""
+    from gpufleet.server.main import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(host, port, database_url(), control_worker=not no_control_worker)
+
+
+@app.command()
+def node(
+    name: Annotated[Optional[str], typer.Option(help="node name (default: host name)")] = None,
+    server: Annotated[Optional[str], typer.Option(help="gpufleet server URL")] = None,
+    virtual_gpus: Annotated[Optional[str], typer.Option(help='"A100-80G:4" or a JSON file')] = None,
+    label: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE (repeatable)")] = None,
+    bind_host: Annotated[str, typer.Option(help="address backends and the node API listen on")] = "127.0.0.1",
+    api_port: Annotated[int, typer.Option(help="node API port (0 = any free port)")] = 0,
+    stop_backends_on_exit: Annotated[bool, typer.Option(help="stop backends when the agent exits")] = False,
+) -> None:
+    """Run a node agent: Prefect worker for this node's queue, inventory, heartbeat, backends."""
+    import asyncio
+
+    from gpufleet.node.agent import NodeAgent, NodeConfig
+    from gpufleet.node.context import NodeContext
+    from gpufleet.node.inventory import VirtualGpuError, node_gpus
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    node_name = name or _default_node_name()
+    try:
+        gpus = node_gpus(virtual_gpus)
+    except VirtualGpuError as exc:
+        fail(str(exc), 2)
+    labels = _parse_env(label)
+    ctx = NodeContext(node_name, home() / "nodes" / node_name, bind_host)
+    config = NodeConfig(
+        name=node_name, server_url=server or server_url(), context=ctx, gpus=gpus, labels=labels,
+        api_port=api_port, stop_backends_on_exit=stop_backends_on_exit,
+    )
+    asyncio.run(NodeAgent(config).run())
+
+
+# ----------------------------------------------------------------------------- deployments
+
+
+@app.command()
+def deploy(
+    name: Annotated[str, typer.Option("--name", help="deployment name")],
+    local_path: Annotated[Optional[str], typer.Option(help="GGUF file or model directory on the workers")] = None,
+    replicas: Annotated[int, typer.Option(help="number of instances")] = 1,
+    backend_param: ParamOpt = None,
+    env: EnvOpt = None,
+    backend_version: Annotated[Optional[str], typer.Option()] = None,
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 300.0,
+) -> None:
+    """Deploy a model with a number of replicas."""
+    if local_path is None:
+        fail("give the model with --local-path PATH (Hugging Face and ModelScope sources come later)", 2)
+    if replicas < 0:
+        fail(f"--replicas must be 0 or more, got {replicas}", 2)
+    try:
+        spec = DeploymentSpec(
+            name=name,
+            replicas=replicas,
+            source=ModelSource(kind="local_path", local_path=os.path.abspath(local_path)),
+            backend_params=_params(backend_param),
+            env=_parse_env(env),
+            backend_version=backend_version,
+        )
+    except ValueError as exc:
+        fail(str(exc), 2)
+    with client() as c:
+        op = c.create_deployment(spec)
+    console.print(f"deployment {name} created with {replicas} replica(s)")
+    _show_operation(op)
+    if wait:
+        _wait(name, timeout)
+        _print_instances(name)
+
+
+def _print_instances(name: str | None) -> None:
+    with client() as c:
+        console.print(instances_table(c.list_instances(deployment=name)))
+
+
+@app.command("ls")
+def list_deployments(as_json: JsonOpt = False) -> None:
+    """List deployments."""
+    with client() as c:
+        deps = c.list_deployments()
+    if as_json:
+        print_json(deps)
+    else:
+        console.print(deployments_table(deps))
+
+
+@app.command("ps")
+def list_instances(name: Annotated[Optional[str], typer.Argument(help="deployment")] = None, as_json: JsonOpt = False) -> None:
+    """List model instances (of one deployment, or all)."""
+    with client() as c:
+        instances = c.list_instances(deployment=name)
+    if as_json:
+        print_json(instances)
+    else:
+        console.print(instances_table(instances))
+
+
+@app.command()
+def scale(name: str, replicas: int, wait: WaitOpt = True, timeout: TimeoutOpt = 300.0) -> None:
+    """Set the number of replicas."""
+    if replicas < 0:
+        fail(f"replicas must be 0 or more, got {replicas}", 2)
+    with client() as c:
+        op = c.scale(name, replicas)
+    console.print(f"scaling {name} to {replicas} replica(s)")
+    _show_operation(op)
+    if wait:
+        _wait(name, timeout)
+        _print_instances(name)
+
+
+@app.command()
+def stop(name: str, wait: WaitOpt = True, timeout: TimeoutOpt = 120.0) -> None:
+    """Stop a deployment: scale to 0, its instances and processes go."""
+    scale(name, 0, wait, timeout)
+
+
+@app.command()
+def start(name: str, wait: WaitOpt = True, timeout: TimeoutOpt = 300.0) -> None:
+    """Start a deployment with 1 replica."""
+    scale(name, 1, wait, timeout)
+
+
+@app.command("rm")
+def remove(name: str, wait: WaitOpt = True, timeout: TimeoutOpt = 120.0) -> None:
+    """Delete a deployment, its instances and their processes."""
+    with client() as c:
+        op = c.delete_deployment(name)
+    console.print(f"deleting {name}")
+    _show_operation(op)
+    if wait:
+        _wait(name, timeout, gone=True)
+        console.print(f"{name} deleted")
+
+
+@app.command("rm-instance")
+def remove_instance(instance_id: int, wait: WaitOpt = True, timeout: TimeoutOpt = 300.0) -> None:
+    """Delete one instance; a new one replaces it while the replica count requires."""
+    with client() as c:
+        inst = c.get_instance(instance_id)
+        op = c.delete_instance(instance_id)
+    console.print(f"deleting instance {instance_id} ({inst.name})")
+    _show_operation(op)
+    if wait:
+        deadline = time.monotonic() + timeout
+        with client() as c:
+            while time.monotonic() < deadline and any(i.id == instance_id for i in c.list_instances(inst.deployment)):
+                time.sleep(0.25)
+        _wait(inst.deployment, max(1.0, deadline - time.monotonic()))
+        _print_instances(inst.deployment)
+
+
+@app.command()
+def restart(instance_id: int) -> None:
+    """Restart one instance on its current placement."""
+    with client() as c:
+        op = c.restart_instance(instance_id)
+    console.print(f"restarting instance {instance_id}")
+    _show_operation(op)
+
+
+@app.command()
+def edit(
+    name: str,
+    backend_param: ParamOpt = None,
+    env: EnvOpt = None,
+    backend_version: Annotated[Optional[str], typer.Option()] = None,
+) -> None:
+    """Change a deployment. Running instances keep their configuration; new ones use this."""
+    update = DeploymentEdit(
+        backend_params=_params(backend_param) if backend_param is not None else None,
+        env=_parse_env(env) if env is not None else None,
+        backend_version=backend_version,
+    )
+    if not update.model_dump(exclude_none=True):
+        fail("nothing to change: give --backend-param, --env or --backend-version", 2)
+    with client() as c:
+        dep = c.edit_deployment(name, update)
+        running = [i for i in c.list_instances(deployment=name) if not i.deleting]
+    console.print(f"deployment {name} updated (generation {dep.generation}).")
+    console.print(
+        f"{len(running)} existing instance(s) keep running unchanged; instances created from now on "
+        "(scale up, rm-instance) use the new configuration.", highlight=False,
+    )
+
+
+@app.command()
+def logs(
+    instance_id: int,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", "-n", help="last N lines")] = None,
+) -> None:
+    """Print an instance's backend log."""
+    if tail is not None and tail < 0:
+        fail("--tail must be 0 or more", 2)
+    with client() as c:
+        for chunk in c.stream_logs(instance_id, tail, follow):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+
+@app.command()
+def workers(as_json: JsonOpt = False) -> None:
+    """List node workers."""
+    with client() as c:
+        ws = c.list_workers()
+    if as_json:
+        print_json(ws)
+    else:
+        console.print(workers_table(ws))
+
+
+def main() -> None:
+    try:
+        app()
+    except ApiError as exc:
+        err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+        sys.exit(1)
+    except ServerUnavailable as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Tables and JSON for the CLI."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from gpufleet.core.schemas import DeploymentView, InstanceView, WorkerView
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(items: list[BaseModel] | BaseModel) -> None:
+    data: Any = (
+        [i.model_dump(mode="json") for i in items] if isinstance(items, list) else items.model_dump(mode="json")
+    )
+    print(json.dumps(data, indent=2))
+
+
+def deployments_table(deps: list[DeploymentView]) -> Table:
+    t = Table("NAME", "SOURCE", "REPLICAS", "READY", "BACKEND", "STATE", box=None)
+    for d in deps:
+        t.add_row(d.name, d.source.describe(), str(d.replicas), str(d.ready_replicas), d.backend, d.state)
+    return t
+
+
+def instances_table(instances: list[InstanceView]) -> Table:
+    t = Table("ID", "NAME", "DEPLOYMENT", "STATE", "MESSAGE", "WORKER", "GPUS", "PORT", "PID", "RESTARTS", box=None)
+    for i in instances:
+        state = i.state + (" (deleting)" if i.deleting else "")
+        message = i.state_message.splitlines()[0] if i.state_message else ""
+        t.add_row(
+            str(i.id), i.name, i.deployment, state, message, i.worker or "-",
+            ",".join(map(str, i.gpu_indexes)) or "-", str(i.port or "-"), str(i.pid or "-"),
+            str(i.restart_count),
+        )
+    return t
+
+
+def workers_table(workers: list[WorkerView]) -> Table:
+    t = Table("NAME", "READY", "GPUS", "CPUS", "MEMORY", "ADDRESS", box=None)
+    for w in workers:
+        gpus = ", ".join(f"{g.index}:{g.name}{' (virtual)' if g.virtual else ''}" for g in w.gpus) or "-"
+        t.add_row(w.name, "yes" if w.ready else "no", gpus, str(w.cpu_count),
+                  f"{w.memory_total / (1 << 30):.1f} GiB", w.address)
+    return t

@@ -1,0 +1,46 @@
+"""Waiting for a deployment to converge, with a live status line."""
+
+from __future__ import annotations
+
+import time
+
+from gpufleet.client import ApiError, GpufleetClient
+from gpufleet.cli.output import console
+from gpufleet.core.schemas import InstanceView
+from gpufleet.core.states import InstanceState
+
+
+class WaitFailed(RuntimeError):
+    pass
+
+
+def _summary(instances: list[InstanceView]) -> str:
+    parts = [f"{i.name}: {i.state}" for i in instances if not i.deleting]
+    removing = sum(1 for i in instances if i.deleting)
+    if removing:
+        parts.append(f"{removing} removing")
+    return ", ".join(parts) or "no instances"
+
+
+def wait_for_deployment(client: GpufleetClient, name: str, timeout: float, gone: bool = False) -> list[InstanceView]:
+    """Until every desired replica is RUNNING and no surplus remains (or the deployment
+    is gone, with `gone`). Raises WaitFailed on ERROR or timeout."""
+    deadline = time.monotonic() + timeout
+    with console.status(f"waiting for {name}…") as status:
+        while time.monotonic() < deadline:
+            try:
+                dep = client.get_deployment(name)
+            except ApiError as exc:
+                if gone and exc.status == 404:
+                    return []
+                raise
+            instances = client.list_instances(deployment=name)
+            status.update(f"{name}: {dep.ready_replicas}/{dep.replicas} ready — {_summary(instances)}")
+            failed = [i for i in instances if i.state == InstanceState.ERROR and not i.deleting]
+            if failed:
+                raise WaitFailed("; ".join(f"instance {i.id} ({i.name}) ERROR: {i.state_message}" for i in failed))
+            live = [i for i in instances if not i.deleting]
+            if not gone and len(instances) == dep.replicas and all(i.state == InstanceState.RUNNING for i in live):
+                return instances
+            time.sleep(0.25)
+    raise WaitFailed(f"{name} did not converge within {timeout:.0f} s; see `gpufleet ps {name}`")

@@ -1,0 +1,200 @@
+"""HTTP client of the gpufleet server, shared by the CLI, the Prefect tasks and node agents."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from gpufleet.core.schemas import (
+    DeploymentEdit,
+    DeploymentSpec,
+    DeploymentView,
+    InstanceStateUpdate,
+    InstanceView,
+    OperationAccepted,
+    ReplicaPlanView,
+    ResourceEstimate,
+    WorkerRegistration,
+    WorkerView,
+)
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:8470"
+
+
+def server_url() -> str:
+    return os.environ.get("GPUFLEET_SERVER_URL", DEFAULT_SERVER_URL).rstrip("/")
+
+
+class ApiError(RuntimeError):
+    """The server refused a request; `detail` is its explanation."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{detail} (HTTP {status})")
+        self.status = status
+        self.detail = detail
+
+
+class ServerUnavailable(RuntimeError):
+    pass
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text or resp.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):  # FastAPI validation errors
+        parts = []
+        for err in detail:
+            loc = ".".join(str(x) for x in err.get("loc", []) if x not in ("body",))
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return "; ".join(parts)
+    return str(detail)
+
+
+class GpufleetClient:
+    def __init__(self, base_url: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = (base_url or server_url()).rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GpufleetClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(
+                f"cannot reach the gpufleet server at {self.base_url} ({exc}); "
+                "is `gpufleet up` (or `gpufleet server`) running? Set GPUFLEET_SERVER_URL otherwise"
+            ) from exc
+        if resp.status_code >= 400:
+            raise ApiError(resp.status_code, _detail(resp))
+        return resp.json() if resp.content else None
+
+    # -- deployments
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/v1/health")
+
+    def create_deployment(self, spec: DeploymentSpec) -> OperationAccepted:
+        data = self._request("POST", "/v1/deployments", json=spec.model_dump(mode="json"))
+        return OperationAccepted.model_validate(data)
+
+    def register_deployment(self, spec: DeploymentSpec) -> DeploymentView:
+        """Create the deployment record without starting a flow (used by the deploy flow)."""
+        data = self._request(
+            "PUT", f"/v1/deployments/{spec.name}/record", json=spec.model_dump(mode="json")
+        )
+        return DeploymentView.model_validate(data)
+
+    def list_deployments(self) -> list[DeploymentView]:
+        return [DeploymentView.model_validate(d) for d in self._request("GET", "/v1/deployments")]
+
+    def get_deployment(self, name: str) -> DeploymentView:
+        return DeploymentView.model_validate(self._request("GET", f"/v1/deployments/{name}"))
+
+    def edit_deployment(self, name: str, edit: DeploymentEdit) -> DeploymentView:
+        data = self._request(
+            "PATCH", f"/v1/deployments/{name}", json=edit.model_dump(mode="json", exclude_none=True)
+        )
+        return DeploymentView.model_validate(data)
+
+    def scale(self, name: str, replicas: int, *, trigger: bool = True) -> OperationAccepted:
+        data = self._request(
+            "POST",
+            f"/v1/deployments/{name}/scale",
+            json={"replicas": replicas},
+            params={"trigger": str(trigger).lower()},
+        )
+        return OperationAccepted.model_validate(data)
+
+    def delete_deployment(self, name: str) -> OperationAccepted:
+        return OperationAccepted.model_validate(self._request("DELETE", f"/v1/deployments/{name}"))
+
+    # -- instances
+    def list_instances(
+        self, deployment: str | None = None, worker: str | None = None
+    ) -> list[InstanceView]:
+        params = {k: v for k, v in {"deployment": deployment, "worker": worker}.items() if v}
+        data = self._request("GET", "/v1/instances", params=params)
+        return [InstanceView.model_validate(i) for i in data]
+
+    def get_instance(self, instance_id: int) -> InstanceView:
+        return InstanceView.model_validate(self._request("GET", f"/v1/instances/{instance_id}"))
+
+    def delete_instance(self, instance_id: int) -> OperationAccepted:
+        data = self._request("DELETE", f"/v1/instances/{instance_id}")
+        return OperationAccepted.model_validate(data)
+
+    def restart_instance(self, instance_id: int) -> OperationAccepted:
+        data = self._request("POST", f"/v1/instances/{instance_id}/restart")
+        return OperationAccepted.model_validate(data)
+
+    def stream_logs(self, instance_id: int, tail: int | None, follow: bool) -> Iterator[str]:
+        params: dict[str, Any] = {"follow": str(follow).lower()}
+        if tail is not None:
+            params["tail"] = tail
+        try:
+            with self._http.stream(
+                "GET", f"/v1/instances/{instance_id}/logs", params=params, timeout=None
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise ApiError(resp.status_code, _detail(resp))
+                yield from resp.iter_text()
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"lost the log stream from {self.base_url}: {exc}") from exc
+
+    # -- internal: used by flows and node agents
+    def reconcile(self, name: str) -> ReplicaPlanView:
+        data = self._request("POST", f"/v1/internal/deployments/{name}/reconcile")
+        return ReplicaPlanView.model_validate(data)
+
+    def mark_deployment_deleting(self, name: str) -> None:
+        self._request("POST", f"/v1/internal/deployments/{name}/deleting")
+
+    def mark_deleting(self, instance_id: int) -> InstanceView:
+        data = self._request("POST", f"/v1/internal/instances/{instance_id}/deleting")
+        return InstanceView.model_validate(data)
+
+    def place(self, instance_id: int, estimate: ResourceEstimate) -> InstanceView:
+        data = self._request(
+            "POST",
+            f"/v1/internal/instances/{instance_id}/place",
+            json=estimate.model_dump(mode="json"),
+        )
+        return InstanceView.model_validate(data)
+
+    def report_state(self, instance_id: int, update: InstanceStateUpdate) -> InstanceView:
+        data = self._request(
+            "PUT",
+            f"/v1/internal/instances/{instance_id}/state",
+            json=update.model_dump(mode="json", exclude_none=True),
+        )
+        return InstanceView.model_validate(data)
+
+    def remove_instance_record(self, instance_id: int) -> None:
+        self._request("DELETE", f"/v1/internal/instances/{instance_id}")
+
+    def remove_deployment_record(self, name: str) -> None:
+        self._request("DELETE", f"/v1/internal/deployments/{name}")
+
+    def register_worker(self, reg: WorkerRegistration) -> WorkerView:
+        data = self._request("POST", "/v1/workers", json=reg.model_dump(mode="json"))
+        return WorkerView.model_validate(data)
+
+    def heartbeat(self, name: str) -> None:
+        self._request("POST", f"/v1/workers/{name}/heartbeat")
+
+    def list_workers(self) -> list[WorkerView]:
+        return [WorkerView.model_validate(w) for w in self._request("GET", "/v1/workers")]

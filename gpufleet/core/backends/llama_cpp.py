@@ -1,0 +1,76 @@
+"""llama.cpp (`llama-server`) command lines.
+
+The node chooses the executable (a `llama-server` on PATH, or gpufleet's
+launcher over the xllamacpp wheel); this module only decides the arguments,
+so what runs is decided in one pure, tested place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpufleet.core.backends.params import BackendParam, BackendParamError, find_value, parse_params
+from gpufleet.core.schemas import DeploymentConfig, Placement
+
+NAME = "llama.cpp"
+
+#: Flags gpufleet sets from the deployment and placement; users may not override them.
+MANAGED_FLAGS: dict[str, str] = {
+    "--model": "it comes from the deployment's source",
+    "-m": "it comes from the deployment's source",
+    "--host": "the node binds every backend to its own address",
+    "--port": "the node allocates a free port per instance",
+    "--alias": "it is the deployment name",
+    "-a": "it is the deployment name",
+}
+CTX_FLAGS = ("--ctx-size", "-c")
+GPU_LAYER_FLAGS = ("--n-gpu-layers", "-ngl", "--gpu-layers")
+OFFLOAD_ALL_LAYERS = "999"  # llama.cpp clamps to the model's layer count + output
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything the node needs to start one backend process, minus the executable."""
+
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    health_paths: tuple[str, ...] = ("/health", "/v1/models")
+
+
+def validate_params(raw: list[str]) -> list[BackendParam]:
+    """Raise :class:`BackendParamError` for malformed or managed flags."""
+    params = parse_params(raw, MANAGED_FLAGS)
+    ctx = find_value(params, *CTX_FLAGS)
+    if ctx is not None and (not ctx.isdigit()):
+        raise BackendParamError(f"--ctx-size must be a non-negative integer, got {ctx!r}")
+    return params
+
+
+def context_size(raw: list[str]) -> int | None:
+    """The context size the user asked for, or None for gpufleet's default (0 = model's)."""
+    value = find_value(validate_params(raw), *CTX_FLAGS)
+    return int(value) if value else None
+
+
+def build_launch(
+    config: DeploymentConfig,
+    *,
+    model_path: str,
+    alias: str,
+    host: str,
+    port: int,
+    placement: Placement,
+    default_context: int,
+) -> LaunchSpec:
+    params = validate_params(config.backend_params)
+    args = ["--model", model_path, "--host", host, "--port", str(port), "--alias", alias]
+    if find_value(params, *CTX_FLAGS) is None:
+        args += ["--ctx-size", str(default_context)]
+    if find_value(params, *GPU_LAYER_FLAGS) is None:
+        args += ["--n-gpu-layers", OFFLOAD_ALL_LAYERS if placement.gpu_indexes else "0"]
+    for p in params:
+        args += p.as_args()
+    env = dict(config.env)
+    # Restrict the process to its claimed GPUs; "" hides all GPUs from a CPU placement.
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpu_indexes)
+    return LaunchSpec(args=args, env=env)

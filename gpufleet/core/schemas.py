@@ -1,0 +1,237 @@
+"""Pydantic models at gpufleet's boundaries: what users send, what the API returns,
+what flows pass to each other. Pure: no I/O here."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gpufleet.core.states import DeploymentState, InstanceState
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+BackendName = Literal["llama.cpp"]
+SourceKind = Literal["local_path", "huggingface", "modelscope"]
+
+
+class Strict(BaseModel):
+    """Reject unknown fields: a typo in a request must be an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSource(Strict):
+    """Where a model comes from. Exactly one of `local_path` or `repo` is set."""
+
+    kind: SourceKind = "local_path"
+    local_path: str | None = Field(
+        default=None, description="GGUF file (or model directory) as seen by the workers"
+    )
+    repo: str | None = Field(default=None, description="hub repository id, e.g. org/name")
+    file: str | None = Field(default=None, description="file or glob inside the repository")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> ModelSource:
+        if self.kind == "local_path":
+            if not self.local_path:
+                raise ValueError("a local_path source needs `local_path`")
+            if self.repo:
+                raise ValueError("a local_path source takes no `repo`")
+        elif not self.repo:
+            raise ValueError(f"a {self.kind} source needs `repo`")
+        return self
+
+    def describe(self) -> str:
+        if self.kind == "local_path":
+            return str(self.local_path)
+        prefix = {"huggingface": "hf", "modelscope": "modelscope"}[self.kind]
+        return f"{prefix}:{self.repo}" + (f"/{self.file}" if self.file else "")
+
+
+class DeploymentConfig(Strict):
+    """The part of a deployment an instance is launched with; copied into each
+    instance when it is created, so that `edit` only affects new instances."""
+
+    source: ModelSource
+    backend: BackendName = "llama.cpp"
+    backend_version: str | None = None
+    backend_params: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class DeploymentSpec(DeploymentConfig):
+    """What a user asks for when deploying a model."""
+
+    name: str = Field(description="lowercase letters, digits and '-', at most 63 characters")
+    replicas: int = Field(default=1, ge=0, le=1000)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                f"invalid deployment name {v!r}: use lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit, at most 63 characters"
+            )
+        return v
+
+    def config(self) -> DeploymentConfig:
+        return DeploymentConfig(**self.model_dump(include=set(DeploymentConfig.model_fields)))
+
+
+class DeploymentEdit(Strict):
+    """Fields `gpufleet edit` may change. Unset fields stay as they are."""
+
+    backend_version: str | None = None
+    backend_params: list[str] | None = None
+    env: dict[str, str] | None = None
+
+
+class ScaleRequest(Strict):
+    replicas: int = Field(ge=0, le=1000)
+
+
+class GpuInfo(Strict):
+    """One GPU of a worker; `virtual` GPUs are declared, not detected."""
+
+    index: int = Field(ge=0)
+    name: str
+    memory_total: int = Field(ge=0, description="bytes")
+    vendor: str = "nvidia"
+    virtual: bool = False
+
+
+class WorkerRegistration(Strict):
+    name: str
+    address: str = Field(description="base URL of the node agent (logs)")
+    labels: dict[str, str] = Field(default_factory=dict)
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    cpu_count: int = Field(ge=1)
+    memory_total: int = Field(ge=0, description="bytes of RAM")
+    work_queue: str
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"invalid worker name {v!r}: use lowercase letters, digits and '-'")
+        return v
+
+
+class WorkerView(WorkerRegistration):
+    ready: bool
+    last_heartbeat: datetime | None
+
+
+class ModelMetadata(BaseModel):
+    """What gpufleet knows about a model before running it (from its header)."""
+
+    format: Literal["gguf"]
+    architecture: str
+    file_size: int
+    tensor_bytes: int
+    n_params: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim_k: int
+    head_dim_v: int
+    embedding_length: int
+    context_length: int
+    vocab_size: int
+    file_type: int | None = None
+
+
+class ResourceEstimate(BaseModel):
+    """Memory one instance needs, in bytes. `known=False` means it could not be
+    computed (the reason says why) and placement must not trust the numbers."""
+
+    known: bool = True
+    reason: str | None = None
+    gpu_vram: int = 0  # VRAM on one GPU when fully offloaded
+    gpu_ram: int = 0  # host RAM needed alongside a GPU placement
+    cpu_ram: int = 0  # host RAM when running on CPU only
+    weights: int = 0
+    kv_cache: int = 0
+    compute: int = 0
+    context_size: int = 0
+
+    @classmethod
+    def unknown(cls, reason: str) -> ResourceEstimate:
+        return cls(known=False, reason=reason)
+
+
+class Placement(BaseModel):
+    """Where an instance runs and the memory it claims there."""
+
+    worker: str
+    gpu_indexes: list[int] = Field(default_factory=list)
+    vram_claim: dict[int, int] = Field(default_factory=dict)  # gpu index -> bytes
+    ram_claim: int = 0
+
+
+class InstanceView(BaseModel):
+    """An instance as the API returns it."""
+
+    id: int
+    name: str
+    deployment: str
+    state: InstanceState
+    state_message: str = ""
+    worker: str | None = None
+    gpu_indexes: list[int] = Field(default_factory=list)
+    port: int | None = None
+    pid: int | None = None
+    restart_count: int = 0
+    deleting: bool = False
+    config: DeploymentConfig
+    placement: Placement | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeploymentView(DeploymentSpec):
+    """A deployment as the API returns it."""
+
+    id: int
+    ready_replicas: int
+    state: DeploymentState
+    generation: int
+    metadata: ModelMetadata | None = None
+    estimate: ResourceEstimate | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class InstanceStateUpdate(Strict):
+    """A state report from a flow or a node agent."""
+
+    state: InstanceState
+    message: str = ""
+    port: int | None = None
+    pid: int | None = None
+    restart_count: int | None = None
+
+
+class ReplicaPlanView(BaseModel):
+    """What the server decided when asked to reconcile a deployment: the instances
+    it created, every instance still waiting for a placement (new or earlier), and
+    every instance marked for removal (new or earlier)."""
+
+    deployment: str
+    created: list[int]
+    to_place: list[int]
+    removing: list[int]
+
+
+class OperationAccepted(BaseModel):
+    """Answer to an operation that runs as a Prefect flow."""
+
+    operation: str
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    detail: str = ""

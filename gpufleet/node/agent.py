@@ -1,0 +1,215 @@
+"""`gpufleet node`: one per machine. It registers the node's inventory, sends
+heartbeats, serves its Prefect work queue with the in-process worker, serves
+backend logs, and supervises the backends it started (including re-adopting them
+after its own restart and stopping any the server no longer knows)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from gpufleet import orchestration
+from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable
+from gpufleet.core.schemas import GpuInfo, InstanceStateUpdate, WorkerRegistration
+from gpufleet.core.states import ACTIVE_ON_NODE, InstanceState
+from gpufleet.node import backends, processes
+from gpufleet.node.context import NodeContext
+from gpufleet.node.inventory import total_memory
+from gpufleet.node.log_server import create_log_app
+from gpufleet.node.registry import BackendRecord
+from gpufleet.settings import HEARTBEAT_INTERVAL_S
+
+log = logging.getLogger("gpufleet.node")
+SUPERVISE_INTERVAL_S = 1.0
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    server_url: str
+    context: NodeContext
+    gpus: list[GpuInfo]
+    labels: dict[str, str] = field(default_factory=dict)
+    api_port: int = 0
+    stop_backends_on_exit: bool = False
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class NodeAgent:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.node = config.context
+        self.registry = backends.registry(self.node)
+        self.client = GpufleetClient(config.server_url)
+        self.api_port = config.api_port or free_port(self.node.bind_host)
+        self._stop = asyncio.Event()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def registration(self) -> WorkerRegistration:
+        return WorkerRegistration(
+            name=self.config.name,
+            address=f"http://{self.node.bind_host}:{self.api_port}",
+            labels=self.config.labels,
+            gpus=self.config.gpus,
+            cpu_count=os.cpu_count() or 1,
+            memory_total=total_memory(),
+            work_queue=orchestration.node_queue(self.config.name),
+        )
+
+    async def register(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(self.client.register_worker, self.registration())
+                log.info("registered node %s with %s", self.config.name, self.client.base_url)
+                return
+            except ServerUnavailable as exc:
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def adopt_backends(self) -> None:
+        """Reconcile this node's registry with the server after a (re)start:
+        live backends of known instances are kept, backends of instances the
+        server no longer has are stopped, and dead ones are reported."""
+        known = {i.id: i for i in self.client.list_instances(worker=self.config.name)}
+        for record in self.registry.all():
+            inst = known.get(record.instance_id)
+            alive = processes.is_alive(record.pid, record.start_time)
+            if inst is None or inst.deleting:
+                log.info("stopping backend of unknown/deleted instance %d (pid %d)", record.instance_id, record.pid)
+                backends.stop(record.instance_id, self.node, grace=5)
+            elif alive:
+                log.info("re-adopted backend of %s (pid %d, port %d)", inst.name, record.pid, record.port)
+            else:
+                self._report_exit(record, "exited while the node agent was down")
+        registered = {r.instance_id for r in self.registry.all()}
+        for inst in known.values():
+            if inst.state in ACTIVE_ON_NODE and inst.id not in registered and not inst.deleting:
+                self._report(inst.id, InstanceState.ERROR,
+                             f"backend not running on worker {self.config.name} after the node agent restarted")
+
+    def _report(self, instance_id: int, state: InstanceState, message: str) -> None:
+        try:
+            self.client.report_state(instance_id, InstanceStateUpdate(state=state, message=message))
+        except ApiError as exc:
+            log.info("could not report %s for instance %d: %s", state, instance_id, exc.detail)
+
+    def _report_exit(self, record: BackendRecord, how: str) -> None:
+        with self.registry.lock:
+            if self.registry.get(record.instance_id) is None:
+                return  # stopped on purpose meanwhile
+            code = processes.exit_code(record.pid)
+            self.registry.remove(record.instance_id)
+        detail = f" with code {code}" if code is not None else ""
+        self._report(
+            record.instance_id,
+            InstanceState.ERROR,
+            f"backend {how}{detail} on worker {self.config.name}; last log lines:\n"
+            f"{backends.last_log_lines(record)}",
+        )
+
+    def supervise_once(self) -> None:
+        for record in self.registry.all():
+            if not processes.is_alive(record.pid, record.start_time):
+                with self.registry.lock:
+                    current = self.registry.get(record.instance_id)
+                    if current is None or current.pid != record.pid:
+                        continue
+                self._report_exit(record, "exited unexpectedly")
+        processes.reap_children()
+
+    # ---------------------------------------------------------------- loops
+
+    async def heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(self.client.heartbeat, self.config.name)
+            except ApiError as exc:
+                if exc.status == 404:  # server lost us (new database): register again
+                    await self.register()
+            except ServerUnavailable as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await self._sleep(HEARTBEAT_INTERVAL_S)
+
+    async def supervise_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(self.supervise_once)
+            except (ServerUnavailable, ApiError) as exc:
+                log.warning("supervision report failed: %s", exc)
+            await self._sleep(SUPERVISE_INTERVAL_S)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def worker_loop(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        from workers.inprocess import GpufleetWorker
+
+        queue = orchestration.node_queue(self.config.name)
+        async with get_client() as prefect:
+            await orchestration.ensure_pool(prefect)
+            await orchestration.ensure_queue(prefect, queue)
+        worker = GpufleetWorker(
+            work_pool_name=orchestration.POOL,
+            work_queues=[queue],
+            name=f"node-{self.config.name}",
+            limit=None,
+        )
+        await worker.start(printer=log.info)
+
+    def start_api(self) -> uvicorn.Server:
+        app = create_log_app(self.node, self.registry)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=self.node.bind_host, port=self.api_port, log_level="warning")
+        )
+        threading.Thread(target=server.run, name="gpufleet-node-api", daemon=True).start()
+        return server
+
+    async def run(self) -> None:
+        self.node.export()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        api = self.start_api()
+        await self.register()
+        await asyncio.to_thread(self.adopt_backends)
+        tasks = [
+            asyncio.create_task(self.heartbeat_loop()),
+            asyncio.create_task(self.supervise_loop()),
+            asyncio.create_task(self.worker_loop()),
+        ]
+        log.info("node %s ready: queue %s, api %s", self.config.name,
+                 orchestration.node_queue(self.config.name), self.registration().address)
+        await self._stop.wait()
+        log.info("node %s stopping", self.config.name)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.config.stop_backends_on_exit:
+            await asyncio.to_thread(self.stop_all_backends)
+        api.should_exit = True
+        self.client.close()
+
+    def stop_all_backends(self) -> None:
+        for record in self.registry.all():
+            log.info("stopping backend %s (pid %d)", record.instance_name, record.pid)
+            backends.stop(record.instance_id, self.node, grace=5)

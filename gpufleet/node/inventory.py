@@ -1,0 +1,103 @@
+"""What a node has: NVIDIA GPUs through NVML, plus GPUs declared as virtual.
+
+A machine without the NVIDIA library or driver is a CPU-only node, not an
+error. Virtual GPUs (`--virtual-gpus "A100-80G:4"` or a JSON file) let tests
+and capacity planning describe GPUs a machine does not have; they are the only
+simulated hardware in gpufleet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from gpufleet.core.schemas import GpuInfo
+
+log = logging.getLogger(__name__)
+GiB = 1 << 30
+_SHORT_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+?)-(?P<mem>\d+(?:\.\d+)?)G(?:iB)?:(?P<count>\d+)$")
+
+
+class VirtualGpuError(ValueError):
+    pass
+
+
+class _VirtualGpuEntry(BaseModel):
+    name: str
+    memory_gib: float = Field(gt=0)
+    count: int = Field(default=1, ge=1, le=1024)
+
+
+def detect_nvidia_gpus() -> list[GpuInfo]:
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        log.info("no NVIDIA GPUs usable here (%s); this is a CPU node", exc)
+        return []
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(GpuInfo(index=i, name=str(name), memory_total=int(mem.total)))
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def parse_virtual_gpus(spec: str, first_index: int = 0) -> list[GpuInfo]:
+    """`NAME-<GiB>G:<count>[,…]` (e.g. "A100-80G:4,T4-16G:1") or a path to a JSON
+    list of {"name", "memory_gib", "count"}."""
+    entries: list[_VirtualGpuEntry]
+    if os.path.isfile(spec):
+        try:
+            entries = TypeAdapter(list[_VirtualGpuEntry]).validate_json(Path(spec).read_bytes())
+        except ValidationError as exc:
+            raise VirtualGpuError(f"virtual GPU file {spec} is invalid: {exc}") from exc
+    else:
+        entries = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            m = _SHORT_SPEC.match(part)
+            if not m:
+                raise VirtualGpuError(
+                    f"invalid virtual GPU spec {part!r}: use NAME-<GiB>G:<count>, e.g. A100-80G:4, "
+                    "or a JSON file path"
+                )
+            entries.append(
+                _VirtualGpuEntry(name=m["name"], memory_gib=float(m["mem"]), count=int(m["count"]))
+            )
+    gpus = []
+    index = first_index
+    for entry in entries:
+        for _ in range(entry.count):
+            gpus.append(
+                GpuInfo(
+                    index=index,
+                    name=f"{entry.name}-{entry.memory_gib:g}G",
+                    memory_total=int(entry.memory_gib * GiB),
+                    virtual=True,
+                )
+            )
+            index += 1
+    return gpus
+
+
+def total_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def node_gpus(virtual_spec: str | None) -> list[GpuInfo]:
+    gpus = detect_nvidia_gpus()
+    if virtual_spec:
+        gpus += parse_virtual_gpus(virtual_spec, first_index=len(gpus))
+    return gpus

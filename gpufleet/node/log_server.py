@@ -1,0 +1,43 @@
+"""The node agent's small HTTP API: backend logs, read where they are written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import StreamingResponse
+
+from gpufleet.node.context import NodeContext
+from gpufleet.node.logs import read_log
+from gpufleet.node.registry import BackendRegistry
+
+
+def find_log(node: NodeContext, instance_id: int) -> Path | None:
+    matches = sorted(node.logs_dir.glob(f"{instance_id}-*.log"))
+    return matches[-1] if matches else None
+
+
+def create_log_app(node: NodeContext, registry: BackendRegistry) -> FastAPI:
+    app = FastAPI(title=f"gpufleet node {node.name}")
+
+    @app.get("/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "node": node.name}
+
+    @app.get("/v1/instances/{instance_id}/logs")
+    def logs(
+        instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False
+    ) -> StreamingResponse:
+        path = find_log(node, instance_id)
+        if path is None:
+            raise HTTPException(404, f"no log for instance {instance_id} on worker {node.name}")
+
+        def backend_registered() -> bool:
+            return registry.get(instance_id) is not None
+
+        # Follow while the backend is registered here; stop once it has been removed.
+        stream = read_log(path, tail, follow, keep_going=backend_registered)
+        return StreamingResponse(stream, media_type="text/plain")
+
+    return app
+

@@ -1,0 +1,120 @@
+"""Start, find and stop backend processes on this node."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PORT_RANGE = (40000, 41000)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot, or None if it does not exist.
+    Used with the pid to recognise our process after pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # zombie: exited, waiting to be reaped
+        return None
+    return int(fields[19])
+
+
+def is_alive(pid: int, start_time: int) -> bool:
+    return process_start_time(pid) == start_time
+
+
+#: Backends started by this process, kept so they can be reaped and their exit code read.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def reap_children() -> dict[int, int]:
+    """Collect exited children (so they do not linger as zombies); returns pid -> exit code."""
+    exited = {}
+    for pid, proc in list(_children.items()):
+        code = proc.poll()
+        if code is not None:
+            exited[pid] = code
+            del _children[pid]
+    return exited
+
+
+def exit_code(pid: int) -> int | None:
+    """Exit code of a child of this process that has exited, if known."""
+    proc = _children.get(pid)
+    return proc.poll() if proc else None
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def allocate_port(host: str, taken: set[int], port_range: tuple[int, int] = PORT_RANGE) -> int:
+    for port in range(*port_range):
+        if port not in taken and port_is_free(host, port):
+            return port
+    raise RuntimeError(f"no free port in {port_range[0]}-{port_range[1]} on {host}")
+
+
+def spawn(command: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> tuple[int, int]:
+    """Start a backend in its own session (so Ctrl-C of the agent does not reach it),
+    with stdout and stderr appended to its log file. Returns (pid, start_time)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            cwd=cwd,
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    for _ in range(100):
+        start = process_start_time(proc.pid)
+        if start is not None:
+            return proc.pid, start
+        if proc.poll() is not None:
+            raise RuntimeError(f"backend exited immediately with code {proc.returncode}")
+        time.sleep(0.01)
+    raise RuntimeError("backend process did not appear in /proc")
+
+
+def terminate(pid: int, start_time: int, grace: float = 10.0) -> bool:
+    """SIGTERM the process group, then SIGKILL after `grace` seconds. Returns True
+    if our process was running."""
+    if not is_alive(pid, start_time):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        reap_children()
+        if not is_alive(pid, start_time):
+            return True
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    for _ in range(100):
+        reap_children()
+        if not is_alive(pid, start_time):
+            break
+        time.sleep(0.02)
+    return True

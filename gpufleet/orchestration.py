@@ -1,0 +1,137 @@
+"""gpufleet's use of Prefect: the work pool, queue names, deployments and triggering.
+
+Every operation is a Prefect deployment on one work pool; the control queue is
+served by the gpufleet server, each node serves `node-<name>`. Deployments are
+declared in `prefect.yaml` and applied from it, so the UI, the API and gpufleet
+all run the same thing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+POOL = "gpufleet"
+WORKER_TYPE = "gpufleet"
+CONTROL_QUEUE = "control"
+DEPLOYMENT = "gpufleet"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = REPO_ROOT / "prefect.yaml"
+
+
+def node_queue(worker: str) -> str:
+    return f"node-{worker}"
+
+
+def deployment_name(flow_name: str) -> str:
+    return f"{flow_name}/{DEPLOYMENT}"
+
+
+@dataclass(frozen=True)
+class DeclaredDeployment:
+    name: str
+    entrypoint: str
+    work_queue: str
+    description: str
+    tags: list[str]
+
+    def load_flow(self) -> Any:
+        path, _, attr = self.entrypoint.partition(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        return getattr(module, attr)
+
+
+def declared_deployments(path: Path = PREFECT_YAML) -> list[DeclaredDeployment]:
+    doc = yaml.safe_load(path.read_text())
+    result = []
+    for d in doc["deployments"]:
+        result.append(
+            DeclaredDeployment(
+                name=d["name"],
+                entrypoint=d["entrypoint"],
+                work_queue=d["work_pool"]["work_queue_name"],
+                description=d.get("description", ""),
+                tags=list(d.get("tags", [])),
+            )
+        )
+    return result
+
+
+async def ensure_pool(client: Any) -> None:
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from workers.inprocess import GpufleetWorker
+
+    try:
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=POOL,
+                type=WORKER_TYPE,
+                base_job_template=GpufleetWorker.get_default_base_job_template(),
+            )
+        )
+    except ObjectAlreadyExists:
+        pass
+
+
+async def ensure_queue(client: Any, queue: str) -> None:
+    from prefect.exceptions import ObjectAlreadyExists
+
+    try:
+        await client.create_work_queue(name=queue, work_pool_name=POOL)
+    except ObjectAlreadyExists:
+        pass
+
+
+async def apply_deployments(client: Any) -> list[str]:
+    """Create or update every deployment of prefect.yaml, with typed parameter schemas."""
+    await ensure_pool(client)
+    names = []
+    for decl in declared_deployments():
+        fl = decl.load_flow()
+        await ensure_queue(client, decl.work_queue)
+        flow_id = await client.create_flow_from_name(fl.name)
+        await client.create_deployment(
+            flow_id=flow_id,
+            name=decl.name,
+            entrypoint=decl.entrypoint,
+            work_pool_name=POOL,
+            work_queue_name=decl.work_queue,
+            description=decl.description,
+            tags=decl.tags,
+            parameter_openapi_schema=fl.parameters.model_dump(mode="json"),
+            path=str(REPO_ROOT),
+            enforce_parameter_schema=True,
+        )
+        names.append(f"{fl.name}/{decl.name}")
+    return names
+
+
+def flow_run_url(flow_run_id: str) -> str | None:
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
+
+
+async def trigger(flow_name: str, parameters: dict[str, Any], key: str | None = None) -> str:
+    """Start a control flow run (returns at once with the run id)."""
+    from prefect.deployments import arun_deployment
+
+    run = await arun_deployment(
+        deployment_name(flow_name), parameters=parameters, timeout=0, idempotency_key=key
+    )
+    return str(run.id)
+
+
+def prefect_env_summary() -> str:
+    return os.environ.get("PREFECT_API_URL", "(ephemeral)")

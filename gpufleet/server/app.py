@@ -1,0 +1,328 @@
+"""The gpufleet server: REST API over the gpufleet database, and the trigger of flows.
+
+It is the only process that writes the database. User operations are recorded
+here synchronously (so bad input gets a 4xx and nothing is half-written) and
+then carried out by Prefect flows, which report back through the internal API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import timedelta
+from typing import Any, AsyncIterator, TypeVar
+
+import httpx
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from gpufleet import orchestration
+from gpufleet.core.backends import llama_cpp
+from gpufleet.core.backends.params import BackendParamError
+from gpufleet.core.estimate import estimate_llama_cpp
+from gpufleet.core.schemas import (
+    DeploymentEdit,
+    DeploymentSpec,
+    DeploymentView,
+    InstanceStateUpdate,
+    InstanceView,
+    OperationAccepted,
+    ReplicaPlanView,
+    ResourceEstimate,
+    ScaleRequest,
+    WorkerRegistration,
+    WorkerView,
+)
+from gpufleet.core.states import InvalidTransition
+from gpufleet.settings import WORKER_TIMEOUT_S
+from gpufleet.sources import ModelSourceError, read_metadata
+from gpufleet.store import repository as repo
+from gpufleet.store.db import make_engine, migrate, session_factory
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Trigger = Callable[[str, dict[str, Any]], str]
+
+
+class ServerState:
+    def __init__(self, database_url: str, trigger: Trigger) -> None:
+        self.engine = make_engine(database_url)
+        migrate(self.engine)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.placement_lock = threading.Lock()
+        self.trigger = trigger
+        self.worker_timeout = timedelta(seconds=WORKER_TIMEOUT_S)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions() as s, s.begin():
+            yield s
+
+
+def prefect_trigger(flow_name: str, parameters: dict[str, Any]) -> str:
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(orchestration.deployment_name(flow_name), parameters=parameters, timeout=0)
+    return str(run.id)  # type: ignore[union-attr]
+
+
+def create_app(
+    database_url: str,
+    trigger: Trigger = prefect_trigger,
+    on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    state = ServerState(database_url, trigger)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if on_startup:
+            await asyncio.to_thread(on_startup)
+        yield
+        if on_shutdown:
+            await asyncio.to_thread(on_shutdown)
+        state.engine.dispose()
+
+    app = FastAPI(title="gpufleet", version="0.1.0", lifespan=lifespan)
+    app.state.gpufleet = state
+
+    @app.exception_handler(repo.NotFound)
+    async def _not_found(_: Request, exc: repo.NotFound) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(repo.Conflict)
+    async def _conflict(_: Request, exc: repo.Conflict) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(InvalidTransition)
+    async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(BackendParamError)
+    async def _param(_: Request, exc: BackendParamError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    def start_flow(operation: str, parameters: dict[str, Any], detail: str = "") -> OperationAccepted:
+        try:
+            run_id = state.trigger(operation, parameters)
+        except Exception as exc:  # noqa: BLE001 - any Prefect failure is a 503 here
+            log.exception("could not start flow %s", operation)
+            raise HTTPException(
+                503, f"recorded, but could not start the {operation} flow in Prefect: {exc}"
+            ) from exc
+        return OperationAccepted(
+            operation=operation,
+            flow_run_id=run_id,
+            flow_run_url=orchestration.flow_run_url(run_id) if run_id else None,
+            detail=detail,
+        )
+
+    # ------------------------------------------------------------ public API
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        with state.session() as s:
+            workers = repo.list_workers(s, state.worker_timeout)
+        return {"status": "ok", "workers": len(workers), "ready_workers": sum(w.ready for w in workers)}
+
+    def validate_spec(spec: DeploymentSpec) -> tuple[Any, ResourceEstimate]:
+        llama_cpp.validate_params(spec.backend_params)
+        try:
+            metadata = read_metadata(spec.source)
+        except ModelSourceError as exc:
+            raise HTTPException(400, f"{exc} (checked on the gpufleet server)") from exc
+        return metadata, estimate_llama_cpp(metadata, llama_cpp.context_size(spec.backend_params))
+
+    @app.post("/v1/deployments", status_code=202)
+    def create_deployment(spec: DeploymentSpec) -> OperationAccepted:
+        metadata, estimate = validate_spec(spec)
+        with state.session() as s:
+            repo.create_deployment(s, spec, metadata, estimate)
+        try:
+            return start_flow("deploy", {"spec": spec.model_dump(mode="json")})
+        except HTTPException:
+            with state.session() as s:  # nothing half-written: undo the record
+                repo.delete_deployment_row(s, spec.name)
+            raise
+
+    @app.put("/v1/deployments/{name}/record")
+    def record_deployment(name: str, spec: DeploymentSpec) -> DeploymentView:
+        """Used by the deploy flow: create the record, or accept an identical one."""
+        if spec.name != name:
+            raise HTTPException(400, f"name in path ({name}) and body ({spec.name}) differ")
+        with state.session() as s:
+            try:
+                existing = repo.get_deployment(s, name)
+            except repo.NotFound:
+                existing = None
+            if existing is not None:
+                if existing.config() != spec.config():
+                    raise HTTPException(
+                        409,
+                        f"deployment {name!r} exists with a different configuration; "
+                        "use edit or scale, or delete it first",
+                    )
+                return existing
+        metadata, estimate = validate_spec(spec)
+        with state.session() as s:
+            row = repo.create_deployment(s, spec, metadata, estimate)
+            return repo.deployment_view(s, row)
+
+    @app.get("/v1/deployments")
+    def list_deployments() -> list[DeploymentView]:
+        with state.session() as s:
+            return repo.list_deployments(s)
+
+    @app.get("/v1/deployments/{name}")
+    def get_deployment(name: str) -> DeploymentView:
+        with state.session() as s:
+            return repo.get_deployment(s, name)
+
+    @app.patch("/v1/deployments/{name}")
+    def edit_deployment(name: str, edit: DeploymentEdit) -> DeploymentView:
+        if edit.backend_params is not None:
+            llama_cpp.validate_params(edit.backend_params)
+        with state.session() as s:
+            row = repo.edit_deployment(s, name, edit)
+            return repo.deployment_view(s, row)
+
+    @app.post("/v1/deployments/{name}/scale", status_code=202)
+    def scale(name: str, body: ScaleRequest, trigger: bool = True) -> OperationAccepted:
+        with state.session() as s:
+            repo.set_replicas(s, name, body.replicas)
+        if not trigger:
+            return OperationAccepted(operation="scale", detail="recorded")
+        return start_flow("scale", {"name": name, "replicas": body.replicas})
+
+    @app.delete("/v1/deployments/{name}", status_code=202)
+    def delete_deployment(name: str) -> OperationAccepted:
+        with state.session() as s:
+            repo.mark_deployment_deleting(s, name)
+        return start_flow("delete", {"name": name})
+
+    @app.get("/v1/instances")
+    def list_instances(deployment: str | None = None, worker: str | None = None) -> list[InstanceView]:
+        with state.session() as s:
+            return repo.list_instances(s, deployment, worker)
+
+    @app.get("/v1/instances/{instance_id}")
+    def get_instance(instance_id: int) -> InstanceView:
+        with state.session() as s:
+            return repo.get_instance(s, instance_id)
+
+    @app.delete("/v1/instances/{instance_id}", status_code=202)
+    def delete_instance(instance_id: int) -> OperationAccepted:
+        with state.session() as s:
+            repo.get_instance(s, instance_id)
+        return start_flow("delete-instance", {"instance_id": instance_id})
+
+    @app.post("/v1/instances/{instance_id}/restart", status_code=202)
+    def restart_instance(instance_id: int) -> OperationAccepted:
+        with state.session() as s:
+            repo.get_instance(s, instance_id)
+        return start_flow("restart", {"instance_id": instance_id})
+
+    @app.get("/v1/instances/{instance_id}/logs")
+    async def instance_logs(
+        instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False
+    ) -> StreamingResponse:
+        with state.session() as s:
+            inst = repo.get_instance(s, instance_id)
+            if inst.worker is None:
+                raise HTTPException(409, f"instance {instance_id} is not placed on a worker yet")
+            address = repo.get_worker(s, inst.worker).address
+        params: dict[str, Any] = {"follow": str(follow).lower()}
+        if tail is not None:
+            params["tail"] = tail
+        client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
+        try:
+            upstream = await client.send(
+                client.build_request("GET", f"{address}/v1/instances/{instance_id}/logs", params=params),
+                stream=True,
+            )
+        except httpx.TransportError as exc:
+            await client.aclose()
+            raise HTTPException(
+                502, f"worker {inst.worker} at {address} is unreachable for logs: {exc}"
+            ) from exc
+        if upstream.status_code != 200:
+            body = (await upstream.aread()).decode(errors="replace")
+            await upstream.aclose()
+            await client.aclose()
+            raise HTTPException(upstream.status_code, f"worker {inst.worker}: {body}")
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            finally:
+                await upstream.aclose()
+                await client.aclose()
+
+        return StreamingResponse(relay(), media_type="text/plain")
+
+    @app.get("/v1/workers")
+    def list_workers() -> list[WorkerView]:
+        with state.session() as s:
+            return repo.list_workers(s, state.worker_timeout)
+
+    @app.post("/v1/workers")
+    def register_worker(reg: WorkerRegistration) -> WorkerView:
+        with state.session() as s:
+            repo.register_worker(s, reg)
+        with state.session() as s:
+            return next(w for w in repo.list_workers(s, state.worker_timeout) if w.name == reg.name)
+
+    @app.post("/v1/workers/{name}/heartbeat")
+    def heartbeat(name: str) -> dict[str, str]:
+        with state.session() as s:
+            repo.heartbeat(s, name)
+        return {"status": "ok"}
+
+    # ------------------------------------------------------------ internal API (flows, nodes)
+
+    @app.post("/v1/internal/deployments/{name}/reconcile")
+    def reconcile(name: str) -> ReplicaPlanView:
+        with state.placement_lock, state.session() as s:
+            return repo.reconcile_replicas(s, name)
+
+    @app.post("/v1/internal/deployments/{name}/deleting")
+    def deployment_deleting(name: str) -> dict[str, str]:
+        with state.session() as s:
+            repo.mark_deployment_deleting(s, name)
+        return {"status": "ok"}
+
+    @app.delete("/v1/internal/deployments/{name}")
+    def remove_deployment(name: str) -> dict[str, str]:
+        with state.placement_lock, state.session() as s:
+            repo.delete_deployment_row(s, name)
+        return {"status": "deleted"}
+
+    @app.post("/v1/internal/instances/{instance_id}/place")
+    def place(instance_id: int, estimate: ResourceEstimate) -> InstanceView:
+        with state.placement_lock, state.session() as s:
+            row = repo.place_instance(s, instance_id, estimate, state.worker_timeout)
+            return repo.instance_view(row)
+
+    @app.put("/v1/internal/instances/{instance_id}/state")
+    def report_state(instance_id: int, update: InstanceStateUpdate) -> InstanceView:
+        with state.session() as s:
+            return repo.instance_view(repo.update_instance_state(s, instance_id, update))
+
+    @app.post("/v1/internal/instances/{instance_id}/deleting")
+    def instance_deleting(instance_id: int) -> InstanceView:
+        with state.session() as s:
+            return repo.instance_view(repo.mark_instance_deleting(s, instance_id))
+
+    @app.delete("/v1/internal/instances/{instance_id}")
+    def remove_instance(instance_id: int) -> dict[str, str]:
+        with state.placement_lock, state.session() as s:
+            repo.delete_instance_row(s, instance_id)
+        return {"status": "deleted"}
+
+    return app

@@ -1,0 +1,39 @@
+"""`gpufleet server`: the API process, with the control-queue worker beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import uvicorn
+
+from gpufleet import orchestration
+from gpufleet.server.app import create_app
+from gpufleet.server.control_worker import ControlWorker
+
+log = logging.getLogger("gpufleet.server")
+
+
+async def _apply_deployments() -> list[str]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return await orchestration.apply_deployments(client)
+
+
+def serve(host: str, port: int, database_url: str, control_worker: bool = True) -> None:
+    worker = ControlWorker(orchestration.POOL, orchestration.CONTROL_QUEUE, f"control-{socket.gethostname()}")
+
+    def startup() -> None:
+        names = asyncio.run(_apply_deployments())
+        log.info("Prefect deployments applied: %s", ", ".join(names))
+        if control_worker:
+            worker.start()
+
+    def shutdown() -> None:
+        if control_worker:
+            worker.stop()
+
+    app = create_app(database_url, on_startup=startup, on_shutdown=shutdown)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

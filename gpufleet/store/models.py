@@ -1,0 +1,73 @@
+"""SQLAlchemy tables of the gpufleet database. Only the gpufleet server writes them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class WorkerRow(Base):
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    address: Mapped[str] = mapped_column(String(255))
+    work_queue: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    gpus: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    cpu_count: Mapped[int] = mapped_column(Integer)
+    memory_total: Mapped[int] = mapped_column(BigInteger)
+    last_heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    replicas: Mapped[int] = mapped_column(Integer)
+    # DeploymentConfig as JSON: source, backend, backend_version, backend_params, env
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    model_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    instances: Mapped[list[InstanceRow]] = relationship(back_populates="deployment")
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    state_message: Mapped[str] = mapped_column(Text, default="")
+    # The deployment's config when this instance was created (edit never changes it).
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    generation: Mapped[int] = mapped_column(Integer)
+    worker_name: Mapped[str | None] = mapped_column(String(63), index=True, nullable=True)
+    # Placement incl. claims: {"worker", "gpu_indexes", "vram_claim", "ram_claim"}
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    restart_count: Mapped[int] = mapped_column(Integer, default=0)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    deployment: Mapped[DeploymentRow] = relationship(back_populates="instances")

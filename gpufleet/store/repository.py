@@ -1,0 +1,376 @@
+"""Every read and write of the gpufleet database, as functions over a Session.
+
+The server is the only writer. Operations that must not interleave (creating
+instances for a replica count, claiming memory for a placement) run under the
+server's placement lock and commit in one transaction, so two concurrent
+requests cannot both see the same free memory.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gpufleet.core import placement as placement_core
+from gpufleet.core.reconcile import InstanceSummary, plan_replicas
+from gpufleet.core.schemas import (
+    DeploymentConfig,
+    DeploymentEdit,
+    DeploymentSpec,
+    DeploymentView,
+    InstanceStateUpdate,
+    InstanceView,
+    ModelMetadata,
+    Placement,
+    ReplicaPlanView,
+    ResourceEstimate,
+    WorkerRegistration,
+    WorkerView,
+)
+from gpufleet.core.states import InstanceState, check_transition, summarize
+from gpufleet.store.models import DeploymentRow, InstanceRow, WorkerRow, utcnow
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------- deployments
+
+
+def _deployment(session: Session, name: str) -> DeploymentRow:
+    row = session.scalar(select(DeploymentRow).where(DeploymentRow.name == name))
+    if row is None:
+        raise NotFound(f"deployment {name!r} not found; `gpufleet ls` lists deployments")
+    return row
+
+
+def create_deployment(
+    session: Session,
+    spec: DeploymentSpec,
+    metadata: ModelMetadata | None,
+    estimate: ResourceEstimate,
+) -> DeploymentRow:
+    if session.scalar(select(DeploymentRow.id).where(DeploymentRow.name == spec.name)):
+        raise Conflict(
+            f"deployment {spec.name!r} already exists; choose another name, "
+            f"or change it with `gpufleet edit` / `gpufleet scale`"
+        )
+    row = DeploymentRow(
+        name=spec.name,
+        replicas=spec.replicas,
+        config=spec.config().model_dump(mode="json"),
+        model_metadata=metadata.model_dump(mode="json") if metadata else None,
+        estimate=estimate.model_dump(mode="json"),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def deployment_view(session: Session, row: DeploymentRow) -> DeploymentView:
+    instances = session.scalars(
+        select(InstanceRow).where(InstanceRow.deployment_id == row.id)
+    ).all()
+    states = [InstanceState(i.state) for i in instances if not i.deleting]
+    config = DeploymentConfig.model_validate(row.config)
+    return DeploymentView(
+        id=row.id,
+        name=row.name,
+        replicas=row.replicas,
+        **config.model_dump(),
+        ready_replicas=sum(1 for s in states if s == InstanceState.RUNNING),
+        state=summarize(row.replicas, [InstanceState(i.state) for i in instances]),
+        generation=row.generation,
+        metadata=ModelMetadata.model_validate(row.model_metadata) if row.model_metadata else None,
+        estimate=ResourceEstimate.model_validate(row.estimate) if row.estimate else None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def get_deployment(session: Session, name: str) -> DeploymentView:
+    return deployment_view(session, _deployment(session, name))
+
+
+def list_deployments(session: Session) -> list[DeploymentView]:
+    rows = session.scalars(select(DeploymentRow).order_by(DeploymentRow.name)).all()
+    return [deployment_view(session, r) for r in rows]
+
+
+def edit_deployment(session: Session, name: str, edit: DeploymentEdit) -> DeploymentRow:
+    row = _deployment(session, name)
+    config = DeploymentConfig.model_validate(row.config)
+    changes = edit.model_dump(exclude_none=True)
+    row.config = config.model_copy(update=changes).model_dump(mode="json")
+    row.generation += 1
+    row.updated_at = utcnow()
+    return row
+
+
+def set_replicas(session: Session, name: str, replicas: int) -> DeploymentRow:
+    row = _deployment(session, name)
+    if row.deleting:
+        raise Conflict(f"deployment {name!r} is being deleted")
+    row.replicas = replicas
+    row.updated_at = utcnow()
+    return row
+
+
+def mark_deployment_deleting(session: Session, name: str) -> DeploymentRow:
+    row = _deployment(session, name)
+    row.deleting = True
+    row.replicas = 0
+    row.updated_at = utcnow()
+    return row
+
+
+def delete_deployment_row(session: Session, name: str) -> None:
+    row = _deployment(session, name)
+    remaining = session.scalars(
+        select(InstanceRow.id).where(InstanceRow.deployment_id == row.id)
+    ).all()
+    if remaining:
+        raise Conflict(f"deployment {name!r} still has instances {list(remaining)}")
+    session.delete(row)
+
+
+# ---------------------------------------------------------------- instances
+
+
+def _instance(session: Session, instance_id: int) -> InstanceRow:
+    row = session.get(InstanceRow, instance_id)
+    if row is None:
+        raise NotFound(f"instance {instance_id} not found; `gpufleet ps` lists instances")
+    return row
+
+
+def instance_view(row: InstanceRow) -> InstanceView:
+    return InstanceView(
+        id=row.id,
+        name=row.name,
+        deployment=row.deployment.name,
+        state=InstanceState(row.state),
+        state_message=row.state_message,
+        worker=row.worker_name,
+        gpu_indexes=(row.placement or {}).get("gpu_indexes", []),
+        port=row.port,
+        pid=row.pid,
+        restart_count=row.restart_count,
+        deleting=row.deleting,
+        config=DeploymentConfig.model_validate(row.config),
+        placement=Placement.model_validate(row.placement) if row.placement else None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def get_instance(session: Session, instance_id: int) -> InstanceView:
+    return instance_view(_instance(session, instance_id))
+
+
+def list_instances(
+    session: Session, deployment: str | None = None, worker: str | None = None
+) -> list[InstanceView]:
+    query = select(InstanceRow).order_by(InstanceRow.id)
+    if deployment is not None:
+        query = query.where(InstanceRow.deployment_id == _deployment(session, deployment).id)
+    if worker is not None:
+        query = query.where(InstanceRow.worker_name == worker)
+    return [instance_view(r) for r in session.scalars(query).all()]
+
+
+def reconcile_replicas(session: Session, name: str) -> ReplicaPlanView:
+    """Create PENDING instances or mark surplus ones for deletion, per the plan.
+    Call under the placement lock: the plan is only valid until the next change."""
+    dep = _deployment(session, name)
+    rows = session.scalars(select(InstanceRow).where(InstanceRow.deployment_id == dep.id)).all()
+    plan = plan_replicas(
+        dep.replicas, [InstanceSummary(r.id, InstanceState(r.state), r.deleting) for r in rows]
+    )
+    created = []
+    for _ in range(plan.create):
+        inst = InstanceRow(
+            name=f"{dep.name}-{secrets.token_hex(3)}",
+            deployment_id=dep.id,
+            state=InstanceState.PENDING,
+            state_message="waiting to be analyzed and placed",
+            config=dep.config,
+            generation=dep.generation,
+        )
+        session.add(inst)
+        session.flush()
+        created.append(inst.id)
+    for row in rows:
+        if row.id in plan.remove:
+            row.deleting = True
+            row.updated_at = utcnow()
+    session.flush()
+    rows = session.scalars(select(InstanceRow).where(InstanceRow.deployment_id == dep.id)).all()
+    return ReplicaPlanView(
+        deployment=name,
+        created=created,
+        to_place=[r.id for r in rows if not r.deleting and r.placement is None],
+        removing=[r.id for r in rows if r.deleting],
+    )
+
+
+def mark_instance_deleting(session: Session, instance_id: int) -> InstanceRow:
+    row = _instance(session, instance_id)
+    row.deleting = True
+    row.updated_at = utcnow()
+    return row
+
+
+def update_instance_state(
+    session: Session, instance_id: int, update: InstanceStateUpdate
+) -> InstanceRow:
+    row = _instance(session, instance_id)
+    check_transition(InstanceState(row.state), update.state)
+    row.state = update.state
+    row.state_message = update.message
+    if update.port is not None:
+        row.port = update.port
+    if update.pid is not None:
+        row.pid = update.pid
+    if update.restart_count is not None:
+        row.restart_count = update.restart_count
+    row.updated_at = utcnow()
+    return row
+
+
+def delete_instance_row(session: Session, instance_id: int) -> None:
+    session.delete(_instance(session, instance_id))
+
+
+# ---------------------------------------------------------------- workers and placement
+
+
+def register_worker(session: Session, reg: WorkerRegistration) -> WorkerRow:
+    row = session.get(WorkerRow, reg.name)
+    data = reg.model_dump(mode="json")
+    if row is None:
+        row = WorkerRow(**data)
+        session.add(row)
+    else:
+        for key, value in data.items():
+            setattr(row, key, value)
+    row.last_heartbeat = utcnow()
+    return row
+
+
+def heartbeat(session: Session, name: str) -> WorkerRow:
+    row = session.get(WorkerRow, name)
+    if row is None:
+        raise NotFound(f"worker {name!r} is not registered")
+    row.last_heartbeat = utcnow()
+    return row
+
+
+def _is_ready(row: WorkerRow, now: datetime, timeout: timedelta) -> bool:
+    if row.last_heartbeat is None:
+        return False
+    beat = row.last_heartbeat
+    if beat.tzinfo is None:  # SQLite returns naive datetimes
+        beat = beat.replace(tzinfo=timezone.utc)
+    return now - beat <= timeout
+
+
+def list_workers(session: Session, timeout: timedelta) -> list[WorkerView]:
+    now = utcnow()
+    rows = session.scalars(select(WorkerRow).order_by(WorkerRow.name)).all()
+    return [
+        WorkerView(
+            name=r.name,
+            address=r.address,
+            labels=r.labels,
+            gpus=r.gpus,
+            cpu_count=r.cpu_count,
+            memory_total=r.memory_total,
+            work_queue=r.work_queue,
+            ready=_is_ready(r, now, timeout),
+            last_heartbeat=r.last_heartbeat,
+        )
+        for r in rows
+    ]
+
+
+def get_worker(session: Session, name: str) -> WorkerRow:
+    row = session.get(WorkerRow, name)
+    if row is None:
+        raise NotFound(f"worker {name!r} is not registered")
+    return row
+
+
+def cluster_snapshot(
+    session: Session, timeout: timedelta, ram_reserved: int = 0
+) -> list[placement_core.WorkerSnapshot]:
+    """Workers with the memory claimed by every placed instance (the claim ledger)."""
+    vram: dict[tuple[str, int], int] = {}
+    ram: dict[str, int] = {}
+    for inst in session.scalars(select(InstanceRow).where(InstanceRow.placement.is_not(None))):
+        p = Placement.model_validate(inst.placement)
+        ram[p.worker] = ram.get(p.worker, 0) + p.ram_claim
+        for idx, claim in p.vram_claim.items():
+            vram[(p.worker, idx)] = vram.get((p.worker, idx), 0) + claim
+    now = utcnow()
+    snapshots = []
+    for w in session.scalars(select(WorkerRow).order_by(WorkerRow.name)):
+        gpus = tuple(
+            placement_core.GpuSnapshot(
+                index=g["index"],
+                name=g["name"],
+                memory_total=g["memory_total"],
+                claimed=vram.get((w.name, g["index"]), 0),
+            )
+            for g in w.gpus
+        )
+        snapshots.append(
+            placement_core.WorkerSnapshot(
+                name=w.name,
+                ready=_is_ready(w, now, timeout),
+                memory_total=w.memory_total,
+                ram_claimed=ram.get(w.name, 0),
+                ram_reserved=ram_reserved,
+                gpus=gpus,
+                labels=w.labels,
+            )
+        )
+    return snapshots
+
+
+def place_instance(
+    session: Session,
+    instance_id: int,
+    estimate: ResourceEstimate,
+    timeout: timedelta,
+    ram_reserved: int = 0,
+) -> InstanceRow:
+    """Run placement against the claim ledger and record the claim (SCHEDULED), or
+    leave the instance PENDING with the reason for every worker."""
+    row = _instance(session, instance_id)
+    if row.placement is not None:
+        return row  # already placed (idempotent retry)
+    result = placement_core.place(cluster_snapshot(session, timeout, ram_reserved), estimate)
+    current = InstanceState(row.state)
+    if isinstance(result, placement_core.Unplaceable):
+        if current != InstanceState.PENDING:
+            check_transition(current, InstanceState.PENDING)
+        row.state = InstanceState.PENDING
+        row.state_message = f"cannot be placed: {result.message()}"
+    else:
+        check_transition(current, InstanceState.SCHEDULED)
+        row.placement = result.model_dump(mode="json")
+        row.worker_name = result.worker
+        row.state = InstanceState.SCHEDULED
+        where = f"GPU {result.gpu_indexes}" if result.gpu_indexes else "CPU"
+        row.state_message = f"placed on {result.worker} ({where})"
+    row.updated_at = utcnow()
+    return row

@@ -1,0 +1,50 @@
+"""Route node-local flows to the node's own work queue and wait for them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+from prefect import get_client, task
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+
+from gpufleet.orchestration import deployment_name, node_queue
+from tasks._retry import NETWORK_TASK
+
+NODE_RUN_TIMEOUT_S = 900.0
+
+
+@task(name="run-on-node", **NETWORK_TASK)
+def run_on_node(flow_name: str, worker: str, parameters: dict[str, Any], idempotency_key: str) -> UUID:
+    """Start `flow_name` on `worker`'s queue; the idempotency key makes a retried
+    task find the run it already created instead of starting a second one."""
+    run: FlowRun = run_deployment(  # type: ignore[assignment]
+        deployment_name(flow_name),
+        parameters=parameters,
+        work_queue_name=node_queue(worker),
+        timeout=0,
+        idempotency_key=idempotency_key,
+    )
+    return run.id
+
+
+@task(name="wait-for-node-runs")
+def wait_for_node_runs(run_ids: list[UUID], timeout: float = NODE_RUN_TIMEOUT_S) -> dict[str, str]:
+    """Wait until every run is final; returns run id -> final state name."""
+    deadline = time.monotonic() + timeout
+    pending = set(run_ids)
+    final: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        while pending and time.monotonic() < deadline:
+            for run_id in list(pending):
+                state = client.read_flow_run(run_id).state
+                if state is not None and state.is_final():
+                    final[str(run_id)] = state.name
+                    pending.discard(run_id)
+            if pending:
+                time.sleep(0.2)
+    for run_id in pending:
+        final[str(run_id)] = "TimedOut"
+    return final

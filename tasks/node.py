@@ -1,0 +1,54 @@
+"""Node-local tasks: they run on the node that holds (or will hold) the instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from gpufleet.core.schemas import InstanceView, ModelMetadata
+from gpufleet.node import backends
+from gpufleet.node.context import current_node
+from gpufleet.node.registry import BackendRecord
+
+HEALTH_TIMEOUT_S = 180.0
+
+
+@task(name="pull-weights")
+def pull_weights(instance: InstanceView) -> Path:
+    """Make the weights available on this node (local paths: check they are here)."""
+    node = current_node()
+    path = backends.resolve_weights(instance, node)
+    get_run_logger().info("weights for %s on %s: %s", instance.name, node.name, path)
+    return path
+
+
+@task(name="launch-instance")
+def launch_instance(
+    instance: InstanceView, model_path: Path, metadata: ModelMetadata | None
+) -> BackendRecord:
+    node = current_node()
+    record = backends.launch(instance, model_path, node, metadata)
+    get_run_logger().info(
+        "launched %s on %s: pid %d, port %d, log %s",
+        instance.name, node.name, record.pid, record.port, record.log_path,
+    )
+    return record
+
+
+@task(name="health-check", timeout_seconds=HEALTH_TIMEOUT_S + 30)
+def health_check(record: BackendRecord, timeout: float = HEALTH_TIMEOUT_S) -> str:
+    path = backends.wait_healthy(record, current_node().bind_host, timeout)
+    get_run_logger().info("%s healthy on port %d (%s)", record.instance_name, record.port, path)
+    return path
+
+
+@task(name="stop-instance")
+def stop_instance(instance_id: int) -> bool:
+    node = current_node()
+    stopped = backends.stop(instance_id, node)
+    get_run_logger().info(
+        "instance %d on %s: %s", instance_id, node.name,
+        "backend stopped" if stopped else "no running backend",
+    )
+    return stopped

@@ -1,0 +1,17 @@
+"""Placement: the server runs the pure placement under its lock and records the claim."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from gpufleet.client import GpufleetClient
+from gpufleet.core.schemas import InstanceView, ResourceEstimate
+from tasks._retry import NETWORK_TASK
+
+
+@task(name="select-gpus", **NETWORK_TASK)
+def select_gpus(instance_id: int, estimate: ResourceEstimate) -> InstanceView:
+    with GpufleetClient() as c:
+        inst = c.place(instance_id, estimate)
+    get_run_logger().info("instance %s: %s — %s", inst.name, inst.state, inst.state_message)
+    return inst
