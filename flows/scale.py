@@ -17,7 +17,7 @@ def scale_to(name: str, replicas: int) -> ConvergeReport:
 
 
 @flow(name="scale")
-def scale(name: str, replicas: Annotated[int, Field(ge=0, le=1000)] -> ConvergeReport:
+def scale(name: str, replicas: Annotated[int, Field(ge=0, le=1000)]) -> ConvergeReport:
     return scale_to(name, replicas)
 
 

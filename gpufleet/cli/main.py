@@ -46,6 +46,11 @@ WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the 
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds to wait")]
 
 
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
@@ -178,7 +183,7 @@ def server(
     """Run the gpufleet server (REST API; the only writer of the gpufleet database)."""
     from gpufleet.server.main import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     serve(host, port, database_url(), control_worker=not no_control_worker)
 
 
@@ -199,7 +204,7 @@ def node(
     from gpufleet.node.context import NodeContext
     from gpufleet.node.inventory import VirtualGpuError, node_gpus
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     node_name = name or _default_node_name()
     try:
         gpus = node_gpus(virtual_gpus)

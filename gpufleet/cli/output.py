@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from pydantic import BaseModel
@@ -11,8 +12,9 @@ from rich.table import Table
 
 from gpufleet.core.schemas import DeploymentView, InstanceView, WorkerView
 
-console = Console()
-err_console = Console(stderr=True)
+# Pipes and files get wide lines: a table wrapped at 80 columns is hard to read or grep.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def print_json(items: list[BaseModel] | BaseModel) -> None:

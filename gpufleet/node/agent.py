@@ -110,8 +110,9 @@ class NodeAgent:
 
     def _report_exit(self, record: BackendRecord, how: str) -> None:
         with self.registry.lock:
-            if self.registry.get(record.instance_id) is None:
-                return  # stopped on purpose meanwhile
+            current = self.registry.get(record.instance_id)
+            if current is None or current.stopping or current.pid != record.pid:
+                return  # stopped on purpose, or relaunched, meanwhile
             code = processes.exit_code(record.pid)
             self.registry.remove(record.instance_id)
         detail = f" with code {code}" if code is not None else ""
@@ -124,11 +125,7 @@ class NodeAgent:
 
     def supervise_once(self) -> None:
         for record in self.registry.all():
-            if not processes.is_alive(record.pid, record.start_time):
-                with self.registry.lock:
-                    current = self.registry.get(record.instance_id)
-                    if current is None or current.pid != record.pid:
-                        continue
+            if not record.stopping and not processes.is_alive(record.pid, record.start_time):
                 self._report_exit(record, "exited unexpectedly")
         processes.reap_children()
 

@@ -144,7 +144,13 @@ def stop(instance_id: int, node: NodeContext, grace: float = 10.0) -> bool:
         record = reg.get(instance_id)
         if record is None:
             return False
-        was_running = processes.terminate(record.pid, record.start_time, grace)
-        processes.reap_children()
-        reg.remove(instance_id)
-        return was_running
+        record = record.model_copy(update={"stopping": True})
+        reg.save(record)
+    # Terminate outside the lock: stopping several backends at once must not queue up.
+    was_running = processes.terminate(record.pid, record.start_time, grace)
+    processes.reap_children()
+    with reg.lock:
+        current = reg.get(instance_id)
+        if current is not None and current.pid == record.pid:
+            reg.remove(instance_id)
+    return was_running

@@ -25,6 +25,7 @@ class BackendRecord(BaseModel):
     port: int
     log_path: str
     command: list[str]
+    stopping: bool = False  # set before a deliberate stop, so supervision does not report it
 
 
 class BackendRegistry:
