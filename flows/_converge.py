@@ -8,6 +8,7 @@ from uuid import UUID
 from prefect import get_run_logger
 from pydantic import BaseModel
 
+from gpufleet.core.schemas import InstanceView
 from gpufleet.core.states import InstanceState
 from tasks.dispatch import run_on_node, wait_for_node_runs
 from tasks.model import estimate_resources, fetch_metadata
@@ -21,6 +22,12 @@ from tasks.server import (
 )
 
 STOP_TIMEOUT_S = 120.0
+
+
+def run_key(operation: str, inst: InstanceView) -> str:
+    """Idempotency key of a node run: unique per instance incarnation, so a retried
+    task finds its run and a later instance never matches an old one."""
+    return f"{operation}-{inst.name}-{inst.created_at.timestamp()}-{inst.restart_count}"
 
 
 class ConvergeReport(BaseModel):
@@ -39,7 +46,7 @@ def remove_instances(instance_ids: list[int]) -> list[int]:
         inst = read_instance(iid)
         if inst is not None and inst.worker is not None:
             stop_runs.append(
-                run_on_node("stop-instance", inst.worker, {"instance_id": iid}, f"stop-{iid}-{inst.updated_at.timestamp()}")
+                run_on_node("stop-instance", inst.worker, {"instance_id": iid}, run_key("stop", inst))
             )
     if stop_runs:
         results = wait_for_node_runs(stop_runs, timeout=STOP_TIMEOUT_S)
@@ -77,7 +84,7 @@ def converge(name: str, wait: bool = True) -> ConvergeReport:
                     "serve-instance",
                     inst.worker,
                     {"instance_id": iid, "metadata": metadata.model_dump(mode="json") if metadata else None},
-                    f"serve-{iid}-{inst.restart_count}",
+                    run_key("serve", inst),
                 )
             )
     node_runs = wait_for_node_runs(serve_runs) if (serve_runs and wait) else {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows._converge import run_key
 from gpufleet.core.states import InstanceState
 from tasks.dispatch import run_on_node, wait_for_node_runs
 from tasks.server import read_deployment, read_instance, report_state
@@ -17,7 +18,7 @@ def restart(instance_id: int) -> dict[str, str]:
     if inst.worker is None:
         raise ValueError(f"instance {instance_id} is not placed yet; nothing to restart")
     attempt = inst.restart_count + 1
-    stop_run = run_on_node("stop-instance", inst.worker, {"instance_id": instance_id}, f"restart-stop-{instance_id}-{attempt}")
+    stop_run = run_on_node("stop-instance", inst.worker, {"instance_id": instance_id}, run_key("restart-stop", inst))
     wait_for_node_runs([stop_run], timeout=120)
     report_state(instance_id, InstanceState.STARTING, f"restarting (attempt {attempt})", restart_count=attempt)
     metadata = read_deployment(inst.deployment).metadata
@@ -25,6 +26,6 @@ def restart(instance_id: int) -> dict[str, str]:
         "serve-instance",
         inst.worker,
         {"instance_id": instance_id, "metadata": metadata.model_dump(mode="json") if metadata else None},
-        f"serve-{instance_id}-{attempt}",
+        run_key("serve", inst.model_copy(update={"restart_count": attempt})),
     )
     return wait_for_node_runs([serve_run])

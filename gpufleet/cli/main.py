@@ -285,7 +285,7 @@ def list_instances(name: Annotated[Optional[str], typer.Argument(help="deploymen
         console.print(instances_table(instances))
 
 
-@app.command()
+@app.command(context_settings={"ignore_unknown_options": True})  # so that `scale x -1` reaches our check
 def scale(name: str, replicas: int, wait: WaitOpt = True, timeout: TimeoutOpt = 300.0) -> None:
     """Set the number of replicas."""
     if replicas < 0:

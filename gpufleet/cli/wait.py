@@ -36,10 +36,11 @@ def wait_for_deployment(client: GpufleetClient, name: str, timeout: float, gone:
                 raise
             instances = client.list_instances(deployment=name)
             status.update(f"{name}: {dep.ready_replicas}/{dep.replicas} ready — {_summary(instances)}")
-            failed = [i for i in instances if i.state == InstanceState.ERROR and not i.deleting]
-            if failed:
-                raise WaitFailed("; ".join(f"instance {i.id} ({i.name}) ERROR: {i.state_message}" for i in failed))
             live = [i for i in instances if not i.deleting]
+            failed = [i for i in live if i.state == InstanceState.ERROR]
+            # A failed instance that is about to be removed (deletion, scale-down) is no failure.
+            if failed and not gone and len(live) <= dep.replicas:
+                raise WaitFailed("; ".join(f"instance {i.id} ({i.name}) ERROR: {i.state_message}" for i in failed))
             if not gone and len(instances) == dep.replicas and all(i.state == InstanceState.RUNNING for i in live):
                 return instances
             time.sleep(0.25)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable, Final
+from typing import Final
 
 __all__ = [
     "DEFAULT_ALIGNMENT",
@@ -235,7 +235,6 @@ _SCALAR_STRUCTS: Final[dict[int, struct.Struct]] = {
 
 _U32: Final = struct.Struct("<I")
 _U64: Final = struct.Struct("<Q")
-_HEADER_PREFIX: Final = struct.Struct("<4sIQQ")  # magic, version, n_tensors, n_kv
 
 _STRING_MIN_BYTES: Final = 8  # the u64 length of an empty string
 _ARRAY_MIN_BYTES: Final = 12  # u32 element type + u64 count
@@ -244,6 +243,10 @@ _KV_MIN_BYTES: Final = _STRING_MIN_BYTES + 4 + 1
 # name (empty string) + u32 n_dims + u32 type + u64 offset
 _TENSOR_INFO_MIN_BYTES: Final = _STRING_MIN_BYTES + 4 + 4 + 8
 _INT64_MAX: Final = (1 << 63) - 1
+# Largest window copied at once when a memoryview input is read in windows.
+_WINDOW_BYTES: Final = 1 << 20
+# Assumed average size of one encoded vocabulary string, for a first window.
+_STRING_GUESS_BYTES: Final = 32
 
 
 def _min_value_bytes(value_type: int) -> int:
@@ -329,7 +332,7 @@ class _Cursor:
     exceed the size cap).
     """
 
-    __slots__ = ("data", "end", "pos", "file_size", "limits")
+    __slots__ = ("data", "end", "file_size", "limits", "pos")
 
     def __init__(
         self,
@@ -338,7 +341,9 @@ class _Cursor:
         limits: ParseLimits,
     ) -> None:
         self.data = data
-        self.end = len(data)
+        # Bytes past the header cap are treated as absent, so an oversized
+        # header fails the same way whether or not the caller read it all.
+        self.end = min(len(data), limits.max_header_bytes)
         self.pos = 0
         self.file_size = file_size
         self.limits = limits
@@ -368,6 +373,27 @@ class _Cursor:
             f"read at least {needed} bytes and retry",
             needed=needed,
         )
+
+    def window(
+        self, start: int, n_bytes: int, then: int, what: str, size: int
+    ) -> tuple[bytes, int, int, int]:
+        """A bytes window for a windowed read: ``(chunk, base, pos, end)`` where
+        ``chunk[pos:end]`` is the buffer from absolute offset `start` on.
+
+        bytes input is returned whole (slicing it copies nothing extra). A
+        memoryview is copied ``max(n_bytes, size)`` bytes at a time, because
+        slicing bytes is several times cheaper than slicing a memoryview,
+        while copying the whole (possibly mmapped) input is not acceptable.
+        `n_bytes` must be present; `then` is the minimum still to come after
+        them, which makes the truncation hint a tighter lower bound.
+        """
+        if start + n_bytes > self.end:
+            self.pos = start
+            raise self.shortfall(start + n_bytes + then, n_bytes + then, what)
+        if isinstance(self.data, bytes):
+            return self.data, 0, start, self.end
+        stop = min(self.end, start + max(n_bytes, size))
+        return bytes(self.data[start:stop]), start, 0, stop - start
 
     def u32(self, what: str) -> int:
         self.require(4, what)
@@ -428,9 +454,7 @@ def _read_array(cur: _Cursor, what: str, depth: int) -> list[object]:
         )
     elem_type = cur.u32(f"{what} array element type")
     if elem_type not in _VALID_VALUE_TYPES:
-        raise GGUFError(
-            f"{what} at byte offset {start} has unknown array element type {elem_type}"
-        )
+        raise GGUFError(f"{what} at byte offset {start} has unknown array element type {elem_type}")
     count = cur.u64(f"{what} array length")
     if count > cur.limits.max_array_len:
         raise GGUFError(
@@ -455,42 +479,70 @@ def _read_scalar_array(
 def _read_string_array(
     cur: _Cursor, elem_type: int, count: int, what: str, depth: int
 ) -> list[object]:
-    """Strings are length-prefixed, so a loop is unavoidable; keep its body
-    to one unpack and one decode (this is the vocabulary hot path)."""
-    data, end, pos = cur.data, cur.end, cur.pos
+    """The vocabulary hot path (150k+ strings). Length prefixes force a
+    Python loop, so its body is kept to one unpack and one bytes slice, and
+    UTF-8 decoding is done once for the whole array instead of per string."""
+    pieces = _string_array_pieces(cur, count, what)
+    return _decode_pieces(pieces)
+
+
+def _string_array_pieces(cur: _Cursor, count: int, what: str) -> list[bytes]:
+    """Raw bytes of each string, read through :meth:`_Cursor.window`. The
+    window starts near the array's likely size and doubles on each refill,
+    so the bytes copied stay proportional to the bytes consumed even for
+    many tiny nested string arrays."""
     cap = cur.limits.max_string_len
     unpack_len = _U64.unpack_from
-    out: list[object] = [""] * count
+    size = min(_WINDOW_BYTES, count * _STRING_GUESS_BYTES)
+    chunk, base, pos, end = cur.window(cur.pos, 0, 0, what, size)
+    pieces: list[bytes] = [b""] * count
     for i in range(count):
         if pos + 8 > end:
-            cur.pos = pos
-            raise cur.shortfall(pos + 8 + (count - i - 1) * 8, 8, f"{what}[{i}] length")
-        (length,) = unpack_len(data, pos)
+            size = min(_WINDOW_BYTES, 2 * size)
+            then = (count - i - 1) * 8
+            chunk, base, pos, end = cur.window(base + pos, 8, then, f"{what}[{i}] length", size)
+        (length,) = unpack_len(chunk, pos)
         if length > cap:
             raise GGUFError(
-                f"{what}[{i}] at byte offset {pos} has length {length}, over the limit of {cap}"
+                f"{what}[{i}] at byte offset {base + pos} has length {length}, "
+                f"over the limit of {cap}"
             )
         pos += 8
         stop = pos + length
         if stop > end:
-            cur.pos = pos
-            raise cur.shortfall(stop + (count - i - 1) * 8, length, f"{what}[{i}]")
-        out[i] = str(data[pos:stop], "utf-8", "replace")
+            size = min(_WINDOW_BYTES, 2 * size)
+            then = (count - i - 1) * 8
+            chunk, base, pos, end = cur.window(base + pos, length, then, f"{what}[{i}]", size)
+            stop = pos + length
+        pieces[i] = chunk[pos:stop]
         pos = stop
-    cur.pos = pos
-    return out
+    cur.pos = base + pos
+    return pieces
+
+
+def _decode_pieces(pieces: list[bytes]) -> list[object]:
+    """Decode all strings with one ``decode`` call by joining on NUL, which
+    UTF-8 never uses inside a multi-byte sequence, so replacement of invalid
+    bytes is the same as decoding each string alone. Strings that themselves
+    contain NUL (legal, if odd) fall back to per-string decoding."""
+    if not pieces:
+        return []
+    joined = b"\x00".join(pieces)
+    if joined.count(b"\x00") == len(pieces) - 1:
+        return list(joined.decode("utf-8", "replace").split("\x00"))
+    return [p.decode("utf-8", "replace") for p in pieces]
 
 
 def _read_array_of_arrays(
     cur: _Cursor, elem_type: int, count: int, what: str, depth: int
 ) -> list[object]:
     """Nested arrays are rare and small; recursion depth is already capped."""
-    return [_read_array(cur, f"{what}[{i}]", depth) for i in range(count)]
+    return [_read_array(cur, f"{what}[{i}]", depth + 1) for i in range(count)]
 
 
 _VALID_VALUE_TYPES: Final = frozenset(int(t) for t in GGUFValueType)
-_ArrayReader = Callable[[_Cursor, int, int, str, int], list[object]]
-_ARRAY_READERS: Final[dict[int, _ArrayReader]] = {
+# element type -> reader(cursor, element type, count, what, depth)
+_ARRAY_READERS: Final = {
     **{t: _read_scalar_array for t in _SCALAR_FORMATS},
     GGUFValueType.STRING: _read_string_array,
 }
@@ -532,9 +584,7 @@ def _alignment_from(metadata: dict[str, object]) -> int:
 # --------------------------------------------------------------------------
 
 
-def _read_tensor_info(
-    cur: _Cursor, index: int, alignment: int, seen: set[str]
-) -> TensorInfo:
+def _read_tensor_info(cur: _Cursor, index: int, alignment: int, seen: set[str]) -> TensorInfo:
     """Read and validate one tensor-info row the way llama.cpp's loader
     would, so that "parses here" implies "loads there"."""
     start = cur.pos
@@ -549,23 +599,22 @@ def _read_tensor_info(
             f"tensor {name!r} at byte offset {start} has n_dims {n_dims}, "
             f"over the limit of {limits.max_dims}"
         )
-    shape = _read_dims(cur, name, n_dims)
+    shape = _read_dims(cur, name, n_dims, start)
     ggml_type = cur.u32(f"tensor {name!r} type")
     sizes = GGML_TYPE_SIZES.get(ggml_type)
     if sizes is None:
-        raise GGUFError(
-            f"tensor {name!r} at byte offset {start} has unknown ggml type {ggml_type}"
-        )
+        raise GGUFError(f"tensor {name!r} at byte offset {start} has unknown ggml type {ggml_type}")
     offset = cur.u64(f"tensor {name!r} offset")
     if offset % alignment:
         raise GGUFError(
-            f"tensor {name!r} offset {offset} is not a multiple of alignment {alignment}"
+            f"tensor {name!r} at byte offset {start}: data offset {offset} "
+            f"is not a multiple of alignment {alignment}"
         )
     n_elements, n_bytes = _tensor_size(name, shape, ggml_type, sizes)
     return TensorInfo(name, shape, ggml_type, offset, n_elements, n_bytes)
 
 
-def _read_dims(cur: _Cursor, name: str, n_dims: int) -> tuple[int, ...]:
+def _read_dims(cur: _Cursor, name: str, n_dims: int, start: int) -> tuple[int, ...]:
     """Dimensions are u64 on disk but int64 in ggml; anything past INT64_MAX
     is a negative size there, and the product must stay well below overflow."""
     cur.require(8 * n_dims, f"tensor {name!r} dims")
@@ -574,11 +623,13 @@ def _read_dims(cur: _Cursor, name: str, n_dims: int) -> tuple[int, ...]:
     n_elements = 1
     for dim in shape:
         if dim > _INT64_MAX:
-            raise GGUFError(f"tensor {name!r} has a negative dimension ({dim} as u64)")
+            raise GGUFError(
+                f"tensor {name!r} at byte offset {start} has a negative dimension ({dim} as u64)"
+            )
         n_elements *= dim
         if n_elements > cur.limits.max_tensor_elements:
             raise GGUFError(
-                f"tensor {name!r} shape {shape} has more than "
+                f"tensor {name!r} at byte offset {start} with shape {shape} has more than "
                 f"{cur.limits.max_tensor_elements} elements (overflow)"
             )
     return tuple(int(d) for d in shape)
@@ -638,12 +689,12 @@ def _read_prefix(cur: _Cursor) -> tuple[int, int, int]:
     if version not in SUPPORTED_VERSIONS:
         raise GGUFError(_version_problem(version))
     n_tensors = cur.u64("tensor count")
-    n_kv = cur.u64("metadata kv count")
     if n_tensors > cur.limits.max_tensor_count:
         raise GGUFError(
             f"tensor count {n_tensors} at byte offset 8 is over the limit of "
             f"{cur.limits.max_tensor_count}"
         )
+    n_kv = cur.u64("metadata kv count")
     if n_kv > cur.limits.max_kv_count:
         raise GGUFError(
             f"metadata kv count {n_kv} at byte offset 16 is over the limit of "

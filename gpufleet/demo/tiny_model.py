@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFWriter, LlamaFileType, TokenType
 
-__all__ = ["TinyModelShape", "build_vocab", "write_tiny_llama_gguf", "main"]
+__all__ = ["TinyModelShape", "TinyVocab", "build_vocab", "main", "write_tiny_llama_gguf"]
 
 ARCH = "llama"
 
@@ -65,13 +65,13 @@ class TinyModelShape:
 
 
 @dataclass(frozen=True)
-class _Vocab:
+class TinyVocab:
     tokens: list[str]
     scores: list[float]
     types: list[int]
 
 
-def build_vocab() -> _Vocab:
+def build_vocab() -> TinyVocab:
     """A minimal SentencePiece-style vocabulary in the layout llama.cpp's SPM
     tokenizer expects: special tokens first, then the 256 ``<0xXX>`` byte
     tokens (ids 3..258, which is where byte fallback looks), then ordinary
@@ -93,7 +93,7 @@ def build_vocab() -> _Vocab:
         tokens.append(marker)
         types.append(TokenType.CONTROL)
         scores.append(0.0)
-    return _Vocab(tokens, scores, [int(t) for t in types])
+    return TinyVocab(tokens, scores, [int(t) for t in types])
 
 
 def _weight(rng: np.random.Generator, shape: tuple[int, int], dtype: str) -> np.ndarray:
@@ -146,7 +146,7 @@ def _add_hparams(w: GGUFWriter, shape: TinyModelShape, n_vocab: int, name: str) 
     w.add_vocab_size(n_vocab)
 
 
-def _add_tokenizer(w: GGUFWriter, vocab: _Vocab) -> None:
+def _add_tokenizer(w: GGUFWriter, vocab: TinyVocab) -> None:
     """SPM tokenizer metadata; bos is prepended like real llama models."""
     w.add_tokenizer_model("llama")
     w.add_token_list(vocab.tokens)

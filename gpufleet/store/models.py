@@ -33,6 +33,7 @@ class WorkerRow(Base):
 
 class DeploymentRow(Base):
     __tablename__ = "deployments"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
@@ -51,6 +52,7 @@ class DeploymentRow(Base):
 
 class InstanceRow(Base):
     __tablename__ = "instances"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(80), unique=True)

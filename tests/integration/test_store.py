@@ -152,3 +152,15 @@ def test_delete_deployment_needs_no_instances(sessions, tiny_gguf: Path) -> None
         repo.delete_deployment_row(session, "tiny")
     with sessions.begin() as session:
         assert repo.list_deployments(session) == []
+
+
+def test_ids_are_never_reused(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
+    """Instance ids name log files and flow-run keys: a new instance must not inherit an old id."""
+    create(sessions, tiny_gguf, replicas=1)
+    with sessions.begin() as session:
+        first = repo.reconcile_replicas(session, "tiny").created[0]
+    with sessions.begin() as session:
+        repo.delete_instance_row(session, first)
+    with sessions.begin() as session:
+        second = repo.reconcile_replicas(session, "tiny").created[0]
+    assert second > first

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("deleting", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sqlite_autoincrement=True,  # ids are never reused: they name flow runs and log files
     )
     op.create_index("ix_deployments_name", "deployments", ["name"], unique=True)
     op.create_table(
@@ -57,6 +58,7 @@ def upgrade() -> None:
         sa.Column("deleting", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_instances_deployment_id", "instances", ["deployment_id"])
     op.create_index("ix_instances_worker_name", "instances", ["worker_name"])

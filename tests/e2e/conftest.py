@@ -1,0 +1,115 @@
+"""One real cluster for the whole session: a Prefect server, the gpufleet server,
+node-a (CPU only) and node-b (one declared 1 GiB GPU), all as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gpufleet.cli.embedded import Child, _spawn, _wait_for_worker, start_cluster, stop_children
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class E2ECluster:
+    api_url: str
+    prefect_api_url: str
+    home: Path
+    env: dict[str, str]
+    children: list[Child]
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gpufleet.cli.main", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"gpufleet {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def instances(self, deployment: str | None = None) -> list[dict[str, Any]]:
+        return self.cli_json("ps", *([deployment] if deployment else []))
+
+    def node_home(self, node: str) -> Path:
+        return self.home / "nodes" / node
+
+    def start_node(self, name: str, virtual_gpus: str | None = None) -> Child:
+        args = [sys.executable, "-m", "gpufleet.cli.main", "node", "--name", name, "--server", self.api_url]
+        if virtual_gpus:
+            args += ["--virtual-gpus", virtual_gpus]
+        child = _spawn(f"node-{name}", args, self.env, self.home / "logs")
+        _wait_for_worker(self.api_url, name, child, 60)
+        self.children.append(child)
+        return child
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
+    home = tmp_path_factory.mktemp("gpufleet-home")
+    saved = {k: os.environ.pop(k) for k in ("PREFECT_API_URL", "GPUFLEET_SERVER_URL") if k in os.environ}
+    try:
+        c = start_cluster(free_port(), free_port(), "node-a", None, home, log=lambda *_: None)
+    finally:
+        os.environ.update(saved)
+    e2e = E2ECluster(c.api_url, c.prefect_api_url, home, c.env, c.children)
+    try:
+        e2e.start_node("node-b", virtual_gpus="T4-1G:1")
+        yield e2e
+    finally:
+        stop_children(e2e.children)
+
+
+def wait_until(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+def chat(port: int) -> str:
+    resp = httpx.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    content = resp.json()["choices"][0]["message"]["content"]
+    assert isinstance(content, str)
+    return content
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")

@@ -1,0 +1,90 @@
+"""Bad input gets a clear error, a non-zero exit or a 4xx, and changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import E2ECluster
+
+
+def state(cluster: E2ECluster) -> tuple[list, list]:
+    deps = sorted((d["name"], d["replicas"], d["generation"]) for d in cluster.cli_json("ls"))
+    insts = sorted((i["id"], i["state"]) for i in cluster.instances())
+    return deps, insts
+
+
+def corrupt_gguf(tmp: Path) -> str:
+    f = tmp / "corrupt.gguf"
+    f.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 32)
+    return str(f)
+
+
+def not_gguf(tmp: Path) -> str:
+    f = tmp / "notes.gguf"
+    f.write_text("just some text, not a model\n")
+    return str(f)
+
+
+CASES = [
+    ("missing file", lambda t, g: ["deploy", "--name", "x1", "--local-path", "/no/such/model.gguf"],
+     "model path /no/such/model.gguf not found"),
+    ("corrupt GGUF", lambda t, g: ["deploy", "--name", "x2", "--local-path", corrupt_gguf(t)],
+     "is not a valid GGUF file"),
+    ("not a GGUF at all", lambda t, g: ["deploy", "--name", "x3", "--local-path", not_gguf(t)],
+     "is not a valid GGUF file"),
+    ("negative replicas", lambda t, g: ["deploy", "--name", "x4", "--local-path", str(g), "--replicas", "-1"],
+     "--replicas must be 0 or more"),
+    ("invalid name", lambda t, g: ["deploy", "--name", "Bad_Name", "--local-path", str(g)],
+     "invalid deployment name 'Bad_Name'"),
+    ("malformed backend param", lambda t, g: ["deploy", "--name", "x5", "--local-path", str(g),
+                                              "--backend-param=ctx-size=1024"],
+     "must start with '-'"),
+    ("managed backend param", lambda t, g: ["deploy", "--name", "x6", "--local-path", str(g),
+                                            "--backend-param=--port=1"],
+     "--port is set by gpufleet"),
+    ("duplicate name", lambda t, g: ["deploy", "--name", "keeper", "--local-path", str(g)],
+     "deployment 'keeper' already exists"),
+    ("scale unknown", lambda t, g: ["scale", "nope", "2"], "deployment 'nope' not found"),
+    ("scale negative", lambda t, g: ["scale", "keeper", "-1"], "replicas must be 0 or more"),
+    ("rm unknown", lambda t, g: ["rm", "nope"], "deployment 'nope' not found"),
+    ("edit unknown", lambda t, g: ["edit", "nope", "--backend-param=--ctx-size=1"], "deployment 'nope' not found"),
+    ("edit malformed", lambda t, g: ["edit", "keeper", "--backend-param=--ctx-size=big"],
+     "--ctx-size must be a non-negative integer"),
+    ("rm-instance unknown", lambda t, g: ["rm-instance", "99999"], "instance 99999 not found"),
+    ("logs unknown", lambda t, g: ["logs", "99999"], "instance 99999 not found"),
+]
+
+
+@pytest.fixture(scope="module")
+def keeper(cluster: E2ECluster, tiny_gguf: Path):  # noqa: ANN201
+    cluster.cli("deploy", "--name", "keeper", "--local-path", str(tiny_gguf))
+    yield
+    cluster.cli("rm", "keeper")
+
+
+@pytest.mark.parametrize(("args", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_cli_bad_input(cluster: E2ECluster, keeper: None, tiny_gguf: Path, tmp_path: Path, args, message: str) -> None:  # noqa: ANN001
+    before = state(cluster)
+    proc = cluster.cli(*args(tmp_path, tiny_gguf), check=False, timeout=60)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert state(cluster) == before
+
+
+def test_api_bad_input(cluster: E2ECluster, keeper: None, tiny_gguf: Path) -> None:
+    before = state(cluster)
+    api = cluster.api_url
+    body = {"name": "y", "replicas": -1, "source": {"kind": "local_path", "local_path": str(tiny_gguf)}}
+    r = httpx.post(f"{api}/v1/deployments", json=body)
+    assert r.status_code == 422 and "replicas" in r.text
+    r = httpx.post(f"{api}/v1/deployments", json={**body, "replicas": 1, "colour": "red"})
+    assert r.status_code == 422 and "colour" in r.text  # unknown fields are refused, not ignored
+    r = httpx.post(f"{api}/v1/deployments", json={**body, "replicas": 1, "source": {"kind": "local_path"}})
+    assert r.status_code == 422 and "local_path" in r.text
+    assert httpx.get(f"{api}/v1/deployments/nope").status_code == 404
+    assert httpx.post(f"{api}/v1/deployments/keeper/scale", json={"replicas": "many"}).status_code == 422
+    assert state(cluster) == before

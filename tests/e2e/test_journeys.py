@@ -1,0 +1,203 @@
+"""User journeys end to end: real Prefect server, gpufleet server, two node agents,
+real llama.cpp servers answering HTTP. node-b declares one 1 GiB GPU; node-a is CPU only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.conftest import E2ECluster, chat, cmdline, pid_alive, wait_until
+
+GiB = 1 << 30
+
+
+def running(instances: list[dict]) -> list[dict]:
+    return [i for i in instances if i["state"] == "RUNNING" and not i["deleting"]]
+
+
+def arg_after(cmd: list[str], flag: str) -> str:
+    return cmd[cmd.index(flag) + 1]
+
+
+def test_deploy_scale_stop_start_delete(cluster: E2ECluster, tiny_gguf: Path) -> None:
+    # 2. deploy two replicas: both become real llama.cpp servers on their own ports
+    out = cluster.cli("deploy", "--name", "tiny", "--local-path", str(tiny_gguf), "--replicas", "2")
+    assert "deployment tiny created with 2 replica(s)" in out.stdout
+    insts = cluster.instances("tiny")
+    assert len(running(insts)) == 2
+    assert len({i["port"] for i in insts}) == 2
+    for i in insts:
+        # placement: the tiny model (≈258 MiB VRAM) fits node-b's declared GPU 0
+        assert (i["worker"], i["gpu_indexes"]) == ("node-b", [0])
+        assert pid_alive(i["pid"])
+        cmd = cmdline(i["pid"])
+        assert arg_after(cmd, "--port") == str(i["port"])
+        assert arg_after(cmd, "--n-gpu-layers") == "999"
+        env = Path(f"/proc/{i['pid']}/environ").read_bytes().split(b"\0")
+        assert b"CUDA_VISIBLE_DEVICES=0" in env
+        assert chat(i["port"])
+        assert list(cluster.node_home("node-b").glob(f"logs/{i['id']}-*.log"))
+    first_pids = {i["id"]: i["pid"] for i in insts}
+
+    # 3. ls / ps
+    [dep] = [d for d in cluster.cli_json("ls") if d["name"] == "tiny"]
+    assert (dep["replicas"], dep["ready_replicas"], dep["backend"], dep["state"]) == (2, 2, "llama.cpp", "RUNNING")
+    table = cluster.cli("ps", "tiny").stdout
+    assert "RUNNING" in table and "node-b" in table
+
+    # 4. scale up: the third still fits GPU 0 (3 × 258 MiB ≤ 1 GiB), the fourth goes to node-a's CPU
+    cluster.cli("scale", "tiny", "3")
+    assert {i["worker"] for i in running(cluster.instances("tiny"))} == {"node-b"}
+    cluster.cli("scale", "tiny", "4")
+    insts = running(cluster.instances("tiny"))
+    assert len(insts) == 4
+    [cpu] = [i for i in insts if i["worker"] == "node-a"]
+    assert cpu["gpu_indexes"] == [] and arg_after(cmdline(cpu["pid"]), "--n-gpu-layers") == "0"
+    gpu_claims = sum(i["placement"]["vram_claim"].get("0", 0) for i in insts if i["worker"] == "node-b")
+    assert 0 < gpu_claims <= GiB
+    assert all(pid_alive(p) for p in first_pids.values())  # scaling up left existing replicas alone
+
+    # rm-instance: the instance and its process go, a replacement keeps 4 replicas
+    victim = next(i for i in insts if i["id"] in first_pids)
+    out = cluster.cli("rm-instance", str(victim["id"]))
+    assert f"deleting instance {victim['id']}" in out.stdout
+    assert not pid_alive(victim["pid"])
+    insts = running(cluster.instances("tiny"))
+    assert len(insts) == 4 and victim["id"] not in {i["id"] for i in insts}
+    assert all(chat(i["port"]) for i in insts)
+
+    # stop = scale to 0: instances deleted, processes gone, claims released
+    pids = [i["pid"] for i in insts]
+    cluster.cli("stop", "tiny")
+    assert cluster.instances("tiny") == []
+    assert not any(pid_alive(p) for p in pids)
+    [dep] = [d for d in cluster.cli_json("ls") if d["name"] == "tiny"]
+    assert (dep["replicas"], dep["ready_replicas"], dep["state"]) == (0, 0, "STOPPED")
+
+    # start = scale to 1
+    cluster.cli("start", "tiny")
+    [inst] = running(cluster.instances("tiny"))
+    assert chat(inst["port"])
+
+    # rm: deployment, instances and processes gone
+    cluster.cli("rm", "tiny")
+    assert "tiny" not in {d["name"] for d in cluster.cli_json("ls")}
+    assert not pid_alive(inst["pid"])
+    assert cluster.instances() == []
+
+
+def test_edit_applies_to_new_instances_only(cluster: E2ECluster, tiny_gguf: Path) -> None:
+    cluster.cli("deploy", "--name", "edited", "--local-path", str(tiny_gguf))
+    [old] = cluster.instances("edited")
+    assert arg_after(cmdline(old["pid"]), "--ctx-size") == "512"  # min(4096, model's 512)
+
+    out = cluster.cli("edit", "edited", "--backend-param=--ctx-size=256")
+    assert "1 existing instance(s) keep running unchanged" in out.stdout
+    [same] = cluster.instances("edited")
+    assert (same["id"], same["pid"], same["config"]["backend_params"]) == (old["id"], old["pid"], [])
+    assert pid_alive(old["pid"])
+
+    cluster.cli("scale", "edited", "2")
+    [new] = [i for i in cluster.instances("edited") if i["id"] != old["id"]]
+    assert new["config"]["backend_params"] == ["--ctx-size=256"]
+    assert arg_after(cmdline(new["pid"]), "--ctx-size") == "256"
+    assert arg_after(cmdline(old["pid"]), "--ctx-size") == "512"
+    cluster.cli("rm", "edited")
+
+
+def test_logs_tail_and_follow(cluster: E2ECluster, tiny_gguf: Path) -> None:
+    cluster.cli("deploy", "--name", "logged", "--local-path", str(tiny_gguf))
+    [inst] = cluster.instances("logged")
+    full = cluster.cli("logs", str(inst["id"])).stdout
+    assert f"[gpufleet] starting on {inst['worker']}" in full
+    assert f"--port {inst['port']}" in full
+    tail = cluster.cli("logs", str(inst["id"]), "--tail", "2").stdout
+    assert tail.count("\n") == 2 and full.endswith(tail)
+
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "gpufleet.cli.main", "logs", str(inst["id"]), "--follow", "--tail", "0"],
+        env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(2)
+        chat(inst["port"])  # the server logs the request
+        time.sleep(1)
+        cluster.cli("stop", "logged")  # the backend goes away: following ends
+        out, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    assert "chat/completions" in out or "launch_slot" in out or "slot" in out
+    cluster.cli("rm", "logged")
+
+
+def test_prefect_deployments_runs_and_typed_parameters(cluster: E2ECluster, tiny_gguf: Path) -> None:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    cluster.cli("deploy", "--name", "viaprefect", "--local-path", str(tiny_gguf), "--replicas", "0")
+    with SyncPrefectClient(cluster.prefect_api_url) as client:
+        names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
+        assert {"deploy/gpufleet", "scale/gpufleet", "stop/gpufleet", "start/gpufleet", "restart/gpufleet",
+                "delete/gpufleet", "delete-instance/gpufleet", "serve-instance/gpufleet",
+                "stop-instance/gpufleet"} <= names
+        scale_dep = client.read_deployment_by_name("scale/gpufleet")
+        props = scale_dep.parameter_openapi_schema["properties"]
+        assert props["replicas"]["type"] == "integer" and props["replicas"]["minimum"] == 0
+
+        # run the scale deployment through the Prefect API, as the UI would
+        run = client.create_flow_run_from_deployment(scale_dep.id, parameters={"name": "viaprefect", "replicas": 2})
+        final = wait_until(lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s,
+                           timeout=120, what="scale flow run")
+        assert final.is_completed(), final
+        assert len(running(cluster.instances("viaprefect"))) == 2
+
+        # typed parameters are enforced: a negative replica count is refused by Prefect
+        try:
+            client.create_flow_run_from_deployment(scale_dep.id, parameters={"name": "viaprefect", "replicas": -1})
+        except Exception as exc:  # noqa: BLE001 - Prefect raises an HTTP 409/422 error
+            assert "replicas" in str(exc) or "greater" in str(exc) or "minimum" in str(exc), exc
+        else:
+            raise AssertionError("Prefect accepted replicas=-1")
+
+        # the CLI's operations are flow runs in Prefect too
+        for flow_name in ("deploy", "scale", "serve-instance"):
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+            assert any(r.state and r.state.is_completed() for r in runs), flow_name
+    cluster.cli("rm", "viaprefect")
+
+
+def test_node_restart_readopts_backends_and_leaves_no_orphans(cluster: E2ECluster, tiny_gguf: Path) -> None:
+    cluster.cli("deploy", "--name", "survivor", "--local-path", str(tiny_gguf), "--replicas", "2")
+    a, b = cluster.instances("survivor")
+    assert a["worker"] == b["worker"] == "node-b"
+    node_b = next(c for c in cluster.children if c.name == "node-node-b")
+
+    # the agent dies hard; its backends keep serving
+    node_b.proc.send_signal(signal.SIGKILL)
+    node_b.proc.wait()
+    cluster.children.remove(node_b)
+    assert pid_alive(a["pid"]) and pid_alive(b["pid"]) and chat(a["port"])
+
+    # while it is down the server forgets instance b (as if deleted elsewhere)
+    httpx.delete(f"{cluster.api_url}/v1/internal/instances/{b['id']}").raise_for_status()
+
+    cluster.start_node("node-b", virtual_gpus="T4-1G:1")
+    # a is re-adopted: same process, still RUNNING; b's backend, now unknown, is stopped
+    wait_until(lambda: not pid_alive(b["pid"]), timeout=30, what="orphan backend stopped")
+    [again] = cluster.instances("survivor")
+    assert (again["id"], again["pid"], again["state"]) == (a["id"], a["pid"], "RUNNING")
+
+    # a backend that dies is reported as ERROR, saying where, with its last log lines
+    os.kill(a["pid"], signal.SIGKILL)
+    err = wait_until(lambda: next((i for i in cluster.instances("survivor") if i["state"] == "ERROR"), None),
+                     timeout=30, what="ERROR report")
+    assert "exited unexpectedly" in err["state_message"] and "node-b" in err["state_message"]
+    cluster.cli("rm", "survivor")
+    assert cluster.instances() == []
