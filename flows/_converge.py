@@ -40,20 +40,20 @@ class ConvergeReport(BaseModel):
 
 
 def remove_instances(instance_ids: list[int]) -> list[int]:
-    """Stop each instance's backend on its node, then drop its record (releasing its claims)."""
-    stop_runs: list[UUID] = []
-    for iid in instance_ids:
-        inst = read_instance(iid)
-        if inst is not None and inst.worker is not None:
-            stop_runs.append(
-                run_on_node("stop-instance", inst.worker, {"instance_id": iid}, run_key("stop", inst))
-            )
-    if stop_runs:
-        results = wait_for_node_runs(stop_runs, timeout=STOP_TIMEOUT_S)
+    """Stop each instance's backend on its node (all at once), then drop its record
+    (releasing its claims)."""
+    instances = [i for i in (read_instance(iid) for iid in instance_ids) if i is not None]
+    stops = [
+        run_on_node.submit("stop-instance", i.worker, {"instance_id": i.id}, run_key("stop", i))
+        for i in instances
+        if i.worker is not None
+    ]
+    if stops:
+        results = wait_for_node_runs([f.result() for f in stops], timeout=STOP_TIMEOUT_S)
         failed = {r: s for r, s in results.items() if s != "Completed"}
         if failed:
             get_run_logger().warning(
-                "stop runs did not complete: %s; the node will stop unknown backends when it reconnects",
+                "stop runs did not complete: %s; the node stops unknown backends when it reconnects",
                 failed,
             )
     for iid in instance_ids:
@@ -61,7 +61,7 @@ def remove_instances(instance_ids: list[int]) -> list[int]:
     return instance_ids
 
 
-def converge(name: str, wait: bool = True) -> ConvergeReport:
+def converge(name: str) -> ConvergeReport:
     plan = plan_replicas(name)
     removed = remove_instances(plan.removing) if plan.removing else []
     placed: dict[int, str] = {}
@@ -73,21 +73,17 @@ def converge(name: str, wait: bool = True) -> ConvergeReport:
             report_state(iid, InstanceState.ANALYZING, "reading model metadata and estimating memory")
         metadata = fetch_metadata(dep.source)
         estimate = estimate_resources(metadata, dep.config())
+        serves = []
         for iid in plan.to_place:
             inst = select_gpus(iid, estimate)
             if inst.state != InstanceState.SCHEDULED or inst.worker is None:
                 unplaced[iid] = inst.state_message
                 continue
             placed[iid] = inst.worker
-            serve_runs.append(
-                run_on_node(
-                    "serve-instance",
-                    inst.worker,
-                    {"instance_id": iid, "metadata": metadata.model_dump(mode="json") if metadata else None},
-                    run_key("serve", inst),
-                )
-            )
-    node_runs = wait_for_node_runs(serve_runs) if (serve_runs and wait) else {}
+            params = {"instance_id": iid, "metadata": metadata.model_dump(mode="json") if metadata else None}
+            serves.append(run_on_node.submit("serve-instance", inst.worker, params, run_key("serve", inst)))
+        serve_runs = [f.result() for f in serves]
+    node_runs = wait_for_node_runs(serve_runs) if serve_runs else {}
     return ConvergeReport(
         deployment=name,
         created=plan.created,

@@ -193,8 +193,9 @@ class GpufleetClient:
         data = self._request("POST", "/v1/workers", json=reg.model_dump(mode="json"))
         return WorkerView.model_validate(data)
 
-    def heartbeat(self, name: str) -> None:
-        self._request("POST", f"/v1/workers/{name}/heartbeat")
+    def heartbeat(self, name: str) -> bool:
+        """Returns True when the server asks the node to re-report its backends."""
+        return bool(self._request("POST", f"/v1/workers/{name}/heartbeat").get("resync"))
 
     def list_workers(self) -> list[WorkerView]:
         return [WorkerView.model_validate(w) for w in self._request("GET", "/v1/workers")]

@@ -93,8 +93,12 @@ async def ensure_queue(client: Any, queue: str) -> None:
 
 
 async def apply_deployments(client: Any) -> list[str]:
-    """Create or update every deployment of prefect.yaml, with typed parameter schemas."""
+    """Create or update every deployment of prefect.yaml, with typed parameter schemas,
+    and register gpufleet's block types so they show in the UI."""
+    from blocks.gpufleet_server import GpufleetServer
+
     await ensure_pool(client)
+    await GpufleetServer.aregister_type_and_schema(client=client)
     names = []
     for decl in declared_deployments():
         fl = decl.load_flow()

@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_client, task
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
@@ -38,13 +39,14 @@ def wait_for_node_runs(run_ids: list[UUID], timeout: float = NODE_RUN_TIMEOUT_S)
     final: dict[str, str] = {}
     with get_client(sync_client=True) as client:
         while pending and time.monotonic() < deadline:
-            for run_id in list(pending):
-                state = client.read_flow_run(run_id).state
-                if state is not None and state.is_final():
-                    final[str(run_id)] = state.name
-                    pending.discard(run_id)
+            # one query for all runs: polling each separately loads a SQLite-backed Prefect server
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending))))
+            for run in runs:
+                if run.state is not None and run.state.is_final():
+                    final[str(run.id)] = run.state.name
+                    pending.discard(run.id)
             if pending:
-                time.sleep(0.2)
+                time.sleep(0.25)
     for run_id in pending:
         final[str(run_id)] = "TimedOut"
     return final

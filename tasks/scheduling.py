@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from gpufleet.client import GpufleetClient
+from tasks._connection import connect
 from gpufleet.core.schemas import InstanceView, ResourceEstimate
 from tasks._retry import NETWORK_TASK
 
 
 @task(name="select-gpus", **NETWORK_TASK)
 def select_gpus(instance_id: int, estimate: ResourceEstimate) -> InstanceView:
-    with GpufleetClient() as c:
+    with connect() as c:
         inst = c.place(instance_id, estimate)
     get_run_logger().info("instance %s: %s — %s", inst.name, inst.state, inst.state_message)
     return inst

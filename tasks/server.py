@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from gpufleet.client import ApiError, GpufleetClient
+from gpufleet.client import ApiError
+from tasks._connection import connect
 from gpufleet.core.schemas import (
     DeploymentSpec,
     DeploymentView,
@@ -18,32 +19,32 @@ from tasks._retry import NETWORK_TASK
 
 @task(name="register-deployment", **NETWORK_TASK)
 def register_deployment(spec: DeploymentSpec) -> DeploymentView:
-    with GpufleetClient() as c:
+    with connect() as c:
         return c.register_deployment(spec)
 
 
 @task(name="read-deployment", **NETWORK_TASK)
 def read_deployment(name: str) -> DeploymentView:
-    with GpufleetClient() as c:
+    with connect() as c:
         return c.get_deployment(name)
 
 
 @task(name="set-replicas", **NETWORK_TASK)
 def set_replicas(name: str, replicas: int) -> None:
-    with GpufleetClient() as c:
+    with connect() as c:
         c.scale(name, replicas, trigger=False)
 
 
 @task(name="plan-replicas", **NETWORK_TASK)
 def plan_replicas(name: str) -> ReplicaPlanView:
     """Ask the server to create missing instances / pick surplus ones, atomically."""
-    with GpufleetClient() as c:
+    with connect() as c:
         return c.reconcile(name)
 
 
 @task(name="read-instance", **NETWORK_TASK)
 def read_instance(instance_id: int) -> InstanceView | None:
-    with GpufleetClient() as c:
+    with connect() as c:
         try:
             return c.get_instance(instance_id)
         except ApiError as exc:
@@ -65,7 +66,7 @@ def report_state(
     update = InstanceStateUpdate(
         state=state, message=message, port=port, pid=pid, restart_count=restart_count
     )
-    with GpufleetClient() as c:
+    with connect() as c:
         try:
             return c.report_state(instance_id, update)
         except ApiError as exc:
@@ -76,7 +77,7 @@ def report_state(
 
 @task(name="mark-removing", **NETWORK_TASK)
 def mark_removing(instance_id: int) -> InstanceView | None:
-    with GpufleetClient() as c:
+    with connect() as c:
         try:
             return c.mark_deleting(instance_id)
         except ApiError as exc:
@@ -88,7 +89,7 @@ def mark_removing(instance_id: int) -> InstanceView | None:
 @task(name="remove-instance-record", **NETWORK_TASK)
 def remove_instance_record(instance_id: int) -> None:
     """Deleting the record releases the instance's claims."""
-    with GpufleetClient() as c:
+    with connect() as c:
         try:
             c.remove_instance_record(instance_id)
         except ApiError as exc:
@@ -98,11 +99,11 @@ def remove_instance_record(instance_id: int) -> None:
 
 @task(name="remove-deployment-record", **NETWORK_TASK)
 def remove_deployment_record(name: str) -> None:
-    with GpufleetClient() as c:
+    with connect() as c:
         c.remove_deployment_record(name)
 
 
 @task(name="mark-deployment-deleting", **NETWORK_TASK)
 def mark_deployment_deleting(name: str) -> None:
-    with GpufleetClient() as c:
+    with connect() as c:
         c.mark_deployment_deleting(name)

@@ -94,6 +94,9 @@ class NodeAgent:
                 backends.stop(record.instance_id, self.node, grace=5)
             elif alive:
                 log.info("re-adopted backend of %s (pid %d, port %d)", inst.name, record.pid, record.port)
+                if inst.state == InstanceState.UNREACHABLE:
+                    self._report(inst.id, InstanceState.RUNNING,
+                                 f"serving on {self.config.name}:{record.port} (re-adopted after agent restart)")
             else:
                 self._report_exit(record, "exited while the node agent was down")
         registered = {r.instance_id for r in self.registry.all()}
@@ -113,15 +116,20 @@ class NodeAgent:
             current = self.registry.get(record.instance_id)
             if current is None or current.stopping or current.pid != record.pid:
                 return  # stopped on purpose, or relaunched, meanwhile
-            code = processes.exit_code(record.pid)
-            self.registry.remove(record.instance_id)
+        code = processes.exit_code(record.pid)
         detail = f" with code {code}" if code is not None else ""
+        # Report first, forget after: if the server is unreachable the record stays
+        # and the next supervision round reports again.
         self._report(
             record.instance_id,
             InstanceState.ERROR,
             f"backend {how}{detail} on worker {self.config.name}; last log lines:\n"
             f"{backends.last_log_lines(record)}",
         )
+        with self.registry.lock:
+            current = self.registry.get(record.instance_id)
+            if current is not None and current.pid == record.pid:
+                self.registry.remove(record.instance_id)
 
     def supervise_once(self) -> None:
         for record in self.registry.all():
@@ -134,7 +142,9 @@ class NodeAgent:
     async def heartbeat_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(self.client.heartbeat, self.config.name)
+                if await asyncio.to_thread(self.client.heartbeat, self.config.name):
+                    log.info("server had lost this node; re-reporting backends")
+                    await asyncio.to_thread(self.adopt_backends)
             except ApiError as exc:
                 if exc.status == 404:  # server lost us (new database): register again
                     await self.register()

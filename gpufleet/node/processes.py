@@ -32,6 +32,7 @@ def is_alive(pid: int, start_time: int) -> bool:
 
 #: Backends started by this process, kept so they can be reaped and their exit code read.
 _children: dict[int, subprocess.Popen[bytes]] = {}
+_exit_codes: dict[int, int] = {}
 
 
 def reap_children() -> dict[int, int]:
@@ -40,15 +41,15 @@ def reap_children() -> dict[int, int]:
     for pid, proc in list(_children.items()):
         code = proc.poll()
         if code is not None:
-            exited[pid] = code
+            exited[pid] = _exit_codes[pid] = code
             del _children[pid]
     return exited
 
 
 def exit_code(pid: int) -> int | None:
     """Exit code of a child of this process that has exited, if known."""
-    proc = _children.get(pid)
-    return proc.poll() if proc else None
+    reap_children()
+    return _exit_codes.get(pid)
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -38,6 +38,7 @@ from gpufleet.core.schemas import (
     WorkerView,
 )
 from gpufleet.core.states import InvalidTransition
+from gpufleet.server.controller import Controller
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.sources import ModelSourceError, read_metadata
 from gpufleet.store import repository as repo
@@ -76,14 +77,20 @@ def create_app(
     trigger: Trigger = prefect_trigger,
     on_startup: Callable[[], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    run_controller: bool = True,
 ) -> FastAPI:
     state = ServerState(database_url, trigger)
+    controller = Controller(state, trigger)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if on_startup:
             await asyncio.to_thread(on_startup)
+        if run_controller:
+            controller.start()
         yield
+        if run_controller:
+            await asyncio.to_thread(controller.stop)
         if on_shutdown:
             await asyncio.to_thread(on_shutdown)
         state.engine.dispose()
@@ -279,10 +286,12 @@ def create_app(
             return next(w for w in repo.list_workers(s, state.worker_timeout) if w.name == reg.name)
 
     @app.post("/v1/workers/{name}/heartbeat")
-    def heartbeat(name: str) -> dict[str, str]:
+    def heartbeat(name: str) -> dict[str, Any]:
+        """`resync` tells a node that was considered lost to re-report its backends."""
         with state.session() as s:
+            was_ready = any(w.ready for w in repo.list_workers(s, state.worker_timeout) if w.name == name)
             repo.heartbeat(s, name)
-        return {"status": "ok"}
+        return {"status": "ok", "resync": not was_ready}
 
     # ------------------------------------------------------------ internal API (flows, nodes)
 

@@ -55,7 +55,8 @@ class E2ECluster:
         return self.home / "nodes" / node
 
     def start_node(self, name: str, virtual_gpus: str | None = None) -> Child:
-        args = [sys.executable, "-m", "gpufleet.cli.main", "node", "--name", name, "--server", self.api_url]
+        args = [sys.executable, "-m", "gpufleet.cli.main", "node", "--name", name, "--server", self.api_url,
+                "--stop-backends-on-exit"]
         if virtual_gpus:
             args += ["--virtual-gpus", virtual_gpus]
         child = _spawn(f"node-{name}", args, self.env, self.home / "logs")
@@ -68,9 +69,15 @@ class E2ECluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
     home = tmp_path_factory.mktemp("gpufleet-home")
     saved = {k: os.environ.pop(k) for k in ("PREFECT_API_URL", "GPUFLEET_SERVER_URL") if k in os.environ}
+    # Short heartbeats so that a lost node is noticed within seconds in the tests.
+    fast = {"GPUFLEET_HEARTBEAT_INTERVAL": "1", "GPUFLEET_WORKER_TIMEOUT": "5"}
+    saved.update({k: os.environ[k] for k in fast if k in os.environ})
+    os.environ.update(fast)
     try:
         c = start_cluster(free_port(), free_port(), "node-a", None, home, log=lambda *_: None)
     finally:
+        for k in fast:
+            os.environ.pop(k, None)
         os.environ.update(saved)
     e2e = E2ECluster(c.api_url, c.prefect_api_url, home, c.env, c.children)
     try:
@@ -78,6 +85,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
         yield e2e
     finally:
         stop_children(e2e.children)
+        stop_leftover_backends(home)
+
+
+def stop_leftover_backends(home: Path) -> None:
+    """A failed test may leave a node killed mid-way: stop whatever its registry still lists."""
+    from gpufleet.node import processes
+    from gpufleet.node.registry import BackendRegistry
+
+    for backends_dir in home.glob("nodes/*/backends"):
+        for record in BackendRegistry(backends_dir).all():
+            processes.terminate(record.pid, record.start_time, grace=2)
 
 
 def wait_until(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):  # noqa: ANN001, ANN201

@@ -173,7 +173,7 @@ def test_prefect_deployments_runs_and_typed_parameters(cluster: E2ECluster, tiny
     cluster.cli("rm", "viaprefect")
 
 
-def test_node_restart_readopts_backends_and_leaves_no_orphans(cluster: E2ECluster, tiny_gguf: Path) -> None:
+def test_node_loss_restart_readoption_and_backoff_restart(cluster: E2ECluster, tiny_gguf: Path) -> None:
     cluster.cli("deploy", "--name", "survivor", "--local-path", str(tiny_gguf), "--replicas", "2")
     a, b = cluster.instances("survivor")
     assert a["worker"] == b["worker"] == "node-b"
@@ -185,19 +185,53 @@ def test_node_restart_readopts_backends_and_leaves_no_orphans(cluster: E2ECluste
     cluster.children.remove(node_b)
     assert pid_alive(a["pid"]) and pid_alive(b["pid"]) and chat(a["port"])
 
+    # no heartbeats: the server marks the node's instances UNREACHABLE, saying why
+    lost = wait_until(lambda: (i := cluster.instances("survivor")) and all(x["state"] == "UNREACHABLE" for x in i) and i,
+                      timeout=30, what="UNREACHABLE")
+    assert all("node-b stopped sending heartbeats" in x["state_message"] for x in lost)
+
     # while it is down the server forgets instance b (as if deleted elsewhere)
     httpx.delete(f"{cluster.api_url}/v1/internal/instances/{b['id']}").raise_for_status()
 
     cluster.start_node("node-b", virtual_gpus="T4-1G:1")
-    # a is re-adopted: same process, still RUNNING; b's backend, now unknown, is stopped
+    # a is re-adopted: same process, RUNNING again; b's backend, now unknown, is stopped
     wait_until(lambda: not pid_alive(b["pid"]), timeout=30, what="orphan backend stopped")
-    [again] = cluster.instances("survivor")
-    assert (again["id"], again["pid"], again["state"]) == (a["id"], a["pid"], "RUNNING")
+    again = wait_until(lambda: next((i for i in cluster.instances("survivor") if i["state"] == "RUNNING"), None),
+                       timeout=30, what="re-adopted RUNNING")
+    assert (again["id"], again["pid"]) == (a["id"], a["pid"])
 
-    # a backend that dies is reported as ERROR, saying where, with its last log lines
+    # a backend that dies is reported as ERROR, saying where, with its last log lines ...
     os.kill(a["pid"], signal.SIGKILL)
     err = wait_until(lambda: next((i for i in cluster.instances("survivor") if i["state"] == "ERROR"), None),
                      timeout=30, what="ERROR report")
     assert "exited unexpectedly" in err["state_message"] and "node-b" in err["state_message"]
+    assert "listening on" in err["state_message"]  # the backend's own last log lines
+    # ... and restarted after the backoff (10 s for the first restart) on the same placement
+    t0 = time.monotonic()
+    back = wait_until(lambda: next((i for i in cluster.instances("survivor")
+                                    if i["state"] == "RUNNING" and i["restart_count"] == 1), None),
+                      timeout=60, what="restart after backoff")
+    assert time.monotonic() - t0 >= 5  # not immediately: a backoff applies
+    assert back["id"] == a["id"] and back["pid"] != a["pid"] and back["worker"] == "node-b"
+    assert chat(back["port"])
     cluster.cli("rm", "survivor")
     assert cluster.instances() == []
+
+
+def test_tasks_find_the_server_through_the_prefect_block(cluster: E2ECluster, monkeypatch) -> None:  # noqa: ANN001
+    """A flow run by a non-gpufleet worker has no GPUFLEET_SERVER_URL: it loads the block."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blocks.gpufleet_server import GpufleetServer
+    from tasks import _connection
+
+    monkeypatch.delenv("GPUFLEET_SERVER_URL", raising=False)
+    _connection._block_url.cache_clear()
+    with temporary_settings(updates={PREFECT_API_URL: cluster.prefect_api_url}):
+        GpufleetServer(url=cluster.api_url).save("default", overwrite=True)
+        try:
+            with _connection.connect() as c:
+                assert c.base_url == cluster.api_url
+                assert c.health()["status"] == "ok"
+        finally:
+            _connection._block_url.cache_clear()

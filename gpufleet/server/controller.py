@@ -1,0 +1,99 @@
+"""The server's control loop: what no user operation triggers.
+
+- Instances on a worker whose heartbeats stopped become UNREACHABLE (the node
+  re-reports them when it is back).
+- Failed instances are restarted after an exponential backoff: 10 s × 2^restarts,
+  capped at 5 minutes (`gpufleet.core.reconcile.restart_delay_seconds`), each
+  restart a `restart` flow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import select
+
+from gpufleet.core.reconcile import restart_delay_seconds
+from gpufleet.core.states import InstanceState
+from gpufleet.store import repository as repo
+from gpufleet.store.models import DeploymentRow, InstanceRow
+
+log = logging.getLogger("gpufleet.controller")
+INTERVAL_S = 2.0
+WATCHED = (InstanceState.DOWNLOADING, InstanceState.STARTING, InstanceState.RUNNING)
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+class Controller:
+    def __init__(self, state: Any, trigger: Callable[[str, dict[str, Any]], str]) -> None:
+        self.state = state
+        self.trigger = trigger
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="gpufleet-controller", daemon=True)
+        self._restarts_started: set[tuple[int, int]] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(INTERVAL_S):
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - the loop must survive a bad round
+                log.exception("control loop round failed")
+
+    def run_once(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(timezone.utc)
+        self.mark_unreachable()
+        for instance_id, attempt in self.due_restarts(now):
+            key = (instance_id, attempt)
+            if key in self._restarts_started:
+                continue
+            log.info("restarting instance %d (restart %d)", instance_id, attempt + 1)
+            self.trigger("restart", {"instance_id": instance_id})
+            self._restarts_started.add(key)
+
+    def mark_unreachable(self) -> None:
+        with self.state.session() as s:
+            ready = {w.name: w for w in repo.list_workers(s, self.state.worker_timeout)}
+            rows = s.scalars(
+                select(InstanceRow).where(
+                    InstanceRow.state.in_([str(x) for x in WATCHED]), InstanceRow.deleting.is_(False)
+                )
+            ).all()
+            for row in rows:
+                worker = ready.get(row.worker_name or "")
+                if worker is not None and not worker.ready:
+                    seen = worker.last_heartbeat.isoformat(timespec="seconds") if worker.last_heartbeat else "never"
+                    row.state = InstanceState.UNREACHABLE
+                    row.state_message = f"worker {row.worker_name} stopped sending heartbeats (last {seen})"
+
+    def due_restarts(self, now: datetime) -> list[tuple[int, int]]:
+        now = _aware(now)
+        with self.state.session() as s:
+            rows = s.execute(
+                select(InstanceRow.id, InstanceRow.restart_count, InstanceRow.updated_at)
+                .join(DeploymentRow, InstanceRow.deployment_id == DeploymentRow.id)
+                .where(
+                    InstanceRow.state == str(InstanceState.ERROR),
+                    InstanceRow.deleting.is_(False),
+                    InstanceRow.worker_name.is_not(None),
+                    DeploymentRow.deleting.is_(False),
+                )
+            ).all()
+        return [
+            (iid, restarts)
+            for iid, restarts, updated in rows
+            if now - _aware(updated) >= timedelta(seconds=restart_delay_seconds(restarts))
+        ]

@@ -1,0 +1,79 @@
+"""The server's control loop on a real database: backoff before restarts, UNREACHABLE on lost workers.
+
+The trigger is recorded here instead of starting Prefect runs; the end-to-end
+journeys exercise the real restart flow."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from gpufleet.core.schemas import DeploymentSpec, GpuInfo, InstanceStateUpdate, ModelSource, WorkerRegistration
+from gpufleet.core.states import InstanceState
+from gpufleet.server.app import ServerState
+from gpufleet.server.controller import Controller
+from gpufleet.sources import read_local_metadata
+from gpufleet.core.estimate import estimate_llama_cpp
+from gpufleet.store import repository as repo
+from gpufleet.store.models import InstanceRow, WorkerRow, utcnow
+
+
+@pytest.fixture
+def setup(database_url: str, tiny_gguf: Path):  # noqa: ANN201
+    calls: list[tuple[str, dict[str, Any]]] = []
+    state = ServerState(database_url, lambda op, params: calls.append((op, params)) or "run")
+    _, meta = read_local_metadata(str(tiny_gguf))
+    with state.session() as s:
+        repo.register_worker(s, WorkerRegistration(
+            name="w", address="http://127.0.0.1:1", cpu_count=2, memory_total=8 << 30, work_queue="node-w",
+            gpus=[GpuInfo(index=0, name="T4", memory_total=1 << 30, virtual=True)]))
+        repo.create_deployment(s, DeploymentSpec(name="d", replicas=1, source=ModelSource(local_path=str(tiny_gguf))),
+                               meta, estimate_llama_cpp(meta))
+        iid = repo.reconcile_replicas(s, "d").created[0]
+        repo.place_instance(s, iid, estimate_llama_cpp(meta), timedelta(seconds=60))
+    yield state, Controller(state, lambda op, params: calls.append((op, params)) or "run"), iid, calls
+    state.engine.dispose()
+
+
+def report(state: ServerState, iid: int, st: InstanceState, restarts: int | None = None) -> None:
+    with state.session() as s:
+        repo.update_instance_state(s, iid, InstanceStateUpdate(state=st, restart_count=restarts))
+
+
+@pytest.mark.parametrize(
+    ("restarts", "wait_s"),
+    [(0, 10), (1, 20), (3, 80), (6, 300)],  # 10 s × 2^n, capped at 300 s
+)
+def test_restart_waits_for_backoff(setup, restarts: int, wait_s: int) -> None:  # noqa: ANN001
+    state, controller, iid, calls = setup
+    report(state, iid, InstanceState.STARTING, restarts)
+    report(state, iid, InstanceState.ERROR)
+    with state.session() as s:
+        failed_at = s.get(InstanceRow, iid).updated_at
+    controller.run_once(now=failed_at + timedelta(seconds=wait_s - 1))
+    assert calls == []
+    controller.run_once(now=failed_at + timedelta(seconds=wait_s + 1))
+    assert calls == [("restart", {"instance_id": iid})]
+    controller.run_once(now=failed_at + timedelta(seconds=wait_s + 5))
+    assert len(calls) == 1  # one restart per failure, not one per round
+
+
+def test_lost_worker_makes_instances_unreachable(setup) -> None:  # noqa: ANN001
+    state, controller, iid, calls = setup
+    report(state, iid, InstanceState.STARTING)
+    report(state, iid, InstanceState.RUNNING)
+    controller.run_once()
+    with state.session() as s:
+        assert repo.get_instance(s, iid).state == InstanceState.RUNNING
+    with state.session() as s:
+        s.execute(update(WorkerRow).values(last_heartbeat=utcnow() - timedelta(minutes=5)))
+    controller.run_once()
+    with state.session() as s:
+        inst = repo.get_instance(s, iid)
+    assert inst.state == InstanceState.UNREACHABLE
+    assert "worker w stopped sending heartbeats" in inst.state_message
+    assert calls == []  # unreachable is not restarted: the backend may still be serving
