@@ -12,6 +12,7 @@ Prints a table; goals: orchestration < 3 s for one replica, 0→10 in < 10 s.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from gpufleet.cli.embedded import start_cluster
-from gpufleet.client import GpufleetClient
+from gpufleet.client import ApiError, GpufleetClient
 from gpufleet.core.schemas import DeploymentSpec, ModelSource
 from gpufleet.demo.tiny_model import write_tiny_llama_gguf
 from gpufleet.runtimes.llama_server import llama_server_executable
@@ -68,7 +69,15 @@ def wait_running(c: GpufleetClient, name: str, replicas: int, timeout: float = 3
 
 
 def wait_gone(c: GpufleetClient, name: str) -> None:
-    while c.list_instances(deployment=name):
+    """Until the deployment has no instances (or no longer exists)."""
+    while True:
+        try:
+            if not c.list_instances(deployment=name):
+                return
+        except ApiError as exc:
+            if exc.status == 404:
+                return
+            raise
         time.sleep(0.1)
 
 
@@ -76,7 +85,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicas", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prefect-postgres", action="store_true",
+                    help="run the Prefect server on a throw-away PostgreSQL instead of SQLite")
     args = ap.parse_args()
+    if args.prefect_postgres:
+        from tests.support.postgres import temporary_postgres
+
+        with temporary_postgres() as url:
+            os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = url.replace("+psycopg2", "+asyncpg")
+            run(args, "PostgreSQL")
+    else:
+        run(args, "a fresh SQLite database")
+
+
+def run(args: argparse.Namespace, prefect_db: str) -> None:
 
     home = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
     model = write_tiny_llama_gguf(home / "tiny.gguf")
@@ -86,7 +108,7 @@ def main() -> None:
     print("starting embedded cluster…", flush=True)
     t = time.perf_counter()
     cluster = start_cluster(free_port(), free_port(), "bench", None, home, log=lambda *_: None)
-    print(f"cluster up in {time.perf_counter() - t:.1f} s (Prefect server on a fresh SQLite database)")
+    print(f"cluster up in {time.perf_counter() - t:.1f} s (Prefect server on {prefect_db})")
     one: list[float] = []
     many: list[float] = []
     try:
@@ -123,4 +145,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
     sys.exit(main())

@@ -9,8 +9,10 @@ def all_flows() -> dict[str, Any]:
     from flows.delete import delete, delete_instance
     from flows.deploy import deploy
     from flows.node import serve_instance, stop_instance_flow
+    from flows.reconcile import reconcile
     from flows.restart import restart
     from flows.scale import scale, start, stop
 
-    flows = [deploy, scale, stop, start, delete, delete_instance, restart, serve_instance, stop_instance_flow]
+    flows = [deploy, scale, stop, start, delete, delete_instance, restart, reconcile, serve_instance,
+             stop_instance_flow]
     return {f.name: f for f in flows}

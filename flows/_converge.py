@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from datetime import datetime, timezone
+
 from prefect import get_run_logger
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from gpufleet.core.schemas import InstanceView
 from gpufleet.core.states import InstanceState
+from tasks._connection import connect
 from tasks.dispatch import run_on_node, wait_for_node_runs
 from tasks.model import estimate_resources, fetch_metadata
 from tasks.scheduling import select_gpus
@@ -24,10 +28,26 @@ from tasks.server import (
 STOP_TIMEOUT_S = 120.0
 
 
+STALE_SCHEDULED_S = 30.0
+
+
 def run_key(operation: str, inst: InstanceView) -> str:
-    """Idempotency key of a node run: unique per instance incarnation, so a retried
-    task finds its run and a later instance never matches an old one."""
-    return f"{operation}-{inst.name}-{inst.created_at.timestamp()}-{inst.restart_count}"
+    """Idempotency key of a node run: a retried task within this flow run finds the
+    run it already created; another flow run (a re-drive after a failure) or a later
+    instance never matches it. Serving is idempotent on the node anyway."""
+    return f"{operation}-{inst.name}-{inst.created_at.timestamp()}-{inst.restart_count}-{flow_run.id}"
+
+
+def stale_scheduled(name: str, exclude: set[int]) -> list[InstanceView]:
+    """Instances placed long ago but never started (their serve run was lost or failed)."""
+    now = datetime.now(timezone.utc)
+    with connect() as c:
+        instances = c.list_instances(deployment=name)
+    return [
+        i for i in instances
+        if i.state == InstanceState.SCHEDULED and not i.deleting and i.worker and i.id not in exclude
+        and (now - i.updated_at.replace(tzinfo=i.updated_at.tzinfo or timezone.utc)).total_seconds() > STALE_SCHEDULED_S
+    ]
 
 
 class ConvergeReport(BaseModel):
@@ -83,6 +103,10 @@ def converge(name: str) -> ConvergeReport:
             params = {"instance_id": iid, "metadata": metadata.model_dump(mode="json") if metadata else None}
             serves.append(run_on_node.submit("serve-instance", inst.worker, params, run_key("serve", inst)))
         serve_runs = [f.result() for f in serves]
+    for inst in stale_scheduled(name, exclude=set(placed)):
+        get_run_logger().info("instance %s was placed but never started; dispatching it again", inst.name)
+        params = {"instance_id": inst.id, "metadata": None}
+        serve_runs.append(run_on_node("serve-instance", inst.worker, params, run_key("serve", inst)))
     node_runs = wait_for_node_runs(serve_runs) if serve_runs else {}
     return ConvergeReport(
         deployment=name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,8 +58,11 @@ def _detail(resp: httpx.Response) -> str:
 
 
 class GpufleetClient:
-    def __init__(self, base_url: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str | None = None, timeout: float = 30.0, retries: int = 0) -> None:
+        """`retries`: how often to retry, with exponential backoff from 0.25 s, when the
+        server cannot be reached or answers 502/503/504 (every endpoint is idempotent)."""
         self.base_url = (base_url or server_url()).rstrip("/")
+        self.retries = retries
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def close(self) -> None:
@@ -71,6 +75,17 @@ class GpufleetClient:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return self._request_once(method, path, **kwargs)
+            except (ServerUnavailable, ApiError) as exc:
+                transient = isinstance(exc, ServerUnavailable) or exc.status in (502, 503, 504)
+                if not transient or attempt == self.retries:
+                    raise
+                time.sleep(0.25 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:

@@ -19,5 +19,6 @@ def _block_url() -> str:
 
 
 def connect() -> GpufleetClient:
+    """A client that rides out short server restarts (retries with backoff)."""
     url = os.environ.get("GPUFLEET_SERVER_URL") or _block_url()
-    return GpufleetClient(url)
+    return GpufleetClient(url, retries=4)

@@ -20,6 +20,8 @@ NETWORK_BACKOFF = exponential_backoff(backoff_factor=0.5)
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ApiError):
         return exc.status >= 500
+    if isinstance(exc, httpx.HTTPStatusError):  # e.g. Prefect's API answering 503 under load
+        return exc.response.status_code >= 500
     return isinstance(exc, ServerUnavailable | httpx.TransportError | TimeoutError)
 
 

@@ -6,12 +6,15 @@ import time
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect import get_client, task
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
+from gpufleet.client import ApiError, ServerUnavailable
 from gpufleet.orchestration import deployment_name, node_queue
+from tasks._connection import connect
 from tasks._retry import NETWORK_TASK
 
 NODE_RUN_TIMEOUT_S = 900.0
@@ -28,7 +31,19 @@ def run_on_node(flow_name: str, worker: str, parameters: dict[str, Any], idempot
         timeout=0,
         idempotency_key=idempotency_key,
     )
+    poke_node(worker)
     return run.id
+
+
+def poke_node(worker: str) -> None:
+    """Tell the node's worker to poll now (best effort: its regular poll is the fallback)."""
+    try:
+        with connect() as c:
+            address = next((w.address for w in c.list_workers() if w.name == worker), None)
+        if address:
+            httpx.post(f"{address}/v1/poke", timeout=2)
+    except (httpx.HTTPError, ApiError, ServerUnavailable):
+        pass
 
 
 @task(name="wait-for-node-runs")

@@ -1,4 +1,11 @@
-"""Tasks that read or write gpufleet's state through its server (the only DB writer)."""
+"""Tasks that read or write gpufleet's state through its server (the only DB writer).
+
+Reads and state reports (`read_instance`, `read_deployment`, `report_state`) are
+plain calls, not tasks: they are frequent bookkeeping around the real steps, each
+task run costs the Prefect server several writes (a SQLite-backed server then
+starts refusing requests under load), and the client already retries them with
+backoff. The steps that change what exists are tasks.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +30,6 @@ def register_deployment(spec: DeploymentSpec) -> DeploymentView:
         return c.register_deployment(spec)
 
 
-@task(name="read-deployment", **NETWORK_TASK)
 def read_deployment(name: str) -> DeploymentView:
     with connect() as c:
         return c.get_deployment(name)
@@ -42,7 +48,6 @@ def plan_replicas(name: str) -> ReplicaPlanView:
         return c.reconcile(name)
 
 
-@task(name="read-instance", **NETWORK_TASK)
 def read_instance(instance_id: int) -> InstanceView | None:
     with connect() as c:
         try:
@@ -53,7 +58,6 @@ def read_instance(instance_id: int) -> InstanceView | None:
             raise
 
 
-@task(name="report-state", **NETWORK_TASK)
 def report_state(
     instance_id: int,
     state: InstanceState,

@@ -8,12 +8,20 @@ them once and runs each flow run on a thread of the node agent (or of the
 server, for the control queue): polling, states, retries, logs and the UI
 behave as with any Prefect worker, and a run starts in well under a second.
 
+Polling is the fallback, not the fast path: every poll writes to Prefect's
+database (a SQLite-backed server then refuses concurrent writes with 503s), so
+gpufleet polls slowly and *pokes* the worker whenever it has just created a run
+for it (`poke()`: the server after triggering a control flow, a control flow
+after routing a run to a node). Runs started from the Prefect UI are picked up
+by the next regular poll.
+
 Backends launched by a flow run are separate processes in their own sessions;
 they are tracked by the node's registry, not by the flow run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -46,6 +54,25 @@ class GpufleetWorker(BaseWorker[BaseJobConfiguration, BaseVariables, GpufleetWor
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flows = all_flows()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self, *args: Any, **kwargs: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().start(*args, **kwargs)
+
+    def poke(self) -> bool:
+        """Poll for scheduled runs now (callable from any thread). False before start."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        asyncio.run_coroutine_threadsafe(self._poll_now(), loop)
+        return True
+
+    async def _poll_now(self) -> None:
+        try:
+            await self.get_and_submit_flow_runs()
+        except Exception:  # noqa: BLE001 - the regular poll will try again
+            self._logger.debug("poke poll failed", exc_info=True)
 
     async def run(
         self,

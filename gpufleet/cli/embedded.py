@@ -91,7 +91,10 @@ def cluster_env(prefect_api_url: str, server_url: str, gpufleet_home: Path) -> d
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
     env.setdefault("PREFECT_HOME", str(gpufleet_home / "prefect"))
-    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "0.5")
+    # gpufleet pokes its workers when it creates a run; the poll only catches runs
+    # started elsewhere (Prefect UI, schedules) and is kept slow because every poll
+    # is a write to Prefect's database.
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
     env.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     return env
 

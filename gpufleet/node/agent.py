@@ -55,6 +55,7 @@ class NodeAgent:
         self.client = GpufleetClient(config.server_url)
         self.api_port = config.api_port or free_port(self.node.bind_host)
         self._stop = asyncio.Event()
+        self._worker: object | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -181,10 +182,15 @@ class NodeAgent:
             name=f"node-{self.config.name}",
             limit=None,
         )
+        self._worker = worker
         await worker.start(printer=log.info)
 
+    def poke(self) -> None:
+        if self._worker is not None:
+            self._worker.poke()  # type: ignore[attr-defined]
+
     def start_api(self) -> uvicorn.Server:
-        app = create_log_app(self.node, self.registry)
+        app = create_log_app(self.node, self.registry, poke=self.poke)
         server = uvicorn.Server(
             uvicorn.Config(app, host=self.node.bind_host, port=self.api_port, log_level="warning")
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query
@@ -17,8 +18,16 @@ def find_log(node: NodeContext, instance_id: int) -> Path | None:
     return matches[-1] if matches else None
 
 
-def create_log_app(node: NodeContext, registry: BackendRegistry) -> FastAPI:
+def create_log_app(
+    node: NodeContext, registry: BackendRegistry, poke: Callable[[], object] = lambda: None
+) -> FastAPI:
     app = FastAPI(title=f"gpufleet node {node.name}")
+
+    @app.post("/v1/poke")
+    def poke_worker() -> dict[str, str]:
+        """A run was just routed to this node's queue: poll for it now."""
+        poke()
+        return {"status": "ok"}
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:

@@ -16,6 +16,7 @@ class ControlWorker:
         self._task: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=self._main, name="gpufleet-control-worker", daemon=True)
         self._started = threading.Event()
+        self._worker: object | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -34,9 +35,16 @@ class ControlWorker:
             worker = GpufleetWorker(
                 work_pool_name=self.pool, work_queues=[self.queue], name=self.name, limit=None
             )
+            self._worker = worker
             await worker.start(printer=log.info)
         except asyncio.CancelledError:
             pass
+
+    def poke(self) -> None:
+        """A control flow run was just created: pick it up now rather than at the next poll."""
+        worker = self._worker
+        if worker is not None:
+            worker.poke()  # type: ignore[attr-defined]
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._loop and self._task:

@@ -5,6 +5,9 @@
 - Failed instances are restarted after an exponential backoff: 10 s × 2^restarts,
   capped at 5 minutes (`gpufleet.core.reconcile.restart_delay_seconds`), each
   restart a `restart` flow run.
+- A deployment that stays unconverged (an operation's flow run failed half-way,
+  e.g. because Prefect refused a request) is converged again by a `reconcile`
+  (or, while deleting, `delete`) flow run, at most every REDRIVE_AFTER seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from gpufleet.store.models import DeploymentRow, InstanceRow
 
 log = logging.getLogger("gpufleet.controller")
 INTERVAL_S = 2.0
+REDRIVE_AFTER_S = 30.0
+IN_PROGRESS = (InstanceState.PENDING, InstanceState.ANALYZING, InstanceState.SCHEDULED)
 WATCHED = (InstanceState.DOWNLOADING, InstanceState.STARTING, InstanceState.RUNNING)
 
 
@@ -38,6 +43,7 @@ class Controller:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="gpufleet-controller", daemon=True)
         self._restarts_started: set[tuple[int, int]] = set()
+        self._last_redrive: dict[str, datetime] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -54,7 +60,7 @@ class Controller:
                 log.exception("control loop round failed")
 
     def run_once(self, now: datetime | None = None) -> None:
-        now = now or datetime.now(timezone.utc)
+        now = _aware(now or datetime.now(timezone.utc))
         self.mark_unreachable()
         for instance_id, attempt in self.due_restarts(now):
             key = (instance_id, attempt)
@@ -63,6 +69,33 @@ class Controller:
             log.info("restarting instance %d (restart %d)", instance_id, attempt + 1)
             self.trigger("restart", {"instance_id": instance_id})
             self._restarts_started.add(key)
+        for name, deleting in self.unconverged(now):
+            last = self._last_redrive.get(name)
+            if last is not None and (now - last).total_seconds() < REDRIVE_AFTER_S:
+                continue
+            log.info("deployment %s is not converging; running %s again", name, "delete" if deleting else "reconcile")
+            self.trigger("delete" if deleting else "reconcile", {"name": name})
+            self._last_redrive[name] = now
+
+    def unconverged(self, now: datetime) -> list[tuple[str, bool]]:
+        """Deployments untouched for REDRIVE_AFTER_S whose instances still do not match."""
+        now = _aware(now)
+        stale = timedelta(seconds=REDRIVE_AFTER_S)
+        result = []
+        with self.state.session() as s:
+            for dep in s.scalars(select(DeploymentRow)):
+                if now - _aware(dep.updated_at) < stale:
+                    continue
+                rows = s.scalars(select(InstanceRow).where(InstanceRow.deployment_id == dep.id)).all()
+                live = [r for r in rows if not r.deleting]
+                stuck = any(
+                    now - _aware(r.updated_at) >= stale
+                    for r in rows
+                    if r.deleting or r.state in [str(x) for x in IN_PROGRESS]
+                )
+                if len(live) != dep.replicas or stuck or (dep.deleting and not rows):
+                    result.append((dep.name, dep.deleting))
+        return result
 
     def mark_unreachable(self) -> None:
         with self.state.session() as s:

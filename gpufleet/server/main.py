@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import uvicorn
 
 from gpufleet import orchestration
-from gpufleet.server.app import create_app
+from gpufleet.server.app import create_app, prefect_trigger
 from gpufleet.server.control_worker import ControlWorker
 
 log = logging.getLogger("gpufleet.server")
@@ -35,5 +36,10 @@ def serve(host: str, port: int, database_url: str, control_worker: bool = True) 
         if control_worker:
             worker.stop()
 
-    app = create_app(database_url, on_startup=startup, on_shutdown=shutdown)
+    def trigger_and_poke(flow_name: str, parameters: dict[str, Any]) -> str:
+        run_id = prefect_trigger(flow_name, parameters)
+        worker.poke()
+        return run_id
+
+    app = create_app(database_url, trigger=trigger_and_poke, on_startup=startup, on_shutdown=shutdown)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -77,3 +77,17 @@ def test_lost_worker_makes_instances_unreachable(setup) -> None:  # noqa: ANN001
     assert inst.state == InstanceState.UNREACHABLE
     assert "worker w stopped sending heartbeats" in inst.state_message
     assert calls == []  # unreachable is not restarted: the backend may still be serving
+
+
+def test_unconverged_deployment_is_driven_again(setup) -> None:  # noqa: ANN001
+    """A deployment wanting 1 replica whose instance sat SCHEDULED (its serve run lost):
+    nothing for 29 s after the last change, a `reconcile` run at 31 s, and not again at 40 s."""
+    state, controller, iid, calls = setup
+    with state.session() as s:
+        placed_at = max(s.get(InstanceRow, iid).updated_at, repo._deployment(s, "d").updated_at)
+    controller.run_once(now=placed_at + timedelta(seconds=29))
+    assert calls == []
+    controller.run_once(now=placed_at + timedelta(seconds=31))
+    assert calls == [("reconcile", {"name": "d"})]
+    controller.run_once(now=placed_at + timedelta(seconds=40))
+    assert len(calls) == 1

@@ -1,0 +1,14 @@
+"""Flow `reconcile`: converge a deployment to its replica count without changing it.
+The server's control loop runs it when a deployment stays unconverged (e.g. an
+earlier flow run failed half-way)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows._converge import ConvergeReport, converge
+
+
+@flow(name="reconcile")
+def reconcile(name: str) -> ConvergeReport:
+    return converge(name)
