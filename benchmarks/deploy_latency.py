@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -88,6 +89,8 @@ def main() -> None:
     ap.add_argument("--prefect-postgres", action="store_true",
                     help="run the Prefect server on a throw-away PostgreSQL instead of SQLite")
     args = ap.parse_args()
+    # `timeout` and Ctrl-C must still stop the cluster this script started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.prefect_postgres:
         from tests.support.postgres import temporary_postgres
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import hashlib
+from collections import defaultdict
 from datetime import datetime, timezone
 
 from prefect import get_run_logger
@@ -31,11 +33,33 @@ STOP_TIMEOUT_S = 120.0
 STALE_SCHEDULED_S = 30.0
 
 
-def run_key(operation: str, inst: InstanceView) -> str:
+def batch_key(operation: str, worker: str, instances: list[InstanceView]) -> str:
     """Idempotency key of a node run: a retried task within this flow run finds the
-    run it already created; another flow run (a re-drive after a failure) or a later
-    instance never matches it. Serving is idempotent on the node anyway."""
-    return f"{operation}-{inst.name}-{inst.created_at.timestamp()}-{inst.restart_count}-{flow_run.id}"
+    run it already created; another flow run (a re-drive after a failure) or other
+    instances never match it. Serving is idempotent on the node anyway."""
+    incarnations = ",".join(f"{i.name}@{i.created_at.timestamp()}#{i.restart_count}" for i in instances)
+    digest = hashlib.sha256(incarnations.encode()).hexdigest()[:16]
+    return f"{operation}-{worker}-{digest}-{flow_run.id}"
+
+
+def by_worker(instances: list[InstanceView]) -> dict[str, list[InstanceView]]:
+    groups: dict[str, list[InstanceView]] = defaultdict(list)
+    for inst in instances:
+        if inst.worker is not None:
+            groups[inst.worker].append(inst)
+    return dict(groups)
+
+
+def dispatch(operation: str, instances: list[InstanceView], extra: dict | None = None) -> list[UUID]:
+    """One node run per worker for all of its instances, started concurrently."""
+    futures = [
+        run_on_node.submit(
+            operation, worker, {"instance_ids": [i.id for i in group], **(extra or {})},
+            batch_key(operation, worker, group),
+        )
+        for worker, group in by_worker(instances).items()
+    ]
+    return [f.result() for f in futures]
 
 
 def stale_scheduled(name: str, exclude: set[int]) -> list[InstanceView]:
@@ -60,16 +84,12 @@ class ConvergeReport(BaseModel):
 
 
 def remove_instances(instance_ids: list[int]) -> list[int]:
-    """Stop each instance's backend on its node (all at once), then drop its record
-    (releasing its claims)."""
+    """Stop the instances' backends on their nodes, then drop their records
+    (releasing their claims)."""
     instances = [i for i in (read_instance(iid) for iid in instance_ids) if i is not None]
-    stops = [
-        run_on_node.submit("stop-instance", i.worker, {"instance_id": i.id}, run_key("stop", i))
-        for i in instances
-        if i.worker is not None
-    ]
+    stops = dispatch("stop-instances", instances)
     if stops:
-        results = wait_for_node_runs([f.result() for f in stops], timeout=STOP_TIMEOUT_S)
+        results = wait_for_node_runs(stops, timeout=STOP_TIMEOUT_S)
         failed = {r: s for r, s in results.items() if s != "Completed"}
         if failed:
             get_run_logger().warning(
@@ -93,20 +113,21 @@ def converge(name: str) -> ConvergeReport:
             report_state(iid, InstanceState.ANALYZING, "reading model metadata and estimating memory")
         metadata = fetch_metadata(dep.source)
         estimate = estimate_resources(metadata, dep.config())
-        serves = []
+        scheduled = []
         for iid in plan.to_place:
             inst = select_gpus(iid, estimate)
             if inst.state != InstanceState.SCHEDULED or inst.worker is None:
                 unplaced[iid] = inst.state_message
                 continue
             placed[iid] = inst.worker
-            params = {"instance_id": iid, "metadata": metadata.model_dump(mode="json") if metadata else None}
-            serves.append(run_on_node.submit("serve-instance", inst.worker, params, run_key("serve", inst)))
-        serve_runs = [f.result() for f in serves]
-    for inst in stale_scheduled(name, exclude=set(placed)):
-        get_run_logger().info("instance %s was placed but never started; dispatching it again", inst.name)
-        params = {"instance_id": inst.id, "metadata": None}
-        serve_runs.append(run_on_node("serve-instance", inst.worker, params, run_key("serve", inst)))
+            scheduled.append(inst)
+        meta = {"metadata": metadata.model_dump(mode="json") if metadata else None}
+        serve_runs = dispatch("serve-instances", scheduled, meta)
+    stale = stale_scheduled(name, exclude=set(placed))
+    if stale:
+        get_run_logger().info("instances %s were placed but never started; dispatching them again",
+                              [i.name for i in stale])
+        serve_runs += dispatch("serve-instances", stale)
     node_runs = wait_for_node_runs(serve_runs) if serve_runs else {}
     return ConvergeReport(
         deployment=name,

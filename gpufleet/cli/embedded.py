@@ -60,14 +60,18 @@ def _wait_http(url: str, child: Child, timeout: float) -> None:
 
 
 def stop_children(children: list[Child], grace: float = 20.0) -> None:
+    """SIGTERM all (the node first: it stops its backends), then SIGKILL whatever is
+    still running after `grace` seconds; stopping them together bounds the wait."""
     for child in reversed(children):
         if child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
-            try:
-                child.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait()
+    deadline = time.monotonic() + grace
+    for child in reversed(children):
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
 
 
 @dataclass

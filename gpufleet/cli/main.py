@@ -143,6 +143,16 @@ def up(
         console.print("stopped")
 
 
+def _process_running(pid: int) -> bool:
+    """True while `pid` runs; an exited process its parent has not reaped yet (a
+    zombie) has stopped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _default_node_name() -> str:
     raw = socket.gethostname().lower()
     cleaned = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in raw).strip("-")
@@ -164,14 +174,12 @@ def down() -> None:
     if pid is None:
         fail("no running `gpufleet up` found for this GPUFLEET_HOME")
     console.print(f"asked gpufleet up (pid {pid}) to stop")
-    for _ in range(600):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+    for _ in range(1200):
+        if not _process_running(pid):
             console.print("stopped")
             return
         time.sleep(0.1)
-    fail(f"gpufleet up (pid {pid}) is still running after 60 s")
+    fail(f"gpufleet up (pid {pid}) is still running after 120 s")
 
 
 @app.command()

@@ -30,11 +30,11 @@ def wait_for_deployment(client: GpufleetClient, name: str, timeout: float, gone:
         while time.monotonic() < deadline:
             try:
                 dep = client.get_deployment(name)
+                instances = client.list_instances(deployment=name)
             except ApiError as exc:
-                if gone and exc.status == 404:
+                if gone and exc.status == 404:  # may vanish between the two reads
                     return []
                 raise
-            instances = client.list_instances(deployment=name)
             status.update(f"{name}: {dep.ready_replicas}/{dep.replicas} ready — {_summary(instances)}")
             live = [i for i in instances if not i.deleting]
             failed = [i for i in live if i.state == InstanceState.ERROR]

@@ -145,8 +145,8 @@ def test_prefect_deployments_runs_and_typed_parameters(cluster: E2ECluster, tiny
     with SyncPrefectClient(cluster.prefect_api_url) as client:
         names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
         assert {"deploy/gpufleet", "scale/gpufleet", "stop/gpufleet", "start/gpufleet", "restart/gpufleet",
-                "delete/gpufleet", "delete-instance/gpufleet", "serve-instance/gpufleet",
-                "stop-instance/gpufleet"} <= names
+                "delete/gpufleet", "delete-instance/gpufleet", "serve-instances/gpufleet", "reconcile/gpufleet",
+                "stop-instances/gpufleet"} <= names
         scale_dep = client.read_deployment_by_name("scale/gpufleet")
         props = scale_dep.parameter_openapi_schema["properties"]
         assert props["replicas"]["type"] == "integer" and props["replicas"]["minimum"] == 0
@@ -167,7 +167,7 @@ def test_prefect_deployments_runs_and_typed_parameters(cluster: E2ECluster, tiny
             raise AssertionError("Prefect accepted replicas=-1")
 
         # the CLI's operations are flow runs in Prefect too
-        for flow_name in ("deploy", "scale", "serve-instance"):
+        for flow_name in ("deploy", "scale", "serve-instances"):
             runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
             assert any(r.state and r.state.is_completed() for r in runs), flow_name
     cluster.cli("rm", "viaprefect")

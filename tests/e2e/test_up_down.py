@@ -1,0 +1,51 @@
+"""Journey 1, the README's main job: `gpufleet up --demo` brings up a one-machine
+cluster with a tiny model answering; `gpufleet down` stops all of it, backends included."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.conftest import free_port, pid_alive, wait_until
+
+
+def test_up_demo_then_down_stops_everything(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GPUFLEET_"))}
+    env["GPUFLEET_HOME"] = str(tmp_path / "home")
+    port, prefect_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "gpufleet.cli.main", "up", "--demo", "--port", str(port),
+             "--prefect-port", str(prefect_port), "--node-name", "local"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "is answering" in log.read_text() or up.poll() is not None, timeout=240,
+                   what="demo answering")
+        text = log.read_text()
+        assert up.poll() is None, text
+        assert f"gpufleet API: http://127.0.0.1:{port}" in text
+        assert f"Prefect UI:   http://127.0.0.1:{prefect_port}" in text
+        [inst] = httpx.get(f"http://127.0.0.1:{port}/v1/instances").json()
+        assert inst["state"] == "RUNNING" and pid_alive(inst["pid"])
+
+        down = subprocess.run([sys.executable, "-m", "gpufleet.cli.main", "down"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert not pid_alive(inst["pid"])  # the backend went with it
+    for p in (port, prefect_port):
+        try:
+            httpx.get(f"http://127.0.0.1:{p}/", timeout=1)
+        except httpx.TransportError:
+            continue
+        raise AssertionError(f"something still listens on port {p}")
+    assert not (tmp_path / "home" / "up.pid").exists()
