@@ -36,7 +36,7 @@ def launch_instance(
     return record
 
 
-@task(name="health-check", timeout_seconds=HEALTH_TIMEOUT_S + 30)
+@task(name="health-check")  # bounded by wait_healthy's own timeout
 def health_check(record: BackendRecord, timeout: float = HEALTH_TIMEOUT_S) -> str:
     path = backends.wait_healthy(record, current_node().bind_host, timeout)
     get_run_logger().info("%s healthy on port %d (%s)", record.instance_name, record.port, path)

@@ -52,7 +52,7 @@ def _setup_logging() -> None:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -412,10 +412,10 @@ def main() -> None:
     try:
         app()
     except ApiError as exc:
-        err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+        err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except ServerUnavailable as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

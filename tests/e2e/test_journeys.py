@@ -235,3 +235,22 @@ def test_tasks_find_the_server_through_the_prefect_block(cluster: E2ECluster, mo
                 assert c.health()["status"] == "ok"
         finally:
             _connection._block_url.cache_clear()
+
+
+def test_model_missing_on_worker_is_an_error_naming_worker_and_path(
+    cluster: E2ECluster, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "vanishing.gguf"
+    model.write_bytes(tiny_gguf.read_bytes())
+    cluster.cli("deploy", "--name", "vanishing", "--local-path", str(model))
+    model.unlink()  # gone from the worker after the deploy was accepted
+    out = cluster.cli("scale", "vanishing", "2", check=False)
+    assert out.returncode != 0
+    failed = [i for i in cluster.instances("vanishing") if i["state"] == "ERROR"]
+    assert failed, cluster.instances("vanishing")
+    message = failed[0]["state_message"]
+    assert f"model path {model} not found on worker {failed[0]['worker']}" in message
+    assert message in out.stderr
+    [ok] = [i for i in cluster.instances("vanishing") if i["state"] == "RUNNING"]
+    assert chat(ok["port"])  # the existing replica is untouched
+    cluster.cli("rm", "vanishing")
