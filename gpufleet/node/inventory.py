@@ -8,7 +8,6 @@ simulated hardware in gpufleet.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
