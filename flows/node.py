@@ -8,7 +8,10 @@ instances; each instance succeeds or fails on its own.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
 
 from gpufleet.core.schemas import InstanceView, ModelMetadata
 from gpufleet.core.states import InstanceState
@@ -16,6 +19,8 @@ from gpufleet.node import backends
 from gpufleet.node.context import current_node
 from tasks.node import health_check, launch_instance, pull_weights, stop_instance
 from tasks.server import read_instance, report_state
+
+T = TypeVar("T")
 
 
 def _fail(inst: InstanceView, exc: BaseException) -> None:
@@ -25,56 +30,47 @@ def _fail(inst: InstanceView, exc: BaseException) -> None:
     report_state(inst.id, InstanceState.ERROR, message)
 
 
+def _settle(inst: InstanceView, future: PrefectFuture[T]) -> T | None:
+    """Wait for one instance's step; if it failed, put the instance in ERROR and return None."""
+    future.wait()
+    if future.state.is_completed():
+        return future.result()
+    _fail(inst, future.result(raise_on_failure=False))  # type: ignore[arg-type]
+    return None
+
+
 @flow(name="serve-instances")
-def serve_instances(instance_ids: list[int], metadata: ModelMetadata | None = None) -> dict[int, str]:
-    """pull weights → launch → health check → RUNNING for each instance; a failure
-    puts that instance in ERROR with what failed, where, and the backend's last log
-    lines. Fails (after reporting) if any instance failed."""
+def serve_instances(instance_ids: list[int], metadata: ModelMetadata | None = None) -> list[int]:
+    """pull weights → launch → health check → RUNNING, for all instances at once.
+    A failure puts that instance in ERROR with what failed, where, and the backend's
+    last log lines; the run fails (after reporting) if any instance failed."""
     node = current_node().name
-    instances = [i for i in (read_instance(iid) for iid in instance_ids) if i is not None and not i.deleting]
-    outcome: dict[int, str] = {iid: "gone" for iid in instance_ids}
+    instances = [i for i in map(read_instance, instance_ids) if i is not None and not i.deleting]
 
     pulls = {i.id: pull_weights.submit(i) for i in instances}
     launches = {}
     for inst in instances:
-        pulls[inst.id].wait()
-        if pulls[inst.id].state.is_completed():
-            launches[inst.id] = launch_instance.submit(inst, pulls[inst.id].result(), metadata)
-        else:
-            _fail(inst, pulls[inst.id].result(raise_on_failure=False))
-            outcome[inst.id] = "error"
-    healths = {}
+        if (path := _settle(inst, pulls[inst.id])) is not None:
+            launches[inst.id] = launch_instance.submit(inst, path, metadata)
+    checks = {}
     for inst in instances:
-        if inst.id not in launches:
-            continue
-        future = launches[inst.id]
-        future.wait()
-        if not future.state.is_completed():
-            _fail(inst, future.result(raise_on_failure=False))
-            outcome[inst.id] = "error"
-            continue
-        record = future.result()
-        report_state(inst.id, InstanceState.STARTING,
-                     f"backend started on {node} (pid {record.pid}, port {record.port}); waiting for health",
-                     port=record.port, pid=record.pid)
-        healths[inst.id] = (record, health_check.submit(record))
+        if inst.id in launches and (record := _settle(inst, launches[inst.id])) is not None:
+            report_state(inst.id, InstanceState.STARTING,
+                         f"backend started on {node} (pid {record.pid}, port {record.port}); waiting for health",
+                         port=record.port, pid=record.pid)
+            checks[inst.id] = (record, health_check.submit(record))
+    running = []
     for inst in instances:
-        if inst.id not in healths:
-            continue
-        record, future = healths[inst.id]
-        future.wait()
-        if future.state.is_completed():
+        if inst.id in checks and _settle(inst, checks[inst.id][1]) is not None:
+            record = checks[inst.id][0]
             report_state(inst.id, InstanceState.RUNNING, f"serving on {node}:{record.port}",
                          port=record.port, pid=record.pid)
-            outcome[inst.id] = "running"
-        else:
-            _fail(inst, future.result(raise_on_failure=False))
-            outcome[inst.id] = "error"
-    failed = [iid for iid, o in outcome.items() if o == "error"]
+            running.append(inst.id)
+    failed = [i.id for i in instances if i.id not in running]
     if failed:
         raise RuntimeError(f"instances {failed} failed on {node}; see their state messages")
-    get_run_logger().info("serving on %s: %s", node, outcome)
-    return outcome
+    get_run_logger().info("serving on %s: %s", node, running)
+    return running
 
 
 @flow(name="stop-instances")
