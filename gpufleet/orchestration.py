@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,17 +124,3 @@ def flow_run_url(flow_run_id: str) -> str | None:
 
     ui = PREFECT_UI_URL.value()
     return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
-
-
-async def trigger(flow_name: str, parameters: dict[str, Any], key: str | None = None) -> str:
-    """Start a control flow run (returns at once with the run id)."""
-    from prefect.deployments import arun_deployment
-
-    run = await arun_deployment(
-        deployment_name(flow_name), parameters=parameters, timeout=0, idempotency_key=key
-    )
-    return str(run.id)
-
-
-def prefect_env_summary() -> str:
-    return os.environ.get("PREFECT_API_URL", "(ephemeral)")
