@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,19 +45,32 @@ def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> Child
     return Child(name, proc, log)
 
 
-def _wait_http(url: str, child: Child, timeout: float) -> None:
+def _wait_ready(child: Child, ready: Callable[[], bool], what: str, timeout: float) -> None:
+    """Until `ready()`; fail early, with the log's tail, if the child process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
             tail = child.log.read_text(errors="replace")[-2000:]
             raise StartFailed(f"{child.name} exited with code {child.proc.returncode}:\n{tail}")
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if ready():
                 return
-        except httpx.TransportError:
+        except (httpx.TransportError, ValueError):
             pass
         time.sleep(0.2)
-    raise StartFailed(f"{child.name} did not answer {url} within {timeout:.0f} s; see {child.log}")
+    raise StartFailed(f"{child.name} did not {what} within {timeout:.0f} s; see {child.log}")
+
+
+def _wait_http(url: str, child: Child, timeout: float) -> None:
+    _wait_ready(child, lambda: httpx.get(url, timeout=1).status_code == 200, f"answer {url}", timeout)
+
+
+def _wait_for_worker(server_url: str, name: str, child: Child, timeout: float) -> None:
+    def registered() -> bool:
+        workers = httpx.get(f"{server_url}/v1/workers", timeout=2).json()
+        return any(w["name"] == name and w["ready"] for w in workers)
+
+    _wait_ready(child, registered, f"register node {name}", timeout)
 
 
 def stop_children(children: list[Child], grace: float = 20.0) -> None:
@@ -145,21 +159,6 @@ def start_cluster(
     ui = None if external_prefect else f"http://127.0.0.1:{prefect_port}"
     return Cluster(server_url, prefect_api, ui, children, env)
 
-
-def _wait_for_worker(server_url: str, name: str, child: Child, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            tail = child.log.read_text(errors="replace")[-2000:]
-            raise StartFailed(f"node {name} exited with code {child.proc.returncode}:\n{tail}")
-        try:
-            workers = httpx.get(f"{server_url}/v1/workers", timeout=2).json()
-            if any(w["name"] == name and w["ready"] for w in workers):
-                return
-        except (httpx.TransportError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise StartFailed(f"node {name} did not register within {timeout:.0f} s; see {child.log}")
 
 
 def write_pidfile(gpufleet_home: Path) -> Path:
