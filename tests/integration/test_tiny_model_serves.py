@@ -19,7 +19,7 @@ import pytest
 
 from gpufleet.demo.tiny_model import write_tiny_llama_gguf
 
-pytest.importorskip("xllamacpp")
+import xllamacpp  # noqa: F401,E402 - a dependency: its absence must fail, not skip
 
 HEALTH_TIMEOUT_S = 30.0
 
