@@ -17,7 +17,8 @@ from gpufleet.core.schemas import InstanceView
 from gpufleet.core.states import InstanceState
 from tasks._connection import connect
 from tasks.dispatch import run_on_node, wait_for_node_runs
-from tasks.model import estimate_resources, fetch_metadata
+from tasks.estimation import estimate_resources
+from tasks.metadata import fetch_metadata
 from tasks.scheduling import select_gpus
 from tasks.server import (
     plan_replicas,

@@ -25,6 +25,7 @@ from gpufleet.cli.wait import WaitFailed, wait_for_deployment
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable, server_url
 from gpufleet.core.backends.llama_cpp import validate_params
 from gpufleet.core.backends.params import BackendParamError
+from gpufleet.core.placement_spec import PlacementSpec
 from gpufleet.core.schemas import DeploymentEdit, DeploymentSpec, ModelSource
 from gpufleet.settings import DEFAULT_PORT, database_url, home
 
@@ -230,40 +231,96 @@ def node(
 # ----------------------------------------------------------------------------- deployments
 
 
+def _source(local_path: str | None, hf: str | None, modelscope: str | None,
+            file: str | None, revision: str | None) -> ModelSource:
+    """Exactly one of --local-path, --hf, --modelscope."""
+    given = [flag for flag, v in (("--local-path", local_path), ("--hf", hf), ("--modelscope", modelscope)) if v]
+    if len(given) != 1:
+        fail("give the model with exactly one of --local-path PATH, --hf REPO or --modelscope REPO"
+             + (f" (got {', '.join(given)})" if given else ""), 2)
+    if local_path:
+        if file or revision:
+            fail("--file and --revision apply to --hf and --modelscope; point --local-path at the file", 2)
+        return ModelSource(kind="local_path", local_path=os.path.abspath(os.path.expanduser(local_path)))
+    kind = "huggingface" if hf else "modelscope"
+    return ModelSource(kind=kind, repo=hf or modelscope, file=file, revision=revision)
+
+
 @app.command()
 def deploy(
     name: Annotated[str, typer.Option("--name", help="deployment name")],
     local_path: Annotated[Optional[str], typer.Option(help="GGUF file or model directory on the workers")] = None,
+    hf: Annotated[Optional[str], typer.Option("--hf", help="Hugging Face repository, e.g. org/name")] = None,
+    modelscope: Annotated[Optional[str], typer.Option("--modelscope", help="ModelScope repository")] = None,
+    file: Annotated[Optional[str], typer.Option("--file", help="file or glob in the repository, e.g. '*Q4_K_M*.gguf'")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="hub branch, tag or commit")] = None,
     replicas: Annotated[int, typer.Option(help="number of instances")] = 1,
+    backend: Annotated[Optional[str], typer.Option(help="llama.cpp, llama-box, vllm or vox-box (default: chosen from the model)")] = None,
+    category: Annotated[Optional[str], typer.Option(help="override the detected category (llm, embedding, reranker, ...)")] = None,
     backend_param: ParamOpt = None,
     env: EnvOpt = None,
     backend_version: Annotated[Optional[str], typer.Option()] = None,
+    placement: Annotated[str, typer.Option("--placement", help="spread or binpack")] = "spread",
+    worker_selector: Annotated[Optional[list[str]], typer.Option("--worker-selector", help="label expression: key=value, key!=value, 'key in (a,b)', 'key notin (a)', key, !key (repeatable; all must match)")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="WORKER:INDEX the instances may use (repeatable)")] = None,
+    gpus_per_replica: Annotated[Optional[int], typer.Option(help="GPUs per instance (with --gpu: the selection is partitioned)")] = None,
+    cpu_offloading: Annotated[bool, typer.Option("--cpu-offloading", help="llama.cpp: layers that do not fit on GPUs run on the CPU")] = False,
+    distributed: Annotated[bool, typer.Option("--distributed", help="allow one instance across several workers")] = False,
+    overcommit: Annotated[bool, typer.Option("--overcommit", help="let replicas share selected GPUs")] = False,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
 ) -> None:
     """Deploy a model with a number of replicas."""
-    if local_path is None:
-        fail("give the model with --local-path PATH (Hugging Face and ModelScope sources come later)", 2)
+    source = _source(local_path, hf, modelscope, file, revision)
     if replicas < 0:
         fail(f"--replicas must be 0 or more, got {replicas}", 2)
+    fields: dict[str, object] = {}
+    if backend is not None:
+        fields["backend"] = backend
+    if category is not None:
+        fields["category"] = category
     try:
         spec = DeploymentSpec(
             name=name,
             replicas=replicas,
-            source=ModelSource(kind="local_path", local_path=os.path.abspath(local_path)),
+            source=source,
             backend_params=_params(backend_param),
             env=_parse_env(env),
             backend_version=backend_version,
+            placement=PlacementSpec(
+                strategy=placement,  # type: ignore[arg-type]
+                worker_selector=worker_selector or [],
+                gpu_selector=gpu or [],
+                gpus_per_replica=gpus_per_replica,
+                cpu_offloading=cpu_offloading,
+                distributed=distributed,
+                overcommit=overcommit,
+            ),
+            **fields,  # type: ignore[arg-type]
         )
     except ValueError as exc:
-        fail(str(exc), 2)
+        fail(_validation_message(exc), 2)
     with client() as c:
         op = c.create_deployment(spec)
     console.print(f"deployment {name} created with {replicas} replica(s)")
+    if op.detail:
+        console.print(op.detail)
     _show_operation(op)
     if wait:
         _wait(name, timeout)
         _print_instances(name)
+
+
+def _validation_message(exc: ValueError) -> str:
+    """Pydantic's errors, one line each, naming the field; other errors as they are."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for e in errors():
+        where = ".".join(str(x) for x in e.get("loc", ()))
+        lines.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    return "invalid deployment: " + "; ".join(lines)
 
 
 def _print_instances(name: str | None) -> None:

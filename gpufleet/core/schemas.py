@@ -9,12 +9,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gpufleet.core.estimation.summary import ResourceEstimate
+from gpufleet.core.metadata import Category, ModelMetadata
+from gpufleet.core.placement_spec import Placement, PlacementSpec
 from gpufleet.core.states import DeploymentState, InstanceState
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
-BackendName = Literal["llama.cpp"]
+BackendName = Literal["llama.cpp", "llama-box", "vllm", "vox-box"]
 SourceKind = Literal["local_path", "huggingface", "modelscope"]
 
 
@@ -33,6 +36,7 @@ class ModelSource(Strict):
     )
     repo: str | None = Field(default=None, description="hub repository id, e.g. org/name")
     file: str | None = Field(default=None, description="file or glob inside the repository")
+    revision: str | None = Field(default=None, description="hub branch, tag or commit (default: main/master)")
 
     @model_validator(mode="after")
     def _one_location(self) -> ModelSource:
@@ -58,6 +62,8 @@ class DeploymentConfig(Strict):
 
     source: ModelSource
     backend: BackendName = "llama.cpp"
+    category: Category | None = Field(default=None, description="override the detected category")
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
     backend_version: str | None = None
     backend_params: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
@@ -127,53 +133,6 @@ class WorkerView(WorkerRegistration):
     last_heartbeat: datetime | None
 
 
-class ModelMetadata(BaseModel):
-    """What gpufleet knows about a model before running it (from its header)."""
-
-    format: Literal["gguf"]
-    architecture: str
-    file_size: int
-    tensor_bytes: int
-    n_params: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim_k: int
-    head_dim_v: int
-    embedding_length: int
-    context_length: int
-    vocab_size: int
-    file_type: int | None = None
-
-
-class ResourceEstimate(BaseModel):
-    """Memory one instance needs, in bytes. `known=False` means it could not be
-    computed (the reason says why) and placement must not trust the numbers."""
-
-    known: bool = True
-    reason: str | None = None
-    gpu_vram: int = 0  # VRAM on one GPU when fully offloaded
-    gpu_ram: int = 0  # host RAM needed alongside a GPU placement
-    cpu_ram: int = 0  # host RAM when running on CPU only
-    weights: int = 0
-    kv_cache: int = 0
-    compute: int = 0
-    context_size: int = 0
-
-    @classmethod
-    def unknown(cls, reason: str) -> ResourceEstimate:
-        return cls(known=False, reason=reason)
-
-
-class Placement(BaseModel):
-    """Where an instance runs and the memory it claims there."""
-
-    worker: str
-    gpu_indexes: list[int] = Field(default_factory=list)
-    vram_claim: dict[int, int] = Field(default_factory=dict)  # gpu index -> bytes
-    ram_claim: int = 0
-
-
 class InstanceView(BaseModel):
     """An instance as the API returns it."""
 
@@ -235,3 +194,6 @@ class OperationAccepted(BaseModel):
     flow_run_id: str | None = None
     flow_run_url: str | None = None
     detail: str = ""
+
+
+__all__ = [name for name in dir() if not name.startswith("_")]  # re-exports: ModelMetadata, Placement, ResourceEstimate, ...

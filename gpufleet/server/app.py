@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from gpufleet import orchestration
 from gpufleet.core.backends import llama_cpp
 from gpufleet.core.backends.params import BackendParamError
-from gpufleet.core.estimate import estimate_llama_cpp
 from gpufleet.core.schemas import (
     DeploymentEdit,
     DeploymentSpec,
@@ -32,7 +31,6 @@ from gpufleet.core.schemas import (
     InstanceView,
     OperationAccepted,
     ReplicaPlanView,
-    ResourceEstimate,
     ScaleRequest,
     WorkerRegistration,
     WorkerView,
@@ -40,7 +38,8 @@ from gpufleet.core.schemas import (
 from gpufleet.core.states import InvalidTransition
 from gpufleet.server.controller import Controller
 from gpufleet.settings import WORKER_TIMEOUT_S
-from gpufleet.sources import ModelSourceError, read_metadata
+from gpufleet.server.placement_routes import add_placement_routes
+from gpufleet.server.validation import InvalidSpec, validate_spec
 from gpufleet.store import repository as repo
 from gpufleet.store.db import make_engine, migrate, session_factory
 
@@ -110,6 +109,10 @@ def create_app(
     async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
+    @app.exception_handler(InvalidSpec)
+    async def _invalid_spec(_: Request, exc: InvalidSpec) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
     @app.exception_handler(BackendParamError)
     async def _param(_: Request, exc: BackendParamError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
@@ -136,14 +139,6 @@ def create_app(
         with state.session() as s:
             workers = repo.list_workers(s, state.worker_timeout)
         return {"status": "ok", "workers": len(workers), "ready_workers": sum(w.ready for w in workers)}
-
-    def validate_spec(spec: DeploymentSpec) -> tuple[Any, ResourceEstimate]:
-        llama_cpp.validate_params(spec.backend_params)
-        try:
-            metadata = read_metadata(spec.source)
-        except ModelSourceError as exc:
-            raise HTTPException(400, f"{exc} (checked on the gpufleet server)") from exc
-        return metadata, estimate_llama_cpp(metadata, llama_cpp.context_size(spec.backend_params))
 
     @app.post("/v1/deployments", status_code=202)
     def create_deployment(spec: DeploymentSpec) -> OperationAccepted:
@@ -312,12 +307,6 @@ def create_app(
             repo.delete_deployment_row(s, name)
         return {"status": "deleted"}
 
-    @app.post("/v1/internal/instances/{instance_id}/place")
-    def place(instance_id: int, estimate: ResourceEstimate) -> InstanceView:
-        with state.placement_lock, state.session() as s:
-            row = repo.place_instance(s, instance_id, estimate, state.worker_timeout)
-            return repo.instance_view(row)
-
     @app.put("/v1/internal/instances/{instance_id}/state")
     def report_state(instance_id: int, update: InstanceStateUpdate) -> InstanceView:
         with state.session() as s:
@@ -334,4 +323,5 @@ def create_app(
             repo.delete_instance_row(s, instance_id)
         return {"status": "deleted"}
 
+    add_placement_routes(app, state)
     return app

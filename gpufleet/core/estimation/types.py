@@ -1,0 +1,84 @@
+"""The estimation contract: what callers pass in and get back.
+
+Plain frozen dataclasses, not pydantic models: placement calls :func:`estimate`
+thousands of times while it searches, and these cost a fraction of a model's
+validation. :class:`gpufleet.core.schemas.ResourceEstimate` is the pydantic
+summary stored and returned at the API boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EstimateOptions:
+    """One configuration of one instance.
+
+    ``gpu_memory`` lists the total bytes of each GPU the instance would use, in
+    device order; empty means CPU only. ``tensor_split`` gives llama.cpp's
+    proportions per GPU (None: proportional to ``gpu_memory``, as llama.cpp
+    splits by device memory). ``gpu_layers`` overrides ``--n-gpu-layers``
+    (None: what the backend params say, else all layers).
+    """
+
+    backend: str = "llama.cpp"
+    backend_params: tuple[str, ...] = ()
+    gpu_memory: tuple[int, ...] = ()
+    tensor_split: tuple[float, ...] | None = None
+    gpu_layers: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceUsage:
+    """Memory one device holds for the instance, in bytes, by what it is for."""
+
+    device: str  # "cpu" (host RAM) or "gpu:<position in gpu_memory>"
+    layers: int = 0
+    weights: int = 0
+    kv_cache: int = 0
+    compute: int = 0
+    output: int = 0
+    overhead: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute + self.output + self.overhead
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Per-device memory of one instance under one configuration.
+
+    ``claims`` is what placement must reserve on each GPU: the need itself for
+    llama.cpp, utilization x card for a vLLM LLM (vLLM pre-allocates that
+    fraction whatever the model needs). ``known=False`` carries a reason and no
+    trustworthy numbers.
+    """
+
+    known: bool
+    backend: str
+    reason: str | None = None
+    context_size: int = 0
+    total_layers: int = 0
+    gpu_layers: int = 0
+    host: DeviceUsage = field(default_factory=lambda: DeviceUsage("cpu"))
+    gpus: tuple[DeviceUsage, ...] = ()
+    claims: tuple[int, ...] = ()
+
+    @property
+    def ram(self) -> int:
+        return self.host.total
+
+    @property
+    def vram(self) -> tuple[int, ...]:
+        return tuple(g.total for g in self.gpus)
+
+    @property
+    def offloaded_to_cpu(self) -> bool:
+        """Some layers run on the CPU although GPUs were given."""
+        return bool(self.gpus) and self.gpu_layers < self.total_layers
+
+    @classmethod
+    def unknown(cls, backend: str, reason: str) -> Estimate:
+        return cls(known=False, backend=backend, reason=reason)
