@@ -21,6 +21,14 @@ from gpufleet.cli.output import (
     print_json,
     workers_table,
 )
+from gpufleet.cli.source_options import (
+    FileOpt,
+    HfOpt,
+    LocalPathOpt,
+    ModelScopeOpt,
+    RevisionOpt,
+    source_from_options,
+)
 from gpufleet.cli.wait import WaitFailed, wait_for_deployment
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable, server_url
 from gpufleet.core.backends.llama_cpp import validate_params
@@ -231,29 +239,14 @@ def node(
 # ----------------------------------------------------------------------------- deployments
 
 
-def _source(local_path: str | None, hf: str | None, modelscope: str | None,
-            file: str | None, revision: str | None) -> ModelSource:
-    """Exactly one of --local-path, --hf, --modelscope."""
-    given = [flag for flag, v in (("--local-path", local_path), ("--hf", hf), ("--modelscope", modelscope)) if v]
-    if len(given) != 1:
-        fail("give the model with exactly one of --local-path PATH, --hf REPO or --modelscope REPO"
-             + (f" (got {', '.join(given)})" if given else ""), 2)
-    if local_path:
-        if file or revision:
-            fail("--file and --revision apply to --hf and --modelscope; point --local-path at the file", 2)
-        return ModelSource(kind="local_path", local_path=os.path.abspath(os.path.expanduser(local_path)))
-    kind = "huggingface" if hf else "modelscope"
-    return ModelSource(kind=kind, repo=hf or modelscope, file=file, revision=revision)
-
-
 @app.command()
 def deploy(
     name: Annotated[str, typer.Option("--name", help="deployment name")],
-    local_path: Annotated[Optional[str], typer.Option(help="GGUF file or model directory on the workers")] = None,
-    hf: Annotated[Optional[str], typer.Option("--hf", help="Hugging Face repository, e.g. org/name")] = None,
-    modelscope: Annotated[Optional[str], typer.Option("--modelscope", help="ModelScope repository")] = None,
-    file: Annotated[Optional[str], typer.Option("--file", help="file or glob in the repository, e.g. '*Q4_K_M*.gguf'")] = None,
-    revision: Annotated[Optional[str], typer.Option(help="hub branch, tag or commit")] = None,
+    local_path: LocalPathOpt = None,
+    hf: HfOpt = None,
+    modelscope: ModelScopeOpt = None,
+    file: FileOpt = None,
+    revision: RevisionOpt = None,
     replicas: Annotated[int, typer.Option(help="number of instances")] = 1,
     backend: Annotated[Optional[str], typer.Option(help="llama.cpp, llama-box, vllm or vox-box (default: chosen from the model)")] = None,
     category: Annotated[Optional[str], typer.Option(help="override the detected category (llm, embedding, reranker, ...)")] = None,
@@ -271,7 +264,10 @@ def deploy(
     timeout: TimeoutOpt = 300.0,
 ) -> None:
     """Deploy a model with a number of replicas."""
-    source = _source(local_path, hf, modelscope, file, revision)
+    try:
+        source = source_from_options(local_path, hf, modelscope, file, revision)
+    except ValueError as exc:
+        fail(str(exc), 2)
     if replicas < 0:
         fail(f"--replicas must be 0 or more, got {replicas}", 2)
     fields: dict[str, object] = {}
