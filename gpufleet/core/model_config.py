@@ -80,7 +80,9 @@ def parse_config(text: bytes) -> ModelConfig:
     hidden = _first_int(cfg, "hidden_size", "n_embd", "d_model", "dim")
     heads = _first_int(cfg, "num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
     kv_heads = _first_int(cfg, "num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num") or heads
-    head_dim = _first_int(cfg, "head_dim", "qk_nope_head_dim") or (hidden // heads if heads else 0)
+    # MLA (DeepSeek): keys are the no-RoPE part plus the decoupled RoPE part.
+    mla_key = _first_int(cfg, "qk_nope_head_dim") + _first_int(cfg, "qk_rope_head_dim")
+    head_dim = _first_int(cfg, "head_dim") or mla_key or (hidden // heads if heads else 0)
     quant = raw.get("quantization_config")
     dtype = cfg.get("torch_dtype") or cfg.get("dtype")
     return ModelConfig(

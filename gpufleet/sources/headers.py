@@ -1,0 +1,79 @@
+"""Read a GGUF or safetensors header through a :class:`RangeReader`, prefix only.
+
+GGUF: a first window, then extensions only when the parser reports
+:class:`GGUFTruncated`. Each extension fetches only the *new* bytes. The
+parser's ``needed`` is a lower bound (a string array is known to need 8 bytes per
+element until the strings are read), and vocabulary strings average ~2x that,
+so an extension asks for ``needed + 2 × (needed − have)``: one or two extensions
+cover a 128k-token vocabulary with merges (≈ 8 MiB) without overshooting by
+more than a few MiB.
+
+safetensors: the header length is the first 8 bytes, so the second read (if
+the first window was short) is exact.
+"""
+
+from __future__ import annotations
+
+from gpufleet.core.gguf import GGUFError, GGUFHeader, GGUFTruncated, parse_gguf_header
+from gpufleet.core.safetensors import (
+    SafetensorsError,
+    SafetensorsHeader,
+    SafetensorsTruncated,
+    parse_safetensors_header,
+)
+from gpufleet.sources.errors import ModelSourceError, NotAModel
+from gpufleet.sources.range_reader import RangeReader
+
+GGUF_FIRST_WINDOW = 2 << 20
+SAFETENSORS_FIRST_WINDOW = 256 << 10
+MAX_EXTENSIONS = 64  # parser progress is guaranteed; this only bounds a pathological file
+
+
+class _Prefix:
+    """The bytes read so far from the start of the file; grows by appending."""
+
+    def __init__(self, reader: RangeReader) -> None:
+        self.reader = reader
+        self.buf = bytearray()
+
+    def extend_to(self, want: int) -> None:
+        want = min(want, self.reader.size)
+        if want > len(self.buf):
+            self.buf += self.reader.read(len(self.buf), want)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.buf) >= self.reader.size
+
+
+def read_gguf_header(reader: RangeReader, first_window: int = GGUF_FIRST_WINDOW) -> GGUFHeader:
+    prefix = _Prefix(reader)
+    prefix.extend_to(first_window)
+    if prefix.buf[:4] != b"GGUF":
+        raise NotAModel(f"{reader.name} is not a valid GGUF file (it does not start with the GGUF magic)")
+    for _ in range(MAX_EXTENSIONS):
+        try:
+            return parse_gguf_header(bytes(prefix.buf), file_size=reader.size)
+        except GGUFTruncated as exc:
+            if prefix.complete:
+                raise ModelSourceError(f"{reader.name}: GGUF header ends past the end of the file") from exc
+            have = len(prefix.buf)
+            prefix.extend_to(exc.needed + 2 * (exc.needed - have))
+        except GGUFError as exc:
+            raise ModelSourceError(f"{reader.name} is not a valid GGUF file: {exc}") from exc
+    raise ModelSourceError(f"{reader.name}: GGUF header still incomplete after {MAX_EXTENSIONS} reads")
+
+
+def read_safetensors_header(
+    reader: RangeReader, first_window: int = SAFETENSORS_FIRST_WINDOW
+) -> SafetensorsHeader:
+    prefix = _Prefix(reader)
+    prefix.extend_to(first_window)
+    for _ in range(3):
+        try:
+            return parse_safetensors_header(bytes(prefix.buf), file_size=reader.size)
+        except SafetensorsTruncated as exc:
+            prefix.extend_to(exc.needed)
+        except SafetensorsError as exc:
+            raise ModelSourceError(f"{reader.name} is not a valid safetensors file: {exc}") from exc
+    raise ModelSourceError(f"{reader.name}: safetensors header could not be read")

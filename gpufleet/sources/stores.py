@@ -1,0 +1,84 @@
+"""Where a model's files live: a local directory or a hub repository, behind one
+small interface so that file choice, header reads and pulls are written once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+from gpufleet.core.model_files import RepoFile
+from gpufleet.sources.errors import FileNotInRepo, ModelSourceError
+from gpufleet.sources.hub import Hub
+from gpufleet.sources.range_reader import LocalRangeReader, RangeReader
+
+MAX_LOCAL_FILES = 20_000  # a model directory, not a whole disk
+MAX_LOCAL_DEPTH = 3
+
+
+class FileStore(Protocol):
+    name: str  # "hf:org/name", "/models/x": what messages call it
+
+    def list_files(self) -> list[RepoFile]: ...
+
+    def reader(self, path: str) -> RangeReader: ...
+
+    def read_small(self, path: str, max_bytes: int) -> bytes: ...
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.name = str(root)
+
+    def list_files(self) -> list[RepoFile]:
+        out: list[RepoFile] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = Path(dirpath).relative_to(self.root)
+            if len(rel.parts) >= MAX_LOCAL_DEPTH:
+                dirnames.clear()
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for fn in filenames:
+                p = Path(dirpath) / fn
+                try:
+                    out.append(RepoFile((rel / fn).as_posix(), p.stat().st_size))
+                except OSError:
+                    continue
+                if len(out) > MAX_LOCAL_FILES:
+                    raise ModelSourceError(f"{self.root} holds over {MAX_LOCAL_FILES} files; point at the model itself")
+        return out
+
+    def _path(self, path: str) -> Path:
+        p = self.root / path
+        if not p.is_file():
+            raise FileNotInRepo(f"{p} not found")
+        if not os.access(p, os.R_OK):
+            raise ModelSourceError(f"model path {p} is not readable")
+        return p
+
+    def reader(self, path: str) -> RangeReader:
+        return LocalRangeReader(self._path(path))
+
+    def read_small(self, path: str, max_bytes: int) -> bytes:
+        p = self._path(path)
+        if p.stat().st_size > max_bytes:
+            raise ModelSourceError(f"{p} is over the {max_bytes}-byte limit")
+        return p.read_bytes()
+
+
+class HubStore:
+    def __init__(self, hub: Hub, repo: str, revision: str | None) -> None:
+        self.hub, self.repo, self.revision = hub, repo, revision
+        self.name = f"{hub.prefix}:{repo}" + (f"@{revision}" if revision else "")
+        self._files: list[RepoFile] | None = None
+
+    def list_files(self) -> list[RepoFile]:
+        if self._files is None:
+            self._files = self.hub.list_files(self.repo, self.revision)
+        return self._files
+
+    def reader(self, path: str) -> RangeReader:
+        return self.hub.reader(self.repo, path, self.revision)
+
+    def read_small(self, path: str, max_bytes: int) -> bytes:
+        return self.hub.read_small(self.repo, path, self.revision, max_bytes)
