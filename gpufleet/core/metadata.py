@@ -56,8 +56,15 @@ class ModelMetadata(BaseModel):
     layer_bytes: list[int] = Field(
         default_factory=list, description="weight bytes of each repeating block (blk.N / model.layers.N)"
     )
-    embedding_bytes: int = Field(default=0, description="token embedding table")
-    output_bytes: int = Field(default=0, description="output projection (0 when tied to the embedding)")
+    embedding_bytes: int = Field(
+        default=0, description="input layer: token embedding table (and position/type embeddings, their norm)"
+    )
+    output_bytes: int = Field(
+        default=0, description="output layer: output projection and its norm (norm only when tied to the embedding)"
+    )
+    tied_embeddings: bool = Field(
+        default=False, description="no output projection: llama.cpp reuses the token embedding as the output"
+    )
     other_bytes: int = Field(default=0, description="tensors in no block and neither of the above")
     n_kv_heads_per_layer: list[int] = Field(default_factory=list, description="empty when uniform")
     sliding_window: int = 0
@@ -66,5 +73,10 @@ class ModelMetadata(BaseModel):
     rope_head_dim: int = Field(default=0, description="MLA decoupled RoPE key width")
     n_experts: int = 0
     n_experts_used: int = 0
+    expert_feed_forward_length: int = Field(default=0, description="FFN width of one expert (MoE)")
+    n_shared_experts: int = 0
+    kv_cache_dtype: str | None = Field(
+        default=None, description="vLLM: KV dtype the checkpoint asks for (fp8 ...); None: the model dtype"
+    )
     mmproj_bytes: int = Field(default=0, description="multimodal projector file, when one is deployed")
     notes: list[str] = Field(default_factory=list, description="what could not be read, and why")

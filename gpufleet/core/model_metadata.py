@@ -1,9 +1,46 @@
-"""Turn a parsed GGUF header into the :class:`ModelMetadata` that estimation uses."""
+"""Turn a parsed GGUF header into the :class:`ModelMetadata` that estimation uses.
+
+Why per-layer detail: llama.cpp places whole layers on devices (``--n-gpu-layers``,
+``--tensor-split``), so the estimate needs the exact bytes of every block, of the
+input layer (token embedding, always on the CPU) and of the output layer (on the
+last GPU once ``-ngl`` exceeds the block count). These come from the tensor table,
+sized exactly by ggml block sizes (:mod:`gpufleet.core.gguf`), never from the file size.
+
+Attention variants are read from the header keys llama.cpp itself reads
+(``llama-model.cpp``, ``llama-hparams.cpp``): sliding-window layers, MLA
+(DeepSeek-style ``kv_lora_rank``), per-layer KV head counts, experts.
+"""
 
 from __future__ import annotations
 
-from gpufleet.core.gguf import GGUFHeader
-from gpufleet.core.schemas import ModelMetadata
+import re
+
+from gpufleet.core.gguf import GGUFHeader, TensorInfo
+from gpufleet.core.metadata import ModelMetadata
+
+#: llama.cpp's ``llama_ftype`` ids (``general.file_type``) -> the names its quantize tool uses.
+FILE_TYPE_NAMES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
+    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S",
+    22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
+    28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
+    37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0",
+}
+
+#: Architectures whose llama.cpp graph uses a sliding window, and its layer pattern
+#: when the header gives none: every n-th layer is global, the others slide
+#: (``hparams.set_swa_pattern(n)``: layer il slides iff il % n < n - 1).
+#: Other architectures ignore ``sliding_window`` in llama.cpp, so gpufleet does too.
+SWA_DEFAULT_PATTERN: dict[str, int] = {
+    "gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "gpt-oss": 2, "exaone4": 4,
+    "smallthinker": 4, "afmoe": 4, "olmo2": 4, "phi3": 1, "mistral3": 1,
+}
+
+_INPUT_TENSORS = ("token_embd.", "token_types.", "position_embd.", "token_embd_norm.")
+_OUTPUT_TENSORS = ("output.", "output_norm.", "cls.", "cls_out.")
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+_EMBEDDING_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert", "modern-bert"}
 
 
 class UnsupportedModel(ValueError):
@@ -23,7 +60,46 @@ def _as_int(value: object, key: str) -> int:
     return int(value)
 
 
+def split_tensors(tensors: tuple[TensorInfo, ...], n_layers: int) -> tuple[list[int], int, int, int]:
+    """Bytes per block, of the input layer, the output layer, and of the rest.
+
+    A ``blk.N`` beyond ``n_layers`` (e.g. a multi-token-prediction head that
+    llama.cpp does not load as a block) counts as "other"."""
+    layers = [0] * n_layers
+    embedding = output = other = 0
+    for t in tensors:
+        m = _BLOCK.match(t.name)
+        if m and int(m.group(1)) < n_layers:
+            layers[int(m.group(1))] += t.n_bytes
+        elif t.name.startswith(_INPUT_TENSORS):
+            embedding += t.n_bytes
+        elif t.name.startswith(_OUTPUT_TENSORS):
+            output += t.n_bytes
+        else:
+            other += t.n_bytes
+    return layers, embedding, output, other
+
+
+def swa_layers(arch: str, n_layers: int, window: int, pattern: object) -> list[bool]:
+    """Which layers use the sliding window, as llama.cpp decides it."""
+    if window <= 0 or arch not in SWA_DEFAULT_PATTERN:
+        return []
+    if isinstance(pattern, list) and len(pattern) >= n_layers:
+        return [bool(p) for p in pattern[:n_layers]]
+    n = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0 else None
+    n = n or SWA_DEFAULT_PATTERN[arch]
+    return [n == 1 or il % n < n - 1 for il in range(n_layers)]
+
+
+def _weight_bytes_by_dtype(tensors: tuple[TensorInfo, ...]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tensors:
+        out[t.type_name] = out.get(t.type_name, 0) + t.n_bytes
+    return out
+
+
 def metadata_from_gguf(header: GGUFHeader, file_size: int) -> ModelMetadata:
+    """Exact per-layer sizes and attention shape of one GGUF model."""
     arch = header.architecture
     if not arch:
         raise UnsupportedModel("GGUF header has no general.architecture")
@@ -42,24 +118,50 @@ def metadata_from_gguf(header: GGUFHeader, file_size: int) -> ModelMetadata:
     n_heads = required("attention.head_count")
     if n_heads <= 0:
         raise UnsupportedModel(f"{arch}.attention.head_count must be positive, got {n_heads}")
+    n_layers = required("block_count")
     n_kv_heads = optional("attention.head_count_kv", n_heads)
+    kv_per_layer = header.arch_value("attention.head_count_kv")
     head_dim = n_embd // n_heads
     tokens = header.get("tokenizer.ggml.tokens")
     vocab = optional("vocab_size", len(tokens) if isinstance(tokens, list) else 0)
     file_type = header.get("general.file_type")
+    file_type = file_type if isinstance(file_type, int) and not isinstance(file_type, bool) else None
+    layers, embedding, output, other = split_tensors(header.tensors, n_layers)
+    window = optional("attention.sliding_window", 0)
+    n_params = sum(t.n_elements for t in header.tensors)
     return ModelMetadata(
         format="gguf",
         architecture=arch,
+        category="embedding" if arch in _EMBEDDING_ARCHS else "llm",
         file_size=file_size,
         tensor_bytes=header.tensor_bytes,
-        n_params=sum(t.n_elements for t in header.tensors),
-        n_layers=required("block_count"),
+        weight_bytes_by_dtype=_weight_bytes_by_dtype(header.tensors),
+        n_params=n_params,
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         head_dim_k=optional("attention.key_length", head_dim),
         head_dim_v=optional("attention.value_length", head_dim),
         embedding_length=n_embd,
+        feed_forward_length=optional("feed_forward_length", 0),
         context_length=required("context_length"),
         vocab_size=vocab,
-        file_type=file_type if isinstance(file_type, int) else None,
+        file_type=file_type,
+        quantization=FILE_TYPE_NAMES.get(file_type) if file_type is not None else None,
+        bits_per_weight=round(header.tensor_bytes * 8 / n_params, 3) if n_params else None,
+        layer_bytes=layers,
+        embedding_bytes=embedding,
+        output_bytes=output,
+        tied_embeddings=not any(t.name == "output.weight" for t in header.tensors),
+        other_bytes=other,
+        n_kv_heads_per_layer=[_as_int(v, "head_count_kv") for v in kv_per_layer][:n_layers]
+        if isinstance(kv_per_layer, list) else [],
+        sliding_window=window,
+        swa_layers=swa_layers(arch, n_layers, window, header.arch_value("attention.sliding_window_pattern")),
+        kv_lora_rank=optional("attention.kv_lora_rank", 0),
+        rope_head_dim=optional("rope.dimension_count", 0) if optional("attention.kv_lora_rank", 0) else 0,
+        n_experts=optional("expert_count", 0),
+        n_experts_used=optional("expert_used_count", 0),
+        expert_feed_forward_length=optional("expert_feed_forward_length", 0),
+        n_shared_experts=optional("expert_shared_count", 0),
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter, LlamaFileType, TokenType
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, quants
 
 __all__ = ["TinyModelShape", "TinyVocab", "build_vocab", "main", "write_tiny_llama_gguf"]
 
@@ -36,6 +36,16 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+#: Weight types the generator writes; quantized ones go through gguf-py's reference quantizers.
+DTYPES = ("f32", "f16", "q8_0", "q4_0")
+_QUANT_TYPES = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}
+_FILE_TYPES = {
+    "f32": LlamaFileType.ALL_F32,
+    "f16": LlamaFileType.MOSTLY_F16,
+    "q8_0": LlamaFileType.MOSTLY_Q8_0,
+    "q4_0": LlamaFileType.MOSTLY_Q4_0,
+}
+
 _WORDS = ("hello", "world", "the", "and", "model", "tiny", "llama", "fleet", "gpu", "hi")
 
 
@@ -49,11 +59,13 @@ class TinyModelShape:
     n_kv_heads: int = 4
     ffn: int = 128
     context_length: int = 512
-    dtype: str = "f32"  # "f32" or "f16"
+    dtype: str = "f32"  # one of DTYPES: "f32", "f16", "q8_0", "q4_0" (matrices; norms stay F32)
+    n_vocab: int = 0  # 0: the minimal vocabulary; larger pads it with unused tokens
+    tied_output: bool = False  # no output.weight: llama.cpp reuses token_embd
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("f32", "f16"):
-            raise ValueError(f"dtype must be 'f32' or 'f16', got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.hidden % self.n_heads:
             raise ValueError("hidden must be divisible by n_heads")
         if self.n_heads % self.n_kv_heads:
@@ -71,7 +83,7 @@ class TinyVocab:
     types: list[int]
 
 
-def build_vocab() -> TinyVocab:
+def build_vocab(n_vocab: int = 0) -> TinyVocab:
     """A minimal SentencePiece-style vocabulary in the layout llama.cpp's SPM
     tokenizer expects: special tokens first, then the 256 ``<0xXX>`` byte
     tokens (ids 3..258, which is where byte fallback looks), then ordinary
@@ -93,12 +105,19 @@ def build_vocab() -> TinyVocab:
         tokens.append(marker)
         types.append(TokenType.CONTROL)
         scores.append(0.0)
+    for i in range(len(tokens), n_vocab):  # padding to a realistic vocabulary size
+        tokens.append(f"<unused{i}>")
+        types.append(TokenType.UNUSED)
+        scores.append(-1000.0)
     return TinyVocab(tokens, scores, [int(t) for t in types])
 
 
 def _weight(rng: np.random.Generator, shape: tuple[int, int], dtype: str) -> np.ndarray:
-    """Small normal noise: keeps activations finite through the stack."""
+    """Small normal noise: keeps activations finite through the stack.
+    Quantized types come back as the raw block bytes (uint8) gguf-py writes."""
     w = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    if dtype in _QUANT_TYPES:
+        return quants.quantize(w, _QUANT_TYPES[dtype])
     return w.astype(np.float16) if dtype == "f16" else w
 
 
@@ -112,8 +131,9 @@ def _tensors(shape: TinyModelShape, n_vocab: int, seed: int) -> list[tuple[str, 
     out: list[tuple[str, np.ndarray]] = [
         ("token_embd.weight", _weight(rng, (n_vocab, h), dt)),
         ("output_norm.weight", ones.copy()),
-        ("output.weight", _weight(rng, (n_vocab, h), dt)),
     ]
+    if not shape.tied_output:
+        out.append(("output.weight", _weight(rng, (n_vocab, h), dt)))
     for i in range(shape.n_layers):
         p = f"blk.{i}."
         out += [
@@ -133,7 +153,7 @@ def _tensors(shape: TinyModelShape, n_vocab: int, seed: int) -> list[tuple[str, 
 def _add_hparams(w: GGUFWriter, shape: TinyModelShape, n_vocab: int, name: str) -> None:
     """The llama.* keys llama.cpp's loader requires (and a few it defaults)."""
     w.add_name(name)
-    w.add_file_type(LlamaFileType.MOSTLY_F16 if shape.dtype == "f16" else LlamaFileType.ALL_F32)
+    w.add_file_type(_FILE_TYPES[shape.dtype])
     w.add_context_length(shape.context_length)
     w.add_embedding_length(shape.hidden)
     w.add_block_count(shape.n_layers)
@@ -173,13 +193,14 @@ def write_tiny_llama_gguf(
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    vocab = build_vocab()
+    vocab = build_vocab(shape.n_vocab)
     writer = GGUFWriter(out, ARCH)
     try:
         _add_hparams(writer, shape, len(vocab.tokens), name)
         _add_tokenizer(writer, vocab)
         for tensor_name, array in _tensors(shape, len(vocab.tokens), seed):
-            writer.add_tensor(tensor_name, array)
+            raw = _QUANT_TYPES.get(shape.dtype) if array.dtype == np.uint8 else None
+            writer.add_tensor(tensor_name, array, raw_dtype=raw)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

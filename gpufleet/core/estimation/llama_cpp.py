@@ -1,64 +1,284 @@
-"""llama.cpp memory per device (first cut; the estimation issue deepens it).
+"""llama.cpp (and llama-box) memory per device, from GGUF metadata and llama-server flags.
 
-Terms in bytes: weights from the tensor table, split by layers in proportion to
-the tensor split; KV cache = n_ctx x n_kv_heads x (head_dim_k + head_dim_v) x 2
-(f16) per layer, where the layer lives; compute = n_ubatch x (n_vocab + 4 x n_embd)
-x 4 on the device holding the output; fixed overheads per process and per GPU.
+Terms, in bytes, and where they live (llama.cpp's ``llama-model.cpp`` layer
+placement and ``llama-context.cpp`` buffers):
+
+- layers: ``--n-gpu-layers N`` counts the output layer as one more layer, as
+  llama.cpp does ("offloaded 33/33 layers" for a 32-block model): the last N
+  of blocks 0..n_layer-1 plus the output layer go to the GPUs, the first ones
+  stay on the CPU. ``Estimate.total_layers`` is ``n_layer + 1`` for that reason.
+- split: offloaded layer k (0-based among them) goes to the first GPU whose
+  cumulative ``--tensor-split`` fraction exceeds ``k / n_offloaded``
+  (llama.cpp's ``upper_bound``); without a split, in proportion to each GPU's
+  memory (llama.cpp uses free memory; placement passes what it may use).
+  ``--split-mode none`` puts every offloaded layer on ``--main-gpu``.
+- weights: exact bytes per block from the tensor table. The input layer (token
+  embedding) always stays on the CPU; the output layer goes with layer n_layer;
+  a tied output is a second copy of the embedding on the GPU that holds it.
+  On the CPU, Q4_0/Q4_K/IQ4_NL matrices are also repacked into a second
+  buffer ("CPU_REPACK", AVX2/NEON) unless ``--no-repack``; the estimate counts it.
+- KV cache: :mod:`.llama_kv`, on the device of its layer (all on the CPU with
+  ``--no-kv-offload``).
+- compute: :mod:`.llama_compute` on every device that runs layers; the host
+  keeps the graph inputs when everything is offloaded. At partial offload
+  llama.cpp also runs large CPU-layer matrix products on the first GPU,
+  uploading one layer's weights at a time: the largest CPU layer is added to
+  that GPU's compute (gguf-parser-go#45 measured 1.2-2.7x the full-offload buffer).
+- output: the logits buffer, ``n_vocab x 4 x n_seq`` (+ ``n_embd x 4 x n_ubatch``
+  with ``--embedding``), in host memory (pinned when GPUs are used).
+- overhead: host ``8 MiB + 192 B x n_vocab`` (tokenizer tables; measured
+  +4.7 MiB RSS at 32k tokens and +22 MiB at 128k); with GPUs another 150 MiB of
+  host RAM and 500 MiB per GPU (CUDA context, cuBLAS workspace): gguf-parser-go's
+  default ``--platform-footprint 150,500``, since this machine has no GPU to measure.
+- mmproj: the projector file's weights on ``--main-gpu`` (CPU with
+  ``--no-mmproj-offload`` or without GPUs); its image compute buffer is not modelled.
+
+Per-model work (prefix sums of layer and KV bytes) is cached by model object,
+so a re-estimate under another split is a handful of list lookups.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
+from gpufleet.core.estimation import llama_compute as compute
+from gpufleet.core.estimation import llama_kv as kv
+from gpufleet.core.estimation.llama_params import (
+    DEFAULT_CONTEXT,
+    EstimateInputError,
+    LlamaConfig,
+    parse_llama_params,
+)
 from gpufleet.core.estimation.types import DeviceUsage, Estimate, EstimateOptions
 from gpufleet.core.metadata import ModelMetadata
 
 MiB = 1 << 20
-DEFAULT_CONTEXT = 4096
-DEFAULT_UBATCH = 512
-HOST_OVERHEAD = 64 * MiB
-GPU_OVERHEAD = 256 * MiB
+HOST_BASE = 8 * MiB
+TOKENIZER_BYTES_PER_TOKEN = 192
+HOST_GPU_RUNTIME = 150 * MiB  # gguf-parser-go --platform-footprint default, RAM part
+GPU_OVERHEAD = 500 * MiB  # gguf-parser-go --platform-footprint default, VRAM part
+REPACKED_TYPES = ("Q4_0", "Q4_K", "IQ4_NL")
+OP_OFFLOAD_MIN_BATCH = 32  # llama.cpp offloads CPU-weight ops to a GPU from this batch size
 
 
-def _layers_per_gpu(n_layers: int, split: tuple[float, ...]) -> list[int]:
-    """llama.cpp assigns contiguous layer ranges by cumulative split fraction."""
-    total = sum(split) or 1.0
+@dataclass
+class _Prepared:
+    """What one model contributes to every estimate, computed once."""
+
+    n_layers: int
+    weight_prefix: list[int]
+    max_layer: int
+    repack_fraction: float
+    notes: tuple[str, ...]
+    kv_prefix: dict[tuple[int, int, str, str], list[int]] = field(default_factory=dict)
+
+
+_CACHE: dict[int, tuple[ModelMetadata, _Prepared]] = {}
+_CACHE_SIZE = 256
+
+
+def _prefix(values: list[int]) -> list[int]:
+    out, acc = [0], 0
+    for v in values:
+        acc += v
+        out.append(acc)
+    return out
+
+
+def _prepare(meta: ModelMetadata) -> _Prepared:
+    hit = _CACHE.get(id(meta))
+    if hit is not None and hit[0] is meta:
+        return hit[1]
+    n = meta.n_layers
+    notes: list[str] = []
+    layers = list(meta.layer_bytes)
+    if len(layers) != n:
+        rest = max(meta.tensor_bytes - meta.embedding_bytes - meta.output_bytes - meta.other_bytes, 0)
+        layers = [rest // n] * n if n else []
+        notes.append("per-layer sizes missing: weights spread evenly over the blocks")
+    repack = sum(meta.weight_bytes_by_dtype.get(t, 0) for t in REPACKED_TYPES)
+    prep = _Prepared(n, _prefix(layers), max(layers, default=0),
+                     repack / meta.tensor_bytes if meta.tensor_bytes else 0.0, tuple(notes))
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[id(meta)] = (meta, prep)
+    return prep
+
+
+def context_size(meta: ModelMetadata, cfg: LlamaConfig) -> int:
+    """What gpufleet launches: the user's --ctx-size (0 = training context), else
+    min(4096, training context) (see :func:`gpufleet.core.backends.llama_cpp.build_launch`)."""
+    train = meta.context_length
+    if cfg.ctx_size is None:
+        return min(DEFAULT_CONTEXT, train) if train > 0 else DEFAULT_CONTEXT
+    if cfg.ctx_size == 0:
+        return train if train > 0 else DEFAULT_CONTEXT
+    return cfg.ctx_size
+
+
+def _kv_prefix(meta: ModelMetadata, prep: _Prepared, cells: int, swa_cells: int, cfg: LlamaConfig) -> list[int]:
+    key = (cells, swa_cells, cfg.cache_k, cfg.cache_v)
+    got = prep.kv_prefix.get(key)
+    if got is None:
+        if len(prep.kv_prefix) > 64:
+            prep.kv_prefix.clear()
+        got = prep.kv_prefix[key] = _prefix(kv.kv_bytes_per_layer(meta, cells, swa_cells, cfg.cache_k, cfg.cache_v))
+    return got
+
+
+def split_bounds(n_offloaded: int, split: tuple[float, ...]) -> list[int]:
+    """Cumulative offloaded-layer counts per GPU: GPU i holds offloaded layers
+    ``bounds[i-1] .. bounds[i]-1``, layer k going to the first GPU whose
+    cumulative fraction is greater than k / n_offloaded (llama.cpp's upper_bound)."""
+    total = sum(split)
     bounds, acc = [], 0.0
     for s in split:
-        acc += s / total
-        bounds.append(round(acc * n_layers))
-    counts, prev = [], 0
-    for b in bounds:
-        counts.append(b - prev)
-        prev = b
-    return counts
+        acc += s
+        frac = acc / total
+        b = min(max(math.ceil(frac * n_offloaded), 0), n_offloaded)
+        while b > 0 and (b - 1) / n_offloaded >= frac:
+            b -= 1
+        while b < n_offloaded and b / n_offloaded < frac:
+            b += 1
+        bounds.append(b)
+    if bounds:
+        bounds[-1] = n_offloaded
+    return bounds
+
+
+def _split(options: EstimateOptions, cfg: LlamaConfig) -> tuple[float, ...]:
+    n = len(options.gpu_memory)
+    if cfg.split_mode == "none":
+        main = min(cfg.main_gpu, n - 1)
+        return tuple(1.0 if i == main else 0.0 for i in range(n))
+    split = options.tensor_split or cfg.tensor_split
+    if split:
+        split = tuple(split[:n]) + (0.0,) * (n - len(split))
+        if sum(split) > 0:
+            return split
+    return tuple(float(m) for m in options.gpu_memory) if sum(options.gpu_memory) else (1.0,) * n
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Per-configuration quantities shared by all devices."""
+
+    n_ctx: int
+    n_ubatch: int
+    n_kv: int  # cells one stream's attention sees (full-attention layers)
+    kv_prefix: list[int]
+
+
+def _shape(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig) -> _Shape:
+    n_ctx = context_size(meta, cfg)
+    batch = min(cfg.batch, n_ctx)
+    n_ubatch = min(cfg.ubatch, batch)
+    streams, cells = kv.stream_cells(n_ctx, cfg.parallel, cfg.kv_unified)
+    swa = kv.swa_stream_cells(cells, meta.sliding_window, cfg.parallel, cfg.kv_unified, n_ubatch, cfg.swa_full)
+    return _Shape(n_ctx, n_ubatch, cells, _kv_prefix(meta, prep, streams * cells, streams * swa, cfg))
+
+
+def _output_weights(meta: ModelMetadata, on_gpu: bool) -> int:
+    return meta.output_bytes + (meta.embedding_bytes if on_gpu and meta.tied_embeddings else 0)
+
+
+def _output_buffer(meta: ModelMetadata, cfg: LlamaConfig, n_ubatch: int) -> int:
+    logits = meta.vocab_size * 4 * cfg.parallel
+    return logits + (meta.embedding_length * 4 * n_ubatch if cfg.embedding else 0)
+
+
+def _host_overhead(meta: ModelMetadata, gpus: bool) -> int:
+    return HOST_BASE + TOKENIZER_BYTES_PER_TOKEN * meta.vocab_size + (HOST_GPU_RUNTIME if gpus else 0)
+
+
+def _cpu_only(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Shape, backend: str) -> Estimate:
+    n = prep.n_layers
+    weights = prep.weight_prefix[n] + meta.embedding_bytes + meta.output_bytes + meta.other_bytes
+    weights += meta.mmproj_bytes + _repack(prep, cfg, prep.weight_prefix[n] + meta.output_bytes)
+    host = DeviceUsage(
+        "cpu", layers=n + 1, weights=weights, kv_cache=shape.kv_prefix[n],
+        compute=compute.graph_bytes(meta, shape.n_ubatch, shape.n_kv, cfg.flash, cfg.parallel, True),
+        output=_output_buffer(meta, cfg, shape.n_ubatch), overhead=_host_overhead(meta, False),
+    )
+    return Estimate(known=True, backend=backend, notes=prep.notes, context_size=shape.n_ctx,
+                    total_layers=n + 1, gpu_layers=0, host=host)
+
+
+def _repack(prep: _Prepared, cfg: LlamaConfig, cpu_matrix_bytes: int) -> int:
+    return int(cpu_matrix_bytes * prep.repack_fraction) if cfg.repack else 0
+
+
+def _gpu_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Shape,
+               lo: int, hi: int, index: int) -> DeviceUsage:
+    """GPU holding llama.cpp layers lo..hi-1 (layer n_layer is the output layer)."""
+    n = prep.n_layers
+    a, b = min(lo, n), min(hi, n)
+    has_output = hi > n
+    weights = prep.weight_prefix[b] - prep.weight_prefix[a] + (_output_weights(meta, True) if has_output else 0)
+    kv_bytes = shape.kv_prefix[b] - shape.kv_prefix[a] if cfg.kv_offload else 0
+    work = compute.graph_bytes(meta, shape.n_ubatch, shape.n_kv, cfg.flash, cfg.parallel, has_output) if hi > lo else 0
+    return DeviceUsage(f"gpu:{index}", layers=hi - lo, weights=weights, kv_cache=kv_bytes,
+                       compute=work, overhead=GPU_OVERHEAD)
 
 
 def estimate_llama_cpp_split(meta: ModelMetadata, options: EstimateOptions) -> Estimate:
-    n_ctx = min(DEFAULT_CONTEXT, meta.context_length) if meta.context_length > 0 else DEFAULT_CONTEXT
-    n_layers = max(meta.n_layers, 1)
-    per_layer_w = meta.layer_bytes or [meta.tensor_bytes // n_layers] * n_layers
-    kv_per_layer = n_ctx * meta.n_kv_heads * (meta.head_dim_k + meta.head_dim_v) * 2
-    compute = DEFAULT_UBATCH * (meta.vocab_size + 4 * meta.embedding_length) * 4
-    rest = max(meta.tensor_bytes - sum(per_layer_w), 0)
+    """Per-device memory of one llama.cpp instance under ``options`` (see module docstring)."""
+    backend = options.backend
+    try:
+        cfg = parse_llama_params(tuple(options.backend_params))
+    except EstimateInputError as exc:
+        return Estimate.unknown(backend, f"invalid backend parameter: {exc}")
+    if meta.n_layers <= 0 or meta.embedding_length <= 0:
+        return Estimate.unknown(backend, f"{meta.architecture}: header gives no block count or embedding size")
+    prep = _prepare(meta)
+    shape = _shape(meta, prep, cfg)
+    n = prep.n_layers
     if not options.gpu_memory:
-        host = DeviceUsage("cpu", layers=n_layers, weights=meta.tensor_bytes,
-                           kv_cache=kv_per_layer * n_layers, compute=compute, overhead=HOST_OVERHEAD)
-        return Estimate(known=True, backend=options.backend, context_size=n_ctx,
-                        total_layers=n_layers, gpu_layers=0, host=host)
-    gpu_layers = n_layers if options.gpu_layers is None else max(0, min(options.gpu_layers, n_layers))
-    split = options.tensor_split or tuple(float(m) for m in options.gpu_memory)
-    counts = _layers_per_gpu(gpu_layers, split)
-    cpu_layers = n_layers - gpu_layers
-    gpus, start = [], cpu_layers
-    for i, count in enumerate(counts):
-        w = sum(per_layer_w[start:start + count])
-        last = i == len(counts) - 1 and gpu_layers == n_layers
-        gpus.append(DeviceUsage(f"gpu:{i}", layers=count, weights=w + (rest if last else 0),
-                                kv_cache=kv_per_layer * count, compute=compute if count else 0,
-                                overhead=GPU_OVERHEAD))
-        start += count
-    host_w = sum(per_layer_w[:cpu_layers]) + (0 if gpu_layers == n_layers else rest)
-    host = DeviceUsage("cpu", layers=cpu_layers, weights=host_w, kv_cache=kv_per_layer * cpu_layers,
-                       compute=compute if cpu_layers else 0, overhead=HOST_OVERHEAD)
-    return Estimate(known=True, backend=options.backend, context_size=n_ctx, total_layers=n_layers,
-                    gpu_layers=gpu_layers, host=host, gpus=tuple(gpus),
+        return _cpu_only(meta, prep, cfg, shape, backend)
+    requested = options.gpu_layers if options.gpu_layers is not None else cfg.gpu_layers
+    ngl = n + 1 if requested is None else max(0, min(requested, n + 1))
+    start = n + 1 - ngl  # first offloaded llama.cpp layer
+    bounds = split_bounds(ngl, _split(options, cfg)) if ngl else [0] * len(options.gpu_memory)
+    gpus, prev = [], 0
+    for i, bound in enumerate(bounds):
+        gpus.append(_gpu_usage(meta, prep, cfg, shape, start + prev, start + bound, i))
+        prev = bound
+    gpus = _add_mmproj_and_staging(meta, prep, cfg, shape, gpus, start)
+    host = _host_usage(meta, prep, cfg, shape, start)
+    return Estimate(known=True, backend=backend, notes=prep.notes, context_size=shape.n_ctx,
+                    total_layers=n + 1, gpu_layers=ngl, host=host, gpus=tuple(gpus),
                     claims=tuple(g.total for g in gpus))
+
+
+def _host_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Shape, start: int) -> DeviceUsage:
+    n = prep.n_layers
+    cpu_blocks = min(start, n)
+    output_on_cpu = start > n
+    cpu_matrices = prep.weight_prefix[cpu_blocks] + (meta.output_bytes if output_on_cpu else 0)
+    weights = cpu_matrices + meta.embedding_bytes + meta.other_bytes + _repack(prep, cfg, cpu_matrices)
+    if not cfg.mmproj_offload:
+        weights += meta.mmproj_bytes
+    kv_bytes = shape.kv_prefix[cpu_blocks] if cfg.kv_offload else shape.kv_prefix[n]
+    if start > 0 or not cfg.kv_offload:
+        work = compute.graph_bytes(meta, shape.n_ubatch, shape.n_kv, cfg.flash, cfg.parallel, output_on_cpu)
+    else:
+        work = compute.input_bytes(meta, shape.n_ubatch, shape.n_kv, cfg.flash)
+    return DeviceUsage("cpu", layers=start, weights=weights, kv_cache=kv_bytes, compute=work,
+                       output=_output_buffer(meta, cfg, shape.n_ubatch), overhead=_host_overhead(meta, True))
+
+
+def _add_mmproj_and_staging(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Shape,
+                            gpus: list[DeviceUsage], start: int) -> list[DeviceUsage]:
+    """The projector goes to the main GPU; CPU-layer weights are staged on GPU 0 at partial offload."""
+    if meta.mmproj_bytes and cfg.mmproj_offload:
+        main = min(cfg.main_gpu, len(gpus) - 1)
+        g = gpus[main]
+        gpus[main] = DeviceUsage(g.device, g.layers, g.weights + meta.mmproj_bytes, g.kv_cache, g.compute,
+                                 g.output, g.overhead)
+    if start > 0 and shape.n_ubatch >= OP_OFFLOAD_MIN_BATCH and any(g.layers for g in gpus):
+        g = gpus[0]
+        gpus[0] = DeviceUsage(g.device, g.layers, g.weights, g.kv_cache, g.compute + prep.max_layer,
+                              g.output, g.overhead)
+    return gpus
+

@@ -2,8 +2,8 @@
 
 Plain frozen dataclasses, not pydantic models: placement calls :func:`estimate`
 thousands of times while it searches, and these cost a fraction of a model's
-validation. :class:`gpufleet.core.schemas.ResourceEstimate` is the pydantic
-summary stored and returned at the API boundary.
+validation. :class:`gpufleet.core.estimation.summary.ResourceEstimate` is the
+pydantic summary stored and returned at the API boundary.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ class EstimateOptions:
     device order; empty means CPU only. ``tensor_split`` gives llama.cpp's
     proportions per GPU (None: proportional to ``gpu_memory``, as llama.cpp
     splits by device memory). ``gpu_layers`` overrides ``--n-gpu-layers``
-    (None: what the backend params say, else all layers).
+    (None: what the backend params say, else all layers). For llama.cpp it
+    counts the output layer as one more layer, as llama.cpp does: a model of
+    N blocks has ``total_layers = N + 1``, ``gpu_layers = N`` leaves the output
+    layer on the CPU, and 0 keeps everything on the CPU.
     """
 
     backend: str = "llama.cpp"
@@ -59,6 +62,11 @@ class Estimate:
     known: bool
     backend: str
     reason: str | None = None
+    #: Assumptions and approximations the figures rest on (shown by ``gpufleet estimate``).
+    notes: tuple[str, ...] = ()
+    #: vLLM: KV-cache bytes vLLM will allocate on each GPU out of its claim
+    #: (its "Available KV cache memory"); empty for other backends.
+    kv_cache_available: tuple[int, ...] = ()
     context_size: int = 0
     total_layers: int = 0
     gpu_layers: int = 0
