@@ -3,10 +3,10 @@
 GGUF: a first window, then extensions only when the parser reports
 :class:`GGUFTruncated`. Each extension fetches only the *new* bytes. The
 parser's ``needed`` is a lower bound (a string array is known to need 8 bytes per
-element until the strings are read), and vocabulary strings average ~2x that,
-so an extension asks for ``needed + 2 × (needed − have)``: one or two extensions
-cover a 128k-token vocabulary with merges (≈ 8 MiB) without overshooting by
-more than a few MiB.
+element until the strings are read), so an extension asks for ``needed`` plus
+:data:`EXTENSION_SLACK` (4 MiB): the bytes read never exceed the header by more
+than 4 MiB (``needed`` ≤ header size), and two extensions cover a 128k-token
+vocabulary with its 280k merges (≈ 8.8 MiB header: 3 range requests in all).
 
 safetensors: the header length is the first 8 bytes, so the second read (if
 the first window was short) is exact.
@@ -25,6 +25,7 @@ from gpufleet.sources.errors import ModelSourceError, NotAModel
 from gpufleet.sources.range_reader import RangeReader
 
 GGUF_FIRST_WINDOW = 2 << 20
+EXTENSION_SLACK = 4 << 20
 SAFETENSORS_FIRST_WINDOW = 256 << 10
 MAX_EXTENSIONS = 64  # parser progress is guaranteed; this only bounds a pathological file
 
@@ -57,8 +58,7 @@ def read_gguf_header(reader: RangeReader, first_window: int = GGUF_FIRST_WINDOW)
         except GGUFTruncated as exc:
             if prefix.complete:
                 raise ModelSourceError(f"{reader.name}: GGUF header ends past the end of the file") from exc
-            have = len(prefix.buf)
-            prefix.extend_to(exc.needed + 2 * (exc.needed - have))
+            prefix.extend_to(exc.needed + EXTENSION_SLACK)
         except GGUFError as exc:
             raise ModelSourceError(f"{reader.name} is not a valid GGUF file: {exc}") from exc
     raise ModelSourceError(f"{reader.name}: GGUF header still incomplete after {MAX_EXTENSIONS} reads")
