@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from gpufleet.core.placement import ClusterSnapshot, PlanResult
 from gpufleet.core.schemas import (
     DeploymentEdit,
     DeploymentSpec,
@@ -182,13 +183,20 @@ class GpufleetClient:
         data = self._request("POST", f"/v1/internal/instances/{instance_id}/deleting")
         return InstanceView.model_validate(data)
 
-    def place(self, instance_id: int, estimate: ResourceEstimate) -> InstanceView:
-        data = self._request(
-            "POST",
-            f"/v1/internal/instances/{instance_id}/place",
-            json=estimate.model_dump(mode="json"),
-        )
+    def place(self, instance_id: int, estimate: ResourceEstimate | None = None) -> InstanceView:
+        """The server estimates from its stored metadata; ``estimate`` is ignored there."""
+        body = estimate.model_dump(mode="json") if estimate is not None else None
+        data = self._request("POST", f"/v1/internal/instances/{instance_id}/place", json=body)
         return InstanceView.model_validate(data)
+
+    # -- placement: snapshot and dry run
+    def cluster_snapshot(self) -> ClusterSnapshot:
+        return ClusterSnapshot.model_validate(self._request("GET", "/v1/cluster/snapshot"))
+
+    def plan(self, spec: DeploymentSpec, cluster: ClusterSnapshot | None = None) -> PlanResult:
+        body = {"spec": spec.model_dump(mode="json"),
+                "cluster": cluster.model_dump(mode="json") if cluster is not None else None}
+        return PlanResult.model_validate(self._request("POST", "/v1/plan", json=body))
 
     def report_state(self, instance_id: int, update: InstanceStateUpdate) -> InstanceView:
         data = self._request(

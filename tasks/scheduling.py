@@ -10,8 +10,10 @@ from tasks._retry import NETWORK_TASK
 
 
 @task(name="select-gpus", **NETWORK_TASK)
-def select_gpus(instance_id: int, estimate: ResourceEstimate) -> InstanceView:
+def select_gpus(instance_id: int, estimate: ResourceEstimate | None = None) -> InstanceView:
+    """The server estimates each candidate from the deployment's stored metadata and
+    the instance's configuration; ``estimate`` is kept for the flows' call and only logged."""
     with connect() as c:
-        inst = c.place(instance_id, estimate)
+        inst = c.place(instance_id)
     get_run_logger().info("instance %s: %s — %s", inst.name, inst.state, inst.state_message)
     return inst

@@ -6,12 +6,20 @@ from dataclasses import dataclass
 
 from gpufleet.core.states import REMOVAL_ORDER, InstanceState
 
+UNHEALTHY = (InstanceState.ERROR, InstanceState.UNREACHABLE)
+
 
 @dataclass(frozen=True)
 class InstanceSummary:
+    """What scale-down needs to know of an instance: its state, whether it holds a
+    placement, whether layers of it run on the CPU, and its placement score."""
+
     id: int
     state: InstanceState
     deleting: bool = False
+    placed: bool = False
+    offloaded: bool = False
+    score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -24,10 +32,19 @@ class ReplicaPlan:
         return self.create == 0 and not self.remove
 
 
-def removal_key(inst: InstanceSummary) -> tuple[int, int]:
-    """Worst first: failed and unreachable before healthy; newest first within a state,
-    because an older healthy instance has proven itself and may hold warm caches."""
-    return (REMOVAL_ORDER.index(inst.state), -inst.id)
+def removal_key(inst: InstanceSummary) -> tuple[int, int, int, float, int, int]:
+    """Worst first:
+
+    1. unhealthy: ERROR, then UNREACHABLE;
+    2. not placed yet (nothing to stop, nothing to lose);
+    3. partially offloaded to the CPU (slow, and holding RAM);
+    4. lower placement score (the placement the strategy likes least);
+    5. less far along (STARTING before RUNNING), then newest first — an older
+       healthy instance has proven itself and may hold warm caches.
+    """
+    unhealthy = UNHEALTHY.index(inst.state) if inst.state in UNHEALTHY else len(UNHEALTHY)
+    return (unhealthy, int(inst.placed), int(not inst.offloaded), inst.score,
+            REMOVAL_ORDER.index(inst.state), -inst.id)
 
 
 def plan_replicas(desired: int, instances: list[InstanceSummary]) -> ReplicaPlan:

@@ -68,6 +68,18 @@ class DeploymentConfig(Strict):
     backend_params: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _placement_fits_backend(self) -> DeploymentConfig:
+        if self.placement.cpu_offloading and self.backend not in ("llama.cpp", "llama-box"):
+            raise ValueError(
+                f"--cpu-offloading is for llama.cpp and llama-box; {self.backend} runs on GPUs only"
+            )
+        if self.placement.distributed and self.backend not in ("llama.cpp", "llama-box"):
+            raise ValueError(
+                f"--distributed is supported for llama.cpp (RPC servers) only so far, not {self.backend}"
+            )
+        return self
+
 
 class DeploymentSpec(DeploymentConfig):
     """What a user asks for when deploying a model."""
@@ -119,6 +131,8 @@ class WorkerRegistration(Strict):
     cpu_count: int = Field(ge=1)
     memory_total: int = Field(ge=0, description="bytes of RAM")
     work_queue: str
+    ram_reserved: int = Field(default=0, ge=0, description="bytes of RAM placement leaves free (OS, node agent)")
+    vram_reserved: int = Field(default=0, ge=0, description="bytes placement leaves free on each GPU")
 
     @field_validator("name")
     @classmethod

@@ -1,22 +1,52 @@
-"""Placement endpoints: place an instance against the claim ledger (internal,
-called by the select-gpus task)."""
+"""Placement endpoints.
+
+- ``POST /v1/internal/instances/{id}/place`` (the select-gpus task): place one
+  instance against the claim ledger, under the server's lock and the database's
+  ledger lock, in one transaction.
+- ``GET /v1/cluster/snapshot``: the live cluster in the snapshot file format
+  (`gpufleet cluster snapshot`).
+- ``POST /v1/plan``: dry run of a whole deployment against the live cluster or a
+  given snapshot (`gpufleet plan`); writes nothing.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict
 
-from gpufleet.core.schemas import InstanceView, ResourceEstimate
+from gpufleet.core.placement import ClusterSnapshot, PlanResult
+from gpufleet.core.schemas import DeploymentSpec, InstanceView, ResourceEstimate
+from gpufleet.server.validation import validate_spec
 from gpufleet.store import repository as repo
 
 if TYPE_CHECKING:
     from gpufleet.server.app import ServerState
 
 
+class PlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec: DeploymentSpec
+    cluster: ClusterSnapshot | None = None
+
+
 def add_placement_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/internal/instances/{instance_id}/place")
-    def place(instance_id: int, estimate: ResourceEstimate) -> InstanceView:
+    def place(instance_id: int, estimate: ResourceEstimate | None = None) -> InstanceView:
+        """``estimate`` (the first API's body) is ignored: the server estimates itself."""
         with state.placement_lock, state.session() as s:
             row = repo.place_instance(s, instance_id, estimate, state.worker_timeout)
             return repo.instance_view(row)
+
+    @app.get("/v1/cluster/snapshot")
+    def cluster_snapshot() -> ClusterSnapshot:
+        with state.session() as s:
+            return repo.cluster_snapshot(s, state.worker_timeout)
+
+    @app.post("/v1/plan")
+    def plan(body: PlanRequest) -> PlanResult:
+        metadata, _ = validate_spec(body.spec)
+        with state.session() as s:
+            return repo.plan_spec(s, body.spec, metadata, state.worker_timeout, body.cluster)

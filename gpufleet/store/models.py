@@ -27,6 +27,9 @@ class WorkerRow(Base):
     gpus: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     cpu_count: Mapped[int] = mapped_column(Integer)
     memory_total: Mapped[int] = mapped_column(BigInteger)
+    # Memory placement must leave free: RAM for the OS and node, VRAM on each GPU.
+    ram_reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    vram_reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -73,3 +76,14 @@ class InstanceRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     deployment: Mapped[DeploymentRow] = relationship(back_populates="instances")
+
+
+class PlacementLedgerRow(Base):
+    """One row: the lock every placement transaction takes first, and a counter of
+    claims taken and released (see migration 0002)."""
+
+    __tablename__ = "placement_ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    claims_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    locked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -9,12 +9,11 @@ requests cannot both see the same free memory.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpufleet.core import placement as placement_core
 from gpufleet.core.reconcile import InstanceSummary, plan_replicas
 from gpufleet.core.schemas import (
     DeploymentConfig,
@@ -31,7 +30,9 @@ from gpufleet.core.schemas import (
     WorkerView,
 )
 from gpufleet.core.states import InstanceState, check_transition, summarize
+from gpufleet.store import ledger
 from gpufleet.store.models import DeploymentRow, InstanceRow, WorkerRow, utcnow
+from gpufleet.store.workers import is_ready
 
 
 class NotFound(LookupError):
@@ -187,13 +188,24 @@ def list_instances(
     return [instance_view(r) for r in session.scalars(query).all()]
 
 
+def _summary(row: InstanceRow) -> InstanceSummary:
+    """What scale-down ranks an instance by: health, offload, placement score."""
+    placement = row.placement or {}
+    return InstanceSummary(
+        row.id, InstanceState(row.state), row.deleting,
+        placed=row.placement is not None,
+        offloaded=bool(placement.get("offloaded")),
+        score=float(placement.get("score", 0.0)),
+    )
+
+
 def reconcile_replicas(session: Session, name: str) -> ReplicaPlanView:
     """Create PENDING instances or mark surplus ones for deletion, per the plan.
     Call under the placement lock: the plan is only valid until the next change."""
     dep = _deployment(session, name)
     rows = session.scalars(select(InstanceRow).where(InstanceRow.deployment_id == dep.id)).all()
     plan = plan_replicas(
-        dep.replicas, [InstanceSummary(r.id, InstanceState(r.state), r.deleting) for r in rows]
+        dep.replicas, [_summary(r) for r in rows]
     )
     created = []
     for _ in range(plan.create):
@@ -247,7 +259,13 @@ def update_instance_state(
 
 
 def delete_instance_row(session: Session, instance_id: int) -> None:
-    session.delete(_instance(session, instance_id))
+    """Deleting the row releases its claims; the version bump tells the controller
+    that PENDING instances may fit now."""
+    row = _instance(session, instance_id)
+    placed = row.placement is not None
+    session.delete(row)
+    if placed:
+        ledger.bump_claims_version(session)
 
 
 # ---------------------------------------------------------------- workers and placement
@@ -274,15 +292,6 @@ def heartbeat(session: Session, name: str) -> WorkerRow:
     return row
 
 
-def _is_ready(row: WorkerRow, now: datetime, timeout: timedelta) -> bool:
-    if row.last_heartbeat is None:
-        return False
-    beat = row.last_heartbeat
-    if beat.tzinfo is None:  # SQLite returns naive datetimes
-        beat = beat.replace(tzinfo=timezone.utc)
-    return now - beat <= timeout
-
-
 def list_workers(session: Session, timeout: timedelta) -> list[WorkerView]:
     now = utcnow()
     rows = session.scalars(select(WorkerRow).order_by(WorkerRow.name)).all()
@@ -295,7 +304,9 @@ def list_workers(session: Session, timeout: timedelta) -> list[WorkerView]:
             cpu_count=r.cpu_count,
             memory_total=r.memory_total,
             work_queue=r.work_queue,
-            ready=_is_ready(r, now, timeout),
+            ram_reserved=r.ram_reserved or 0,
+            vram_reserved=r.vram_reserved or 0,
+            ready=is_ready(r, now, timeout),
             last_heartbeat=r.last_heartbeat,
         )
         for r in rows
@@ -309,68 +320,24 @@ def get_worker(session: Session, name: str) -> WorkerRow:
     return row
 
 
-def cluster_snapshot(
-    session: Session, timeout: timedelta, ram_reserved: int = 0
-) -> list[placement_core.WorkerSnapshot]:
-    """Workers with the memory claimed by every placed instance (the claim ledger)."""
-    vram: dict[tuple[str, int], int] = {}
-    ram: dict[str, int] = {}
-    for inst in session.scalars(select(InstanceRow).where(InstanceRow.placement.is_not(None))):
-        p = Placement.model_validate(inst.placement)
-        ram[p.worker] = ram.get(p.worker, 0) + p.ram_claim
-        for idx, claim in p.vram_claim.items():
-            vram[(p.worker, idx)] = vram.get((p.worker, idx), 0) + claim
-    now = utcnow()
-    snapshots = []
-    for w in session.scalars(select(WorkerRow).order_by(WorkerRow.name)):
-        gpus = tuple(
-            placement_core.GpuSnapshot(
-                index=g["index"],
-                name=g["name"],
-                memory_total=g["memory_total"],
-                claimed=vram.get((w.name, g["index"]), 0),
-            )
-            for g in w.gpus
-        )
-        snapshots.append(
-            placement_core.WorkerSnapshot(
-                name=w.name,
-                ready=_is_ready(w, now, timeout),
-                memory_total=w.memory_total,
-                ram_claimed=ram.get(w.name, 0),
-                ram_reserved=ram_reserved,
-                gpus=gpus,
-                labels=w.labels,
-            )
-        )
-    return snapshots
-
-
 def place_instance(
     session: Session,
     instance_id: int,
-    estimate: ResourceEstimate,
-    timeout: timedelta,
-    ram_reserved: int = 0,
+    estimate: ResourceEstimate | None = None,
+    timeout: timedelta = timedelta(seconds=20),
 ) -> InstanceRow:
-    """Run placement against the claim ledger and record the claim (SCHEDULED), or
-    leave the instance PENDING with the reason for every worker."""
-    row = _instance(session, instance_id)
-    if row.placement is not None:
-        return row  # already placed (idempotent retry)
-    result = placement_core.place(cluster_snapshot(session, timeout, ram_reserved), estimate)
-    current = InstanceState(row.state)
-    if isinstance(result, placement_core.Unplaceable):
-        if current != InstanceState.PENDING:
-            check_transition(current, InstanceState.PENDING)
-        row.state = InstanceState.PENDING
-        row.state_message = f"cannot be placed: {result.message()}"
-    else:
-        check_transition(current, InstanceState.SCHEDULED)
-        row.placement = result.model_dump(mode="json")
-        row.worker_name = result.worker
-        row.state = InstanceState.SCHEDULED
-        where = f"GPU {result.gpu_indexes}" if result.gpu_indexes else "CPU"
-        row.state_message = f"placed on {result.worker} ({where})"
-    row.updated_at = utcnow()
-    return row
+    """Place one instance against the claim ledger (see :mod:`gpufleet.store.ledger`).
+
+    ``estimate`` is accepted for callers of the first API and ignored: the server
+    computes every candidate's memory from the deployment's stored metadata and
+    the instance's configuration, with the real devices of that candidate."""
+    del estimate
+    try:
+        return ledger.place_instance(session, instance_id, timeout)
+    except ledger.InstanceNotFound as exc:
+        raise NotFound(str(exc)) from exc
+
+
+cluster_snapshot = ledger.cluster_snapshot
+plan_spec = ledger.plan_spec
+claims_version = ledger.claims_version
