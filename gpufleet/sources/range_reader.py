@@ -93,9 +93,10 @@ class HttpRangeReader:
 T = TypeVar("T")
 
 
-def with_backoff(call: Callable[[], T], what: str, retries: int = RETRIES, backoff: float = BACKOFF_S) -> T:
+def with_backoff(call: Callable[[], T], what: str, retries: int = RETRIES, backoff: float | None = None) -> T:
     """Retry `call` while it raises :class:`HubUnavailable` (transport errors,
     5xx, 429), sleeping 0.25, 0.5, 1, 2 s; then re-raise naming `what`."""
+    backoff = BACKOFF_S if backoff is None else backoff
     for attempt in range(retries + 1):
         try:
             return call()

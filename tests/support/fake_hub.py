@@ -192,10 +192,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
             hub._record(LoggedRequest(self.command, self.path, status, 0 if self.command == "HEAD" else len(body),
                                       self.headers.get("Range")))
+            if self.command != "HEAD":
+                self.wfile.write(body)
             raise _Done
 
         def _json(self, doc: object, status: int = 200, headers: dict[str, str] | None = None) -> None:
@@ -254,6 +254,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             for k, v in headers.items():
                 self.send_header(k, v)
             self.end_headers()
+            # Logged before the body goes out (the client may return before this
+            # thread runs again); corrected below if the body is cut short.
+            entry = LoggedRequest(self.command, self.path, status, end - start if self.command == "GET" else 0, rng)
+            hub._record(entry)
             sent = 0
             if self.command == "GET":
                 limit = fault.after_bytes if fault else None
@@ -272,7 +276,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                             time.sleep(len(piece) / hub.bytes_per_second)
                 except (BrokenPipeError, ConnectionResetError, OSError):
                     pass
-            hub._record(LoggedRequest(self.command, self.path, status, sent, rng))
+                entry.body_bytes = sent
             raise _Done
 
         # -- routing ------------------------------------------------------------
