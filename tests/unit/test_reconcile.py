@@ -36,3 +36,17 @@ def test_negative_replicas_rejected() -> None:
 )
 def test_restart_backoff(restarts: int, delay: float) -> None:
     assert restart_delay_seconds(restarts) == delay
+
+
+def test_scale_down_order_unhealthy_then_offloaded_then_score() -> None:
+    """Worst first: ERROR, UNREACHABLE, unplaced, offloaded, then the lowest placement score."""
+    instances = [
+        I(1, S.RUNNING, placed=True, score=90.0),
+        I(2, S.RUNNING, placed=True, score=40.0),
+        I(3, S.RUNNING, placed=True, offloaded=True, score=99.0),
+        I(4, S.UNREACHABLE, placed=True, score=99.0),
+        I(5, S.ERROR, placed=True, score=99.0),
+        I(6, S.PENDING),
+    ]
+    assert plan_replicas(0, instances).remove == (5, 4, 6, 3, 2, 1)
+    assert plan_replicas(4, instances).remove == (5, 4)

@@ -228,7 +228,10 @@ def distributed(pool: list[tuple[WorkerState, list[GpuState]]], fc: FitContext) 
                   key=lambda g: (-room[g.worker], g.worker, -g.free, g.index))[:MAX_DISTRIBUTED_GPUS]
     workers = {w.name: w for w, _ in pool}
     last = None
-    for size in range(2, len(gpus) + 1):
+    k = fc.spec.gpus_per_replica
+    if k is not None and k > len(gpus):
+        return f"needs {k} GPUs (--gpus-per-replica), {len(gpus)} usable on all workers together"
+    for size in [k] if k else range(2, len(gpus) + 1):
         top = gpus[:size]
         names = {g.worker for g in top}
         if len(names) < 2:
