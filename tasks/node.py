@@ -7,18 +7,27 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from gpufleet.core.schemas import InstanceView, ModelMetadata
+from gpufleet.core.states import InstanceState
 from gpufleet.node import backends
 from gpufleet.node.context import current_node
 from gpufleet.node.registry import BackendRecord
+from gpufleet.node.weights import PullProgress
+from tasks.server import report_state
 
 HEALTH_TIMEOUT_S = 180.0
 
 
 @task(name="pull-weights")
 def pull_weights(instance: InstanceView) -> Path:
-    """Make the weights available on this node (local paths: check they are here)."""
+    """Make the weights available on this node: local paths are checked, hub
+    files are pulled into the node cache, with progress in the instance state
+    (``DOWNLOADING 42 % (…)``, at most once a second)."""
     node = current_node()
-    path = backends.resolve_weights(instance, node)
+
+    def report(p: PullProgress) -> None:
+        report_state(instance.id, InstanceState.DOWNLOADING, p.describe())
+
+    path = backends.resolve_weights(instance, node, report)
     get_run_logger().info("weights for %s on %s: %s", instance.name, node.name, path)
     return path
 

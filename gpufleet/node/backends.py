@@ -15,7 +15,7 @@ import httpx
 from gpufleet.core.backends import llama_cpp
 from gpufleet.core.estimate import DEFAULT_CONTEXT
 from gpufleet.core.schemas import InstanceView, ModelMetadata
-from gpufleet.node import processes
+from gpufleet.node import processes, weights
 from gpufleet.node.context import NodeContext
 from gpufleet.node.logs import tail_lines
 from gpufleet.node.registry import BackendRecord, BackendRegistry
@@ -44,14 +44,18 @@ def log_path(node: NodeContext, instance: InstanceView) -> Path:
     return node.logs_dir / f"{instance.id}-{instance.name}.log"
 
 
-def resolve_weights(instance: InstanceView, node: NodeContext) -> Path:
-    """Local paths must exist on this worker; hub sources are pulled by the model-sources work."""
+def resolve_weights(
+    instance: InstanceView, node: NodeContext, progress: weights.ProgressFn | None = None
+) -> Path:
+    """What the backend is pointed at on this worker. Local paths must exist here
+    (the server may not see the workers' paths, so this is where a missing one is
+    caught); hub sources are pulled into the node's cache, once per file."""
     source = instance.config.source
-    if source.kind != "local_path":
-        raise BackendFailed(f"{source.kind} sources are not supported yet on worker {node.name}")
-    assert source.local_path is not None
     try:
-        return resolve_gguf_path(source.local_path)
+        if source.kind == "local_path":
+            assert source.local_path is not None
+            return resolve_gguf_path(source.local_path)
+        return weights.pull_hub_model(source, node.home, progress)
     except ModelSourceError as exc:
         raise BackendFailed(f"{exc} on worker {node.name}") from exc
 
