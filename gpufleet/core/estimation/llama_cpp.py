@@ -16,7 +16,8 @@ placement and ``llama-context.cpp`` buffers):
   embedding) always stays on the CPU; the output layer goes with layer n_layer;
   a tied output is a second copy of the embedding on the GPU that holds it.
   On the CPU, Q4_0/Q4_K/IQ4_NL matrices are also repacked into a second
-  buffer ("CPU_REPACK", AVX2/NEON) unless ``--no-repack``; the estimate counts it.
+  buffer ("CPU_REPACK", AVX2/NEON) unless ``--no-repack``; the estimate counts it
+  (a tied output on the CPU is repacked too: the embedding is not, the output copy is).
 - KV cache: :mod:`.llama_kv`, on the device of its layer (all on the CPU with
   ``--no-kv-offload``).
 - compute: :mod:`.llama_compute` on every device that runs layers; the host
@@ -195,7 +196,7 @@ def _host_overhead(meta: ModelMetadata, gpus: bool) -> int:
 def _cpu_only(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Shape, backend: str) -> Estimate:
     n = prep.n_layers
     weights = prep.weight_prefix[n] + meta.embedding_bytes + meta.output_bytes + meta.other_bytes
-    weights += meta.mmproj_bytes + _repack(prep, cfg, prep.weight_prefix[n] + meta.output_bytes)
+    weights += meta.mmproj_bytes + _repack(prep, cfg, prep.weight_prefix[n] + _output_weights(meta, True))
     host = DeviceUsage(
         "cpu", layers=n + 1, weights=weights, kv_cache=shape.kv_prefix[n],
         compute=compute.graph_bytes(meta, shape.n_ubatch, shape.n_kv, cfg.flash, cfg.parallel, True),
@@ -256,7 +257,8 @@ def _host_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _
     cpu_blocks = min(start, n)
     output_on_cpu = start > n
     cpu_matrices = prep.weight_prefix[cpu_blocks] + (meta.output_bytes if output_on_cpu else 0)
-    weights = cpu_matrices + meta.embedding_bytes + meta.other_bytes + _repack(prep, cfg, cpu_matrices)
+    repacked = cpu_matrices + (meta.embedding_bytes if output_on_cpu and meta.tied_embeddings else 0)
+    weights = cpu_matrices + meta.embedding_bytes + meta.other_bytes + _repack(prep, cfg, repacked)
     if not cfg.mmproj_offload:
         weights += meta.mmproj_bytes
     kv_bytes = shape.kv_prefix[cpu_blocks] if cfg.kv_offload else shape.kv_prefix[n]
