@@ -8,18 +8,21 @@ from pathlib import Path
 import pytest
 
 from gpufleet.core.estimate import estimate_llama_cpp
+from gpufleet.core.estimation import EstimateOptions, estimate
 from gpufleet.core.schemas import (
     DeploymentEdit,
     DeploymentSpec,
     GpuInfo,
     InstanceStateUpdate,
     ModelSource,
+    ResourceEstimate,
     WorkerRegistration,
 )
 from gpufleet.core.states import InstanceState, InvalidTransition
 from gpufleet.sources import read_local_metadata
 from gpufleet.store import repository as repo
 from gpufleet.store.db import make_engine, migrate, session_factory
+from gpufleet.store.models import InstanceRow
 
 GiB = 1 << 30
 TIMEOUT = timedelta(seconds=60)
@@ -106,37 +109,100 @@ def test_state_transitions_enforced(sessions, tiny_gguf: Path) -> None:  # noqa:
         assert (row.state, row.state_message) == (InstanceState.ERROR, "boom")
 
 
+def tiny_claim(tiny_gguf: Path, card: int = GiB) -> int:
+    """What one tiny replica claims on one GPU of ``card`` bytes, from the real estimator."""
+    _, meta = read_local_metadata(str(tiny_gguf))
+    return estimate(meta, EstimateOptions(gpu_memory=(card,))).claims[0]
+
+
 def test_placement_claims_and_release(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
-    """One 1 GiB GPU; each replica claims est.gpu_vram ≈ 258 MiB: floor(1024/258) = 3 on the GPU,
-    the 4th goes to the CPU worker; deleting one GPU instance frees room for the next."""
+    """One 1 GiB GPU; each replica claims c (the real estimate): floor(1 GiB / c) fit on the GPU,
+    the next goes to the CPU worker; deleting one GPU instance frees room for the next."""
     register(sessions, "a")
     register(sessions, "b", [GpuInfo(index=0, name="T4-1G", memory_total=GiB, virtual=True)])
-    create(sessions, tiny_gguf, replicas=4)
+    claim = tiny_claim(tiny_gguf)
+    fit = GiB // claim
+    create(sessions, tiny_gguf, replicas=fit + 1)
     with sessions.begin() as session:
         ids = repo.reconcile_replicas(session, "tiny").created
-        est = repo.get_deployment(session, "tiny").estimate
     placed = []
     for iid in ids:
         with sessions.begin() as session:
-            row = repo.place_instance(session, iid, est, TIMEOUT)
+            row = repo.place_instance(session, iid, None, TIMEOUT)
             placed.append((row.worker_name, (row.placement or {}).get("gpu_indexes")))
-    assert placed == [("b", [0]), ("b", [0]), ("b", [0]), ("a", [])]
+    assert placed == [("b", [0])] * fit + [("a", [])]
     with sessions.begin() as session:
-        snap = {w.name: w for w in repo.cluster_snapshot(session, TIMEOUT)}
-    assert snap["b"].gpus[0].claimed == 3 * est.gpu_vram <= GiB
+        snap = repo.cluster_snapshot(session, TIMEOUT)
+    on_gpu = [c for c in snap.claims if c.worker == "b"]
+    assert sum(c.vram_claim[0] for c in on_gpu) == fit * claim <= GiB
     with sessions.begin() as session:
+        version = repo.claims_version(session)
         repo.delete_instance_row(session, ids[0])
     with sessions.begin() as session:
-        snap = {w.name: w for w in repo.cluster_snapshot(session, TIMEOUT)}
-    assert snap["b"].gpus[0].claimed == 2 * est.gpu_vram
+        snap = repo.cluster_snapshot(session, TIMEOUT)
+        assert repo.claims_version(session) == version + 1  # a release is a cluster change
+    assert sum(c.vram_claim[0] for c in snap.claims if c.worker == "b") == (fit - 1) * claim
+
+
+def test_reserved_memory_is_left_free(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
+    """A GPU of 1 GiB with (1 GiB − c + 1) reserved has c − 1 bytes free: the replica goes to the CPU."""
+    claim = tiny_claim(tiny_gguf)
+    with sessions.begin() as session:
+        repo.register_worker(session, WorkerRegistration(
+            name="g", address="http://127.0.0.1:1", cpu_count=2, memory_total=16 * GiB, work_queue="node-g",
+            gpus=[GpuInfo(index=0, name="T4-1G", memory_total=GiB, virtual=True)],
+            vram_reserved=GiB - claim + 1, ram_reserved=GiB))
+    create(sessions, tiny_gguf, replicas=1)
+    with sessions.begin() as session:
+        iid = repo.reconcile_replicas(session, "tiny").created[0]
+        row = repo.place_instance(session, iid, None, TIMEOUT)
+        assert (row.worker_name, row.placement["gpu_indexes"]) == ("g", [])
+        [w] = repo.cluster_snapshot(session, TIMEOUT).workers
+        assert (w.ram_reserved, w.gpus[0].reserved) == (GiB, GiB - claim + 1)
+        [view] = repo.list_workers(session, TIMEOUT)
+        assert view.vram_reserved == GiB - claim + 1
+
+
+def test_unknown_metadata_still_places(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
+    register(sessions, "a")
+    with sessions.begin() as session:
+        repo.create_deployment(session, spec(tiny_gguf), None, ResourceEstimate.unknown("not readable"))
+        iid = repo.reconcile_replicas(session, "tiny").created[0]
+        row = repo.place_instance(session, iid, None, TIMEOUT)
+    assert row.state == InstanceState.SCHEDULED and row.worker_name == "a"
+    assert "estimate unknown" in row.state_message and "nothing claimed" in row.state_message
+
+
+def test_plan_is_a_dry_run_of_all_replicas(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
+    register(sessions, "a")
+    register(sessions, "b", [GpuInfo(index=0, name="T4-1G", memory_total=GiB, virtual=True)])
+    fit = GiB // tiny_claim(tiny_gguf)
+    _, meta = read_local_metadata(str(tiny_gguf))
+    with sessions.begin() as session:
+        result = repo.plan_spec(session, spec(tiny_gguf, replicas=fit + 2), meta, TIMEOUT)
+    assert [r.placement.worker for r in result.replicas if r.placement] == ["b"] * fit + ["a", "a"]
+    with sessions.begin() as session:
+        assert repo.cluster_snapshot(session, TIMEOUT).claims == []  # nothing written
+
+
+def test_scale_down_removes_offloaded_before_full_gpu(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
+    register(sessions, "a")
+    create(sessions, tiny_gguf, replicas=2)
+    with sessions.begin() as session:
+        first, second = repo.reconcile_replicas(session, "tiny").created
+        for iid in (first, second):
+            repo.place_instance(session, iid, None, TIMEOUT)
+        session.get(InstanceRow, first).placement = {**session.get(InstanceRow, first).placement, "offloaded": True}
+        repo.set_replicas(session, "tiny", 1)
+        plan = repo.reconcile_replicas(session, "tiny")
+    assert plan.removing == [first]  # older, but partially offloaded
 
 
 def test_unplaceable_stays_pending_with_reason(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
     create(sessions, tiny_gguf, replicas=1)
     with sessions.begin() as session:
         iid = repo.reconcile_replicas(session, "tiny").created[0]
-        est = repo.get_deployment(session, "tiny").estimate
-        row = repo.place_instance(session, iid, est, TIMEOUT)
+        row = repo.place_instance(session, iid, None, TIMEOUT)
     assert row.state == InstanceState.PENDING
     assert "no workers registered" in row.state_message
 
