@@ -154,8 +154,10 @@ def _gguf_metadata(store: FileStore, choice: FileChoice, label: str, category: C
         "category": category or category_from_gguf(arch, label, pooling if isinstance(pooling, int) else None),
         "quantization": meta.quantization or choice.quantization,
     }
+    notes = [*meta.notes, *([choice.note] if choice.note else [])]
     if choice.mmproj is not None and not meta.mmproj_bytes:
-        update["notes"] = [*meta.notes, f"projector {choice.mmproj.path} ({choice.mmproj.size} bytes) available"]
+        notes.append(f"projector {choice.mmproj.path} ({choice.mmproj.size} bytes) available")
+    update["notes"] = notes
     return meta.model_copy(update=update)
 
 
