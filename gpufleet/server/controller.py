@@ -5,6 +5,10 @@
 - Failed instances are restarted after an exponential backoff: 10 s × 2^restarts,
   capped at 5 minutes (`gpufleet.core.reconcile.restart_delay_seconds`), each
   restart a `restart` flow run.
+- PENDING instances that did not fit are placed again as soon as the cluster
+  changes — a worker registers, comes back or leaves, or claims are released —
+  by a `reconcile` flow run of their deployment, found within one INTERVAL_S
+  round (not on the 30 s re-drive timer).
 - A deployment that stays unconverged (an operation's flow run failed half-way,
   e.g. because Prefect refused a request) is converged again by a `reconcile`
   (or, while deleting, `delete`) flow run, at most every REDRIVE_AFTER seconds.
@@ -23,6 +27,7 @@ from sqlalchemy import select
 from gpufleet.core.reconcile import restart_delay_seconds
 from gpufleet.core.states import InstanceState
 from gpufleet.store import repository as repo
+from gpufleet.store.ledger import UNPLACED_PREFIX
 from gpufleet.store.models import DeploymentRow, InstanceRow
 
 log = logging.getLogger("gpufleet.controller")
@@ -44,6 +49,7 @@ class Controller:
         self._thread = threading.Thread(target=self._loop, name="gpufleet-controller", daemon=True)
         self._restarts_started: set[tuple[int, int]] = set()
         self._last_redrive: dict[str, datetime] = {}
+        self._cluster_seen: tuple[object, ...] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -62,6 +68,10 @@ class Controller:
     def run_once(self, now: datetime | None = None) -> None:
         now = _aware(now or datetime.now(timezone.utc))
         self.mark_unreachable()
+        for name in self.replace_pending():
+            log.info("cluster changed; placing the pending instances of %s again", name)
+            self.trigger("reconcile", {"name": name})
+            self._last_redrive[name] = now
         for instance_id, attempt in self.due_restarts(now):
             key = (instance_id, attempt)
             if key in self._restarts_started:
@@ -76,6 +86,37 @@ class Controller:
             log.info("deployment %s is not converging; running %s again", name, "delete" if deleting else "reconcile")
             self.trigger("delete" if deleting else "reconcile", {"name": name})
             self._last_redrive[name] = now
+
+    def cluster_fingerprint(self) -> tuple[object, ...]:
+        """What placement depends on besides the instance itself: which workers are
+        ready with what hardware, and the claims taken and released."""
+        with self.state.session() as s:
+            workers = repo.list_workers(s, self.state.worker_timeout)
+            version = repo.claims_version(s)
+        return (version, tuple((w.name, w.ready, len(w.gpus), w.memory_total, tuple(sorted(w.labels.items())))
+                               for w in workers))
+
+    def replace_pending(self) -> list[str]:
+        """Deployments with instances that did not fit, when the cluster changed since the last round."""
+        seen = self.cluster_fingerprint()
+        changed = self._cluster_seen is not None and seen != self._cluster_seen
+        self._cluster_seen = seen
+        if not changed:
+            return []
+        with self.state.session() as s:
+            names = s.scalars(
+                select(DeploymentRow.name)
+                .join(InstanceRow, InstanceRow.deployment_id == DeploymentRow.id)
+                .where(
+                    InstanceRow.state == str(InstanceState.PENDING),
+                    InstanceRow.placement.is_(None),
+                    InstanceRow.deleting.is_(False),
+                    InstanceRow.state_message.startswith(UNPLACED_PREFIX),
+                    DeploymentRow.deleting.is_(False),
+                )
+                .distinct()
+            ).all()
+        return sorted(names)
 
     def unconverged(self, now: datetime) -> list[tuple[str, bool]]:
         """Deployments untouched for REDRIVE_AFTER_S whose instances still do not match."""

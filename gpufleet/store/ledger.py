@@ -34,6 +34,8 @@ from gpufleet.store.models import DeploymentRow, InstanceRow, PlacementLedgerRow
 from gpufleet.store.workers import is_ready
 
 LEDGER_ID = 1
+#: Start of the state message of an instance that was tried and did not fit.
+UNPLACED_PREFIX = "cannot be placed: "
 
 
 class InstanceNotFound(LookupError):
@@ -134,7 +136,7 @@ def place_instance(session: Session, instance_id: int, timeout: timedelta) -> In
         if current != InstanceState.PENDING:
             check_transition(current, InstanceState.PENDING)
         row.state = InstanceState.PENDING
-        row.state_message = f"cannot be placed: {result.message()}"
+        row.state_message = UNPLACED_PREFIX + result.message()
     else:
         check_transition(current, InstanceState.SCHEDULED)
         row.placement = result.model_dump(mode="json")

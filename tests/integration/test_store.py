@@ -230,3 +230,32 @@ def test_ids_are_never_reused(sessions, tiny_gguf: Path) -> None:  # noqa: ANN00
     with sessions.begin() as session:
         second = repo.reconcile_replicas(session, "tiny").created[0]
     assert second > first
+
+
+def test_controller_replaces_pending_when_the_cluster_changes(database_url: str, tiny_gguf: Path) -> None:
+    """Event-driven: an instance that did not fit is re-placed (a `reconcile` run) in the first
+    controller round after a worker joins — and not while nothing changes."""
+    from gpufleet.server.app import ServerState
+    from gpufleet.server.controller import Controller
+
+    calls: list[tuple[str, dict]] = []
+    state = ServerState(database_url, lambda op, params: calls.append((op, params)) or "run")
+    controller = Controller(state, state.trigger)
+    try:
+        _, meta = read_local_metadata(str(tiny_gguf))
+        with state.session() as s:
+            repo.create_deployment(s, spec(tiny_gguf, replicas=1), meta, estimate_llama_cpp(meta))
+            iid = repo.reconcile_replicas(s, "tiny").created[0]
+        with state.session() as s:
+            row = repo.place_instance(s, iid, None, TIMEOUT)
+            assert row.state == InstanceState.PENDING and "no workers registered" in row.state_message
+        controller.run_once()  # first round: learns the cluster
+        controller.run_once()  # nothing changed
+        assert calls == []
+        with state.session() as s:
+            repo.register_worker(s, WorkerRegistration(
+                name="late", address="http://127.0.0.1:1", cpu_count=2, memory_total=16 * GiB, work_queue="node-late"))
+        controller.run_once()
+        assert calls == [("reconcile", {"name": "tiny"})]
+    finally:
+        state.engine.dispose()
