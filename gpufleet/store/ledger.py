@@ -28,6 +28,7 @@ from gpufleet.core.placement import (
     WorkerSnapshot,
     plan_deployment,
 )
+from gpufleet.core.placement.request import source_key
 from gpufleet.core.schemas import DeploymentConfig, DeploymentSpec, ModelMetadata, ModelSource, Placement
 from gpufleet.core.states import InstanceState, check_transition
 from gpufleet.store.models import DeploymentRow, InstanceRow, PlacementLedgerRow, WorkerRow, utcnow
@@ -65,11 +66,9 @@ def claims_version(session: Session) -> int:
     return session.scalar(select(PlacementLedgerRow.claims_version).where(PlacementLedgerRow.id == LEDGER_ID)) or 0
 
 
-def source_key(config: dict) -> str:
-    """The model's identity for file locality: path, or hub repo/file@revision."""
-    src = config.get("source") or {}
-    key = ModelSource.model_validate(src).describe() if src else ""
-    return f"{key}@{src.get('revision')}" if src.get("revision") else key
+def _source_key(config: dict) -> str:
+    src = config.get("source")
+    return source_key(ModelSource.model_validate(src)) if src else ""
 
 
 def _claims(session: Session) -> list[ClaimSnapshot]:
@@ -82,7 +81,7 @@ def _claims(session: Session) -> list[ClaimSnapshot]:
     for iid, placement, deployment, config in rows:
         p = Placement.model_validate(placement)
         claims.append(ClaimSnapshot(
-            deployment=deployment, instance=iid, source=source_key(config), worker=p.worker,
+            deployment=deployment, instance=iid, source=_source_key(config), worker=p.worker,
             gpu_indexes=p.gpu_indexes, vram_claim=p.vram_claim, ram_claim=p.ram_claim,
             exclusive=p.exclusive, parts=p.parts,
         ))
@@ -108,14 +107,6 @@ def cluster_snapshot(session: Session, timeout: timedelta) -> ClusterSnapshot:
     return ClusterSnapshot(workers=workers, claims=_claims(session))
 
 
-def request_for(name: str, config: DeploymentConfig, metadata: ModelMetadata | None) -> PlacementRequest:
-    return PlacementRequest(
-        deployment=name, metadata=metadata, backend=config.backend,
-        backend_params=tuple(config.backend_params), spec=config.placement,
-        source=source_key(config.model_dump(mode="json")),
-    )
-
-
 def place_instance(session: Session, instance_id: int, timeout: timedelta) -> InstanceRow:
     """Place one instance from its deployment's stored metadata and its own copy
     of the configuration, and record the claim (SCHEDULED) — or leave it PENDING
@@ -129,7 +120,7 @@ def place_instance(session: Session, instance_id: int, timeout: timedelta) -> In
     dep = session.get(DeploymentRow, row.deployment_id)
     assert dep is not None
     metadata = ModelMetadata.model_validate(dep.model_metadata) if dep.model_metadata else None
-    request = request_for(dep.name, DeploymentConfig.model_validate(row.config), metadata)
+    request = PlacementRequest.from_config(dep.name, DeploymentConfig.model_validate(row.config), metadata)
     result = Placer(cluster_snapshot(session, timeout), request).place()
     current = InstanceState(row.state)
     if isinstance(result, Unplaceable):
@@ -152,4 +143,4 @@ def plan_spec(session: Session, spec: DeploymentSpec, metadata: ModelMetadata | 
               timeout: timedelta, cluster: ClusterSnapshot | None = None) -> PlanResult:
     """Dry run of every replica of ``spec`` against the live ledger (or ``cluster``); writes nothing."""
     snapshot = cluster if cluster is not None else cluster_snapshot(session, timeout)
-    return plan_deployment(snapshot, request_for(spec.name, spec.config(), metadata), spec.replicas)
+    return plan_deployment(snapshot, PlacementRequest.from_config(spec.name, spec.config(), metadata), spec.replicas)

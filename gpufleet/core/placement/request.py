@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from gpufleet.core.estimation import Estimate, EstimateOptions, estimate
 from gpufleet.core.metadata import ModelMetadata
 from gpufleet.core.placement_spec import PlacementSpec
+from gpufleet.core.schemas import DeploymentConfig, ModelSource
 from gpufleet.core.selectors import GpuRef, WorkerSelector, parse_gpus
 
 #: Backends that can run without a GPU (pure CPU or partially offloaded).
@@ -39,6 +40,13 @@ class PlacementRequest:
     spec: PlacementSpec = field(default_factory=PlacementSpec)
     source: str = ""
 
+    @classmethod
+    def from_config(cls, name: str, config: DeploymentConfig, metadata: ModelMetadata | None) -> PlacementRequest:
+        """The request for an instance of deployment ``name`` with this configuration."""
+        return cls(deployment=name, metadata=metadata, backend=config.backend,
+                   backend_params=tuple(config.backend_params), spec=config.placement,
+                   source=source_key(config.source))
+
     @property
     def selector(self) -> WorkerSelector:
         return WorkerSelector.parse(self.spec.worker_selector)
@@ -51,6 +59,12 @@ class PlacementRequest:
     def exclusive(self) -> bool:
         category = self.metadata.category if self.metadata else "llm"
         return self.backend in EXCLUSIVE_GPU and category == "llm"
+
+
+def source_key(source: ModelSource) -> str:
+    """The model's identity for file locality: path, or hub repo/file (@revision)."""
+    key = source.describe()
+    return f"{key}@{source.revision}" if source.revision else key
 
 
 class EstimateCache:
