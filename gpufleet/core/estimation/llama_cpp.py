@@ -73,6 +73,7 @@ class _Prepared:
     repack_fraction: float
     notes: tuple[str, ...]
     kv_prefix: dict[tuple[int, int, str, str], list[int]] = field(default_factory=dict)
+    shapes: dict[int, tuple[LlamaConfig, _Shape]] = field(default_factory=dict)
 
 
 _CACHE: dict[int, tuple[ModelMetadata, _Prepared]] = {}
@@ -163,21 +164,36 @@ def _split(options: EstimateOptions, cfg: LlamaConfig) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class _Shape:
-    """Per-configuration quantities shared by all devices."""
+    """Per-configuration quantities shared by all devices (cached per model and flags)."""
 
     n_ctx: int
     n_ubatch: int
     n_kv: int  # cells one stream's attention sees (full-attention layers)
     kv_prefix: list[int]
+    graph: int  # compute buffer of a device running layers
+    graph_with_logits: int  # ... and the output layer
+    inputs: int  # host compute buffer when every layer is offloaded
 
 
 def _shape(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig) -> _Shape:
+    hit = prep.shapes.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
     n_ctx = context_size(meta, cfg)
     batch = min(cfg.batch, n_ctx)
     n_ubatch = min(cfg.ubatch, batch)
     streams, cells = kv.stream_cells(n_ctx, cfg.parallel, cfg.kv_unified)
     swa = kv.swa_stream_cells(cells, meta.sliding_window, cfg.parallel, cfg.kv_unified, n_ubatch, cfg.swa_full)
-    return _Shape(n_ctx, n_ubatch, cells, _kv_prefix(meta, prep, streams * cells, streams * swa, cfg))
+    shape = _Shape(
+        n_ctx, n_ubatch, cells, _kv_prefix(meta, prep, streams * cells, streams * swa, cfg),
+        compute.graph_bytes(meta, n_ubatch, cells, cfg.flash, cfg.parallel, False),
+        compute.graph_bytes(meta, n_ubatch, cells, cfg.flash, cfg.parallel, True),
+        compute.input_bytes(meta, n_ubatch, cells, cfg.flash),
+    )
+    if len(prep.shapes) > 64:
+        prep.shapes.clear()
+    prep.shapes[id(cfg)] = (cfg, shape)
+    return shape
 
 
 def _output_weights(meta: ModelMetadata, on_gpu: bool) -> int:
@@ -199,7 +215,7 @@ def _cpu_only(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Sh
     weights += meta.mmproj_bytes + _repack(prep, cfg, prep.weight_prefix[n] + _output_weights(meta, True))
     host = DeviceUsage(
         "cpu", layers=n + 1, weights=weights, kv_cache=shape.kv_prefix[n],
-        compute=compute.graph_bytes(meta, shape.n_ubatch, shape.n_kv, cfg.flash, cfg.parallel, True),
+        compute=shape.graph_with_logits,
         output=_output_buffer(meta, cfg, shape.n_ubatch), overhead=_host_overhead(meta, False),
     )
     return Estimate(known=True, backend=backend, notes=prep.notes, context_size=shape.n_ctx,
@@ -215,10 +231,10 @@ def _gpu_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _S
     """GPU holding llama.cpp layers lo..hi-1 (layer n_layer is the output layer)."""
     n = prep.n_layers
     a, b = min(lo, n), min(hi, n)
-    has_output = hi > n
+    has_output = lo <= n < hi
     weights = prep.weight_prefix[b] - prep.weight_prefix[a] + (_output_weights(meta, True) if has_output else 0)
     kv_bytes = shape.kv_prefix[b] - shape.kv_prefix[a] if cfg.kv_offload else 0
-    work = compute.graph_bytes(meta, shape.n_ubatch, shape.n_kv, cfg.flash, cfg.parallel, has_output) if hi > lo else 0
+    work = (shape.graph_with_logits if has_output else shape.graph) if hi > lo else 0
     return DeviceUsage(f"gpu:{index}", layers=hi - lo, weights=weights, kv_cache=kv_bytes,
                        compute=work, overhead=GPU_OVERHEAD)
 
@@ -263,9 +279,9 @@ def _host_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _
         weights += meta.mmproj_bytes
     kv_bytes = shape.kv_prefix[cpu_blocks] if cfg.kv_offload else shape.kv_prefix[n]
     if start > 0 or not cfg.kv_offload:
-        work = compute.graph_bytes(meta, shape.n_ubatch, shape.n_kv, cfg.flash, cfg.parallel, output_on_cpu)
+        work = shape.graph_with_logits if output_on_cpu else shape.graph
     else:
-        work = compute.input_bytes(meta, shape.n_ubatch, shape.n_kv, cfg.flash)
+        work = shape.inputs
     return DeviceUsage("cpu", layers=start, weights=weights, kv_cache=kv_bytes, compute=work,
                        output=_output_buffer(meta, cfg, shape.n_ubatch), overhead=_host_overhead(meta, True))
 

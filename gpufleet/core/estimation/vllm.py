@@ -19,9 +19,12 @@ Terms per GPU, in bytes:
   dtype: ``--kv-cache-dtype`` (auto = the model's dtype; fp8 = 1 byte).
 - activation peak: a constant per architecture family, in GiB, from the
   llm-d capacity planner (llm-d/llm-d-benchmark, ``config_explorer``
-  ``capacity_planner.py`` and ``empirical-vllm-memory-results.md``, H100
-  measurements at max_model_len 16k; the peak was the same at 32k): dense 5.5,
-  MoE 8.0, multimodal 2.5; validated profiles Llama 4.8, Qwen2/Qwen3 5.6.
+  ``capacity_planner.py``, fitted to its ``empirical-vllm-memory-results.md``:
+  vLLM on H100, max_model_len 16000, default batching): dense 5.5, MoE 8.0,
+  multimodal 2.5; validated profiles LlamaForCausalLM 4.8 (Llama-8B 4.76,
+  Llama-70B TP2 4.84), Qwen2/Qwen3ForCausalLM 5.6 (Qwen3-0.6B 5.56). vLLM's
+  profiling run uses ``max_num_batched_tokens``, not ``--max-model-len``, so
+  the constant does not grow with the context.
 - non-torch: 0.15 GiB at TP 1, 0.6 GiB at TP >= 2 (same source).
 - CUDA graphs (-0.9..+1.0 GiB in those measurements) are captured after the
   KV cache is sized and are not counted; ``--enforce-eager`` does not change it.
@@ -106,7 +109,8 @@ def activation_bytes(meta: ModelMetadata) -> int:
     elif meta.n_experts:
         gib = ACTIVATION_GIB["moe"]
     else:
-        gib = ACTIVATION_BY_FAMILY_GIB.get(meta.architecture.lower(), ACTIVATION_GIB["dense"])
+        family = meta.architecture.lower().removesuffix("forcausallm")
+        gib = ACTIVATION_BY_FAMILY_GIB.get(family, ACTIVATION_GIB["dense"])
     return int(gib * GiB)
 
 
