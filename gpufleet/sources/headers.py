@@ -14,6 +14,8 @@ the first window was short) is exact.
 
 from __future__ import annotations
 
+import mmap
+
 from gpufleet.core.gguf import GGUFError, GGUFHeader, GGUFTruncated, parse_gguf_header
 from gpufleet.core.safetensors import (
     SafetensorsError,
@@ -22,7 +24,7 @@ from gpufleet.core.safetensors import (
     parse_safetensors_header,
 )
 from gpufleet.sources.errors import ModelSourceError, NotAModel
-from gpufleet.sources.range_reader import RangeReader
+from gpufleet.sources.range_reader import LocalRangeReader, RangeReader
 
 GGUF_FIRST_WINDOW = 2 << 20
 EXTENSION_SLACK = 4 << 20
@@ -48,6 +50,8 @@ class _Prefix:
 
 
 def read_gguf_header(reader: RangeReader, first_window: int = GGUF_FIRST_WINDOW) -> GGUFHeader:
+    if isinstance(reader, LocalRangeReader) and reader.size:
+        return _read_mapped(reader)
     prefix = _Prefix(reader)
     prefix.extend_to(first_window)
     if prefix.buf[:4] != b"GGUF":
@@ -62,6 +66,30 @@ def read_gguf_header(reader: RangeReader, first_window: int = GGUF_FIRST_WINDOW)
         except GGUFError as exc:
             raise ModelSourceError(f"{reader.name} is not a valid GGUF file: {exc}") from exc
     raise ModelSourceError(f"{reader.name}: GGUF header still incomplete after {MAX_EXTENSIONS} reads")
+
+
+def _read_mapped(reader: LocalRangeReader) -> GGUFHeader:
+    """Local files are parsed from an mmap in one pass: the parser touches only
+    the header's pages, and no window is ever re-parsed. Errors are raised after
+    the map is closed (a live traceback would pin views into it)."""
+    error: str | None = None
+    with reader.path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[:4] != b"GGUF":
+            error = f"{reader.name} is not a valid GGUF file (it does not start with the GGUF magic)"
+        else:
+            view = memoryview(mm)
+            try:
+                header = parse_gguf_header(view, file_size=reader.size)
+            except GGUFTruncated:
+                error = f"{reader.name}: GGUF header ends past the end of the file"
+            except GGUFError as exc:
+                error = f"{reader.name} is not a valid GGUF file: {exc}"
+            view.release()
+    if error is not None:
+        raise (NotAModel if "magic" in error else ModelSourceError)(error)
+    reader.stats.requests += 1
+    reader.stats.bytes += header.header_size
+    return header
 
 
 def read_safetensors_header(

@@ -9,6 +9,9 @@ conversion to :class:`ModelMetadata`).
 from __future__ import annotations
 
 import posixpath
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,8 +132,39 @@ def _diffusers_choice(files: list[RepoFile]) -> FileChoice:
     return FileChoice("safetensors", weights, extras, config_name="model_index.json")
 
 
+_CACHE: OrderedDict[Hashable, ModelMetadata] = OrderedDict()
+_CACHE_SIZE = 64
+_cache_lock = threading.Lock()
+
+
 def read_model(store: FileStore, choice: FileChoice, label: str, category: Category | None = None) -> ModelMetadata:
-    """Header reads only; `label` (the repo id or path) feeds category detection."""
+    """Header reads only; `label` (the repo id or path) feeds category detection.
+
+    Results are cached by the identity of the weight files (path, size, mtime
+    locally; ETag and commit on Hugging Face), so the server's validation and the
+    deploy flow's fetch-metadata parse a 70B header once, not twice."""
+    ids = [store.identity(f.path) for f in choice.weights] if choice.format == "gguf" else [None]
+    key = None if None in ids else (tuple(ids), label, category, choice.note)
+    if key is not None:
+        with _cache_lock:
+            if key in _CACHE:
+                _CACHE.move_to_end(key)
+                return _CACHE[key]
+    meta = _read_model(store, choice, label, category)
+    if key is not None:
+        with _cache_lock:
+            _CACHE[key] = meta
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    return meta
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _CACHE.clear()
+
+
+def _read_model(store: FileStore, choice: FileChoice, label: str, category: Category | None) -> ModelMetadata:
     if choice.format == "gguf":
         return _gguf_metadata(store, choice, label, category)
     if choice.config_name == "model_index.json":

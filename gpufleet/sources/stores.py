@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Hashable
 from typing import Protocol
 
 from gpufleet.core.model_files import RepoFile
@@ -24,6 +25,9 @@ class FileStore(Protocol):
     def reader(self, path: str) -> RangeReader: ...
 
     def read_small(self, path: str, max_bytes: int) -> bytes: ...
+
+    def identity(self, path: str) -> Hashable | None:
+        """Something that changes when the file does (None: unknown, do not cache)."""
 
 
 class LocalStore:
@@ -59,6 +63,11 @@ class LocalStore:
     def reader(self, path: str) -> RangeReader:
         return LocalRangeReader(self._path(path))
 
+    def identity(self, path: str) -> Hashable | None:
+        p = self._path(path)
+        st = p.stat()
+        return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+
     def read_small(self, path: str, max_bytes: int) -> bytes:
         p = self._path(path)
         if p.stat().st_size > max_bytes:
@@ -82,3 +91,10 @@ class HubStore:
 
     def read_small(self, path: str, max_bytes: int) -> bytes:
         return self.hub.read_small(self.repo, path, self.revision, max_bytes)
+
+    def identity(self, path: str) -> Hashable | None:
+        """The ETag and commit from one HEAD, when the hub gives them (Hugging Face does)."""
+        req = self.hub.file_request(self.repo, path, self.revision)
+        if not req.etag:
+            return None
+        return (self.hub.kind, self.repo, path, req.revision, req.etag, req.size)

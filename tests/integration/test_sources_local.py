@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpufleet.core.schemas import ModelSource
 from gpufleet.demo.tiny_model import write_tiny_llama_gguf
 from gpufleet.sources import ModelNotVisible, ModelSourceError, NotAModel, read_local_metadata, read_metadata
 from gpufleet.sources.local import resolve_gguf_path
+from gpufleet.sources.resolve import clear_cache
 from tests.support import synthetic_models as sm
 
 
@@ -86,3 +89,30 @@ def test_diffusers_pipeline_is_an_image_model(tmp_path: Path) -> None:
     meta = read_metadata(local(tmp_path))
     assert (meta.category, meta.architecture) == ("image", "StableDiffusionPipeline")
     assert meta.n_params == 320 * 4 * 3 * 3
+
+
+_TINY: dict[str, bytes] = {}
+
+
+def _tiny_bytes(tmp: Path) -> bytes:
+    if "b" not in _TINY:
+        _TINY["b"] = write_tiny_llama_gguf(tmp / "tiny-src.gguf").read_bytes()
+    return _TINY["b"]
+
+
+@settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(4, 60_000), flips=st.lists(st.tuples(st.integers(4, 50_000), st.integers(0, 255)), max_size=4))
+def test_damaged_local_files_fail_cleanly(tmp_path: Path, cut: int, flips: list[tuple[int, int]]) -> None:
+    """Truncated or bit-flipped files through the mmap path: a model or a
+    ModelSourceError, never another exception (nor a pinned mmap)."""
+    clear_cache()
+    data = bytearray(_tiny_bytes(tmp_path)[:cut])
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    path = tmp_path / "damaged.gguf"
+    path.write_bytes(bytes(data))
+    try:
+        read_metadata(local(path))
+    except ModelSourceError:
+        pass
