@@ -17,8 +17,10 @@ inputs that live through the whole graph. Per token of the micro-batch
 - logits of the outputs the reserve graph computes: ``n_vocab x n_seq`` f32
   (current llama.cpp reserves one output per sequence, ``n_outputs_max_per_seq = 1``).
 
-The coefficients were fitted to, and are checked against, llama.cpp's own
-"CPU compute buffer size" log line for 20 shapes on xllamacpp 2026.10 (e.g.
+The coefficients were fitted to llama.cpp's own "CPU compute buffer size" log
+line for about 40 shape and flag combinations on xllamacpp 2026.10 (n_embd
+256-2048, n_ff 512-8192, ctx 256-8192, ubatch 128-512, flash on/off, 1-4
+sequences) and are checked by ``tests/integration/test_estimate_accuracy.py`` (e.g.
 n_embd 256, n_ff 512, ctx 2048, flash on: log 7.52 MiB, formula
 512 x 4 x (3 x 512 + 5 x 256) + 2048 x 512 x 2 = 7.50 MiB). On CUDA llama.cpp
 keeps the graph inputs in a pinned host buffer ("CUDA_Host compute buffer":
