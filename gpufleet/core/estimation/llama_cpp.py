@@ -201,8 +201,11 @@ def _output_weights(meta: ModelMetadata, on_gpu: bool) -> int:
 
 
 def _output_buffer(meta: ModelMetadata, cfg: LlamaConfig, n_ubatch: int) -> int:
+    """Logits of one output per sequence; embedding models (``--embedding``, or
+    an embedding/reranker model) also keep one pooled-input row per token."""
     logits = meta.vocab_size * 4 * cfg.parallel
-    return logits + (meta.embedding_length * 4 * n_ubatch if cfg.embedding else 0)
+    embeds = cfg.embedding or meta.category in ("embedding", "reranker")
+    return logits + (meta.embedding_length * 4 * n_ubatch if embeds else 0)
 
 
 def _host_overhead(meta: ModelMetadata, gpus: bool) -> int:

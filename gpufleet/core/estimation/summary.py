@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from gpufleet.core.estimation.llama_params import EstimateInputError, parse_llama_params
 from gpufleet.core.estimation.types import DeviceUsage, Estimate, EstimateOptions
-from gpufleet.core.estimation.vllm import VllmParamError, parse_vllm_params
+from gpufleet.core.estimation.vllm import VllmConfig, VllmParamError, parse_vllm_params
 from gpufleet.core.metadata import ModelMetadata
 
 #: Size of the one reference GPU in the summary: large enough that nothing is
@@ -96,8 +96,9 @@ def summarize(
     params = tuple(backend_params)
     if meta is None:
         return ResourceEstimate.unknown("model metadata could not be read on the server")
-    gpu_required = backend in ("vllm",)
-    world = parse_vllm_params(params).tp * parse_vllm_params(params).pp if backend == "vllm" and _ok(params) else 1
+    gpu_required = backend == "vllm"
+    vllm = _vllm_config(params) if gpu_required else None
+    world = vllm.tp * vllm.pp if vllm else 1
     on_gpu = estimate(meta, EstimateOptions(backend=backend, backend_params=params,
                                             gpu_memory=(_REFERENCE_GPU,) * world))
     if not on_gpu.known:
@@ -117,19 +118,19 @@ def summarize(
         context_size=on_gpu.context_size,
         total_layers=on_gpu.total_layers,
         gpu_required=gpu_required,
-        gpu_memory_utilization=parse_vllm_params(params).utilization if backend == "vllm" else None,
+        gpu_memory_utilization=vllm.utilization if vllm else None,
         devices=[DeviceBreakdown.of(u) for u in (on_gpu.host, *on_gpu.gpus)],
         cpu_devices=[DeviceBreakdown.of(on_cpu.host)] if on_cpu is not None else [],
         notes=list(on_gpu.notes),
     )
 
 
-def _ok(params: tuple[str, ...]) -> bool:
+def _vllm_config(params: tuple[str, ...]) -> VllmConfig | None:
+    """None for malformed parameters: the estimate itself then says what is wrong."""
     try:
-        parse_vllm_params(params)
+        return parse_vllm_params(params)
     except VllmParamError:
-        return False
-    return True
+        return None
 
 
 def from_estimate(est: Estimate) -> list[DeviceBreakdown]:
