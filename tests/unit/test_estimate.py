@@ -89,7 +89,9 @@ def test_mla_caches_one_latent_per_token() -> None:
 def test_per_layer_kv_heads() -> None:
     # hybrid model: layers with 0 KV heads (recurrent) hold no KV: (2 + 0 + 2 + 0) x 1024 x 64 bytes
     m = meta(n_kv_heads_per_layer=[2, 0, 2, 0])
-    assert estimate(m, opts()).host.kv_cache == 2 * 1024 * 2 * 32 * 2
+    e = estimate(m, opts())
+    assert e.host.kv_cache == 2 * 1024 * 2 * 32 * 2
+    assert any("RS buffer" in n for n in e.notes)  # the recurrent state is said to be missing
 
 
 # ----------------------------------------------------------------------------- compute buffer
@@ -296,3 +298,11 @@ def test_fewer_gpu_layers_never_need_more_vram_below_full_offload() -> None:
     m = meta(layer_bytes=[1000, 3000, 2000, 1000])
     vram = [estimate(m, opts(gpus=1, gpu_layers=k)).vram[0] for k in range(1, 5)]
     assert vram == sorted(vram)
+
+
+def test_row_split_cuts_matrices_and_keeps_kv_on_the_main_gpu() -> None:
+    # all 5 layers offloaded: 4200 bytes of weights cut 3:1 -> 3150 and 1050; KV only on GPU 0
+    e = estimate(meta(), opts("--split-mode=row", "--tensor-split=3,1", gpus=2))
+    assert [g.weights for g in e.gpus] == [3150, 1050]
+    assert [g.kv_cache for g in e.gpus] == [1024 * 4 * 128, 0]
+    assert e.gpus[1].compute == 0 and any("row" in n for n in e.notes)

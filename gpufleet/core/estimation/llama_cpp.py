@@ -11,7 +11,9 @@ placement and ``llama-context.cpp`` buffers):
   cumulative ``--tensor-split`` fraction exceeds ``k / n_offloaded``
   (llama.cpp's ``upper_bound``); without a split, in proportion to each GPU's
   memory (llama.cpp uses free memory; placement passes what it may use).
-  ``--split-mode none`` puts every offloaded layer on ``--main-gpu``.
+  ``--split-mode none`` puts every offloaded layer on ``--main-gpu``; ``row``
+  cuts every offloaded matrix by rows in proportion to the split and keeps the
+  KV cache and compute on the main GPU (approximate; noted in the estimate).
 - weights: exact bytes per block from the tensor table. The input layer (token
   embedding) always stays on the CPU; the output layer goes with layer n_layer;
   a tied output is a second copy of the embedding on the GPU that holds it.
@@ -60,6 +62,7 @@ TOKENIZER_BYTES_PER_TOKEN = 192
 HOST_GPU_RUNTIME = 150 * MiB  # gguf-parser-go --platform-footprint default, RAM part
 GPU_OVERHEAD = 500 * MiB  # gguf-parser-go --platform-footprint default, VRAM part
 REPACKED_TYPES = ("Q4_0", "Q4_K", "IQ4_NL")
+RECURRENT_ARCHS = ("mamba", "mamba2", "rwkv6", "rwkv7", "jamba", "falcon-h1", "granitehybrid", "qwen3next", "lfm2")
 OP_OFFLOAD_MIN_BATCH = 32  # llama.cpp offloads CPU-weight ops to a GPU from this batch size
 
 
@@ -99,6 +102,8 @@ def _prepare(meta: ModelMetadata) -> _Prepared:
         rest = max(meta.tensor_bytes - meta.embedding_bytes - meta.output_bytes - meta.other_bytes, 0)
         layers = [rest // n] * n if n else []
         notes.append("per-layer sizes missing: weights spread evenly over the blocks")
+    if 0 in meta.n_kv_heads_per_layer or meta.architecture in RECURRENT_ARCHS:
+        notes.append("recurrent layers' state (llama.cpp's RS buffer) is not counted")
     repack = sum(meta.weight_bytes_by_dtype.get(t, 0) for t in REPACKED_TYPES)
     prep = _Prepared(n, _prefix(layers), max(layers, default=0),
                      repack / meta.tensor_bytes if meta.tensor_bytes else 0.0, tuple(notes))
@@ -149,9 +154,10 @@ def split_bounds(n_offloaded: int, split: tuple[float, ...]) -> list[int]:
     return bounds
 
 
-def _split(options: EstimateOptions, cfg: LlamaConfig) -> tuple[float, ...]:
+def _split(options: EstimateOptions, cfg: LlamaConfig, whole_layers: bool = True) -> tuple[float, ...]:
+    """Proportions per GPU; ``whole_layers`` False gives the row split's proportions."""
     n = len(options.gpu_memory)
-    if cfg.split_mode == "none":
+    if whole_layers and cfg.split_mode in ("none", "row"):
         main = min(cfg.main_gpu, n - 1)
         return tuple(1.0 if i == main else 0.0 for i in range(n))
     split = options.tensor_split or cfg.tensor_split
@@ -264,11 +270,30 @@ def estimate_llama_cpp_split(meta: ModelMetadata, options: EstimateOptions) -> E
     for i, bound in enumerate(bounds):
         gpus.append(_gpu_usage(meta, prep, cfg, shape, start + prev, start + bound, i))
         prev = bound
+    if cfg.split_mode == "row" and len(gpus) > 1:
+        gpus = _row_split(gpus, _split(options, cfg, whole_layers=False), min(cfg.main_gpu, len(gpus) - 1))
     gpus = _add_mmproj_and_staging(meta, prep, cfg, shape, gpus, start)
     host = _host_usage(meta, prep, cfg, shape, start)
-    return Estimate(known=True, backend=backend, notes=prep.notes, context_size=shape.n_ctx,
+    notes = prep.notes + (_ROW_NOTE,) if cfg.split_mode == "row" else prep.notes
+    return Estimate(known=True, backend=backend, notes=notes, context_size=shape.n_ctx,
                     total_layers=n + 1, gpu_layers=ngl, host=host, gpus=tuple(gpus),
                     claims=tuple(g.total for g in gpus))
+
+
+_ROW_NOTE = "--split-mode row: matrices split by rows in proportion; KV and compute on --main-gpu (approximate)"
+
+
+def _row_split(gpus: list[DeviceUsage], split: tuple[float, ...], main: int) -> list[DeviceUsage]:
+    """``--split-mode row``: every offloaded matrix is cut by rows across the GPUs in
+    proportion to the split, while the KV cache and the graph stay on the main GPU."""
+    held = gpus[main]
+    total = sum(split)
+    out = []
+    for i, g in enumerate(gpus):
+        weights = int(held.weights * split[i] / total)
+        out.append(DeviceUsage(g.device, held.layers, weights, held.kv_cache if i == main else 0,
+                               held.compute if i == main else 0, 0, g.overhead))
+    return out
 
 
 def _host_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Shape, start: int) -> DeviceUsage:
