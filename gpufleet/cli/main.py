@@ -461,6 +461,17 @@ def workers(as_json: JsonOpt = False) -> None:
         console.print(workers_table(ws))
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules (model sources, estimation, placement)."""
+    from gpufleet.cli import estimate_cmd, plan_cmd, sources_cmd
+
+    for module in (sources_cmd, estimate_cmd, plan_cmd):
+        module.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     try:
         app()
