@@ -11,10 +11,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict
+from fastapi import Body, FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gpufleet.core.placement import ClusterSnapshot, PlanResult
 from gpufleet.core.schemas import DeploymentSpec, InstanceView, ResourceEstimate
@@ -32,6 +32,11 @@ class PlanRequest(BaseModel):
     cluster: ClusterSnapshot | None = None
 
 
+def validation_message(exc: ValidationError) -> str:
+    """One line per error, naming the field: ``spec.placement.worker_selector: ...``."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
 def add_placement_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/internal/instances/{instance_id}/place")
     def place(instance_id: int, estimate: ResourceEstimate | None = None) -> InstanceView:
@@ -46,7 +51,12 @@ def add_placement_routes(app: FastAPI, state: ServerState) -> None:
             return repo.cluster_snapshot(s, state.worker_timeout)
 
     @app.post("/v1/plan")
-    def plan(body: PlanRequest) -> PlanResult:
+    def plan(raw: dict[str, Any] = Body(...)) -> PlanResult:
+        """Validated here so that a malformed selector or --gpu is a 400 naming the field."""
+        try:
+            body = PlanRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise HTTPException(400, validation_message(exc)) from exc
         metadata, _ = validate_spec(body.spec)
         with state.session() as s:
             return repo.plan_spec(s, body.spec, metadata, state.worker_timeout, body.cluster)

@@ -1,0 +1,81 @@
+"""The placement endpoints on the real app and database: snapshot, plan (a dry run),
+place (from the stored metadata, not the caller's estimate), and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gpufleet.server.app import create_app
+
+GiB = 1 << 30
+
+
+@pytest.fixture
+def api(database_url: str):  # noqa: ANN201
+    app = create_app(database_url, trigger=lambda op, params: "", run_controller=False)
+    with TestClient(app) as client:
+        for name, gpus in (("cpu", []), ("gpu", [{"index": 0, "name": "A100-80G", "memory_total": 80 * GiB,
+                                                   "virtual": True}])):
+            r = client.post("/v1/workers", json={"name": name, "address": "http://127.0.0.1:1", "cpu_count": 4,
+                                                 "memory_total": 32 * GiB, "work_queue": f"node-{name}",
+                                                 "gpus": gpus, "labels": {"kind": name}})
+            assert r.status_code == 200, r.text
+        yield client
+
+
+def spec(tiny: Path, **placement: object) -> dict:
+    return {"name": "t", "replicas": 3, "source": {"local_path": str(tiny)}, "placement": placement}
+
+
+def test_snapshot_and_plan(api: TestClient, tiny_gguf: Path) -> None:
+    snap = api.get("/v1/cluster/snapshot").json()
+    assert [w["name"] for w in snap["workers"]] == ["cpu", "gpu"] and snap["claims"] == []
+    result = api.post("/v1/plan", json={"spec": spec(tiny_gguf)}).json()
+    # GPU first (the tiny model fits one 80 GiB GPU three times); the GPU worker every time
+    assert [r["placement"]["worker"] for r in result["replicas"]] == ["gpu", "gpu", "gpu"]
+    assert api.get("/v1/cluster/snapshot").json()["claims"] == []  # a dry run writes nothing
+    # against a given snapshot: without the GPU worker, all three go to the CPU worker
+    snap["workers"] = [w for w in snap["workers"] if w["name"] == "cpu"]
+    result = api.post("/v1/plan", json={"spec": spec(tiny_gguf), "cluster": snap}).json()
+    assert [(r["placement"]["worker"], r["placement"]["stage"]) for r in result["replicas"]] == [("cpu", "cpu")] * 3
+
+
+def test_plan_with_selector_that_matches_nothing_gives_reasons(api: TestClient, tiny_gguf: Path) -> None:
+    result = api.post("/v1/plan", json={"spec": spec(tiny_gguf, worker_selector=["kind=tpu"])}).json()
+    first = result["replicas"][0]
+    assert first["placement"] is None
+    assert first["reasons"] == {"cpu": "label selector 'kind=tpu' does not match (kind=cpu)",
+                                "gpu": "label selector 'kind=tpu' does not match (kind=gpu)"}
+
+
+@pytest.mark.parametrize(("placement", "message"), [
+    ({"worker_selector": ["kind in ()"]}, "must be non-empty values"),
+    ({"gpu_selector": ["gpu"]}, "use WORKER:INDEX"),
+])
+def test_bad_selectors_are_400(api: TestClient, tiny_gguf: Path, placement: dict, message: str) -> None:
+    r = api.post("/v1/plan", json={"spec": spec(tiny_gguf, **placement)})
+    assert r.status_code == 400 and message in r.json()["detail"]
+    assert "spec.placement" in r.json()["detail"]
+
+
+def test_place_ignores_the_callers_estimate(api: TestClient, tiny_gguf: Path) -> None:
+    """A caller claiming 79 GiB would keep the next replica off the GPU; the server computes its own."""
+    state = api.app.state.gpufleet  # type: ignore[attr-defined]
+    from gpufleet.core.schemas import DeploymentSpec
+    from gpufleet.server.validation import validate_spec
+    from gpufleet.store import repository as repo
+
+    s = DeploymentSpec.model_validate(spec(tiny_gguf))
+    meta, est = validate_spec(s)
+    with state.session() as session:
+        repo.create_deployment(session, s, meta, est)
+        ids = repo.reconcile_replicas(session, "t").created
+    huge = {"gpu_vram": 79 * GiB, "gpu_ram": 0, "cpu_ram": 0}
+    placed = [api.post(f"/v1/internal/instances/{iid}/place", json=huge).json() for iid in ids[:2]]
+    assert [p["worker"] for p in placed] == ["gpu", "gpu"]
+    assert all(p["placement"]["vram_claim"]["0"] < GiB for p in placed)
+    again = api.post(f"/v1/internal/instances/{ids[2]}/place").json()  # no body at all
+    assert again["state"] == "SCHEDULED" and again["worker"] == "gpu"
