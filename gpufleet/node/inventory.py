@@ -91,6 +91,19 @@ def parse_virtual_gpus(spec: str, first_index: int = 0) -> list[GpuInfo]:
     return gpus
 
 
+_SIZE = re.compile(r"^(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>[KMGT]?)(?:i?B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Memory a node reserves (``--reserved-ram 2G``, ``--reserved-vram 512MiB``): bytes,
+    binary units (K, M, G, T = 2^10 .. 2^40, with or without "iB")."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise VirtualGpuError(f"invalid {what} {text!r}: use a number with K, M, G or T, e.g. 2G or 512MiB")
+    return int(float(m["n"]) * _UNITS[m["unit"].upper()])
+
+
 def total_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
