@@ -172,10 +172,13 @@ def multi_gpu(w: WorkerState, gpus: list[GpuState], fc: FitContext, strategy: st
     assert est is not None
     size = sizes[-1]
     top = ordered[:size]
-    if sum(_claims(est)) <= sum(g.free for g in top):
+    if _vram_fits(tuple(sorted(top, key=lambda g: g.index)), _claims(est), est.vram):
         return f"needs {gib(est.ram)} RAM with {size} GPUs, {gib(w.ram_free)} free"
-    return (f"does not fit on {size} GPUs either: needs {gib(sum(_claims(est)))} VRAM over {size} GPUs, "
-            f"{gib(sum(g.free for g in top))} free on them")
+    need, free = sum(_claims(est)), sum(g.free for g in top)
+    if need <= free:  # enough in total, but the layer split overfills one GPU
+        g, c = next((g, c) for g, c in zip(sorted(top, key=lambda g: g.index), _claims(est)) if c > g.free)
+        return f"does not fit on {size} GPUs either: GPU {g.index} would need {gib(c)}, {gib(g.free)} free"
+    return f"does not fit on {size} GPUs either: needs {gib(need)} VRAM over {size} GPUs, {gib(free)} free on them"
 
 
 def offload(w: WorkerState, gpus: list[GpuState], fc: FitContext, strategy: str) -> Candidate | str | None:
