@@ -40,8 +40,8 @@ def test_split_gguf_by_any_shard(tmp_path: Path) -> None:
     shards = sm.llama_gguf_shards(shape, 2)
     for i, (head, size) in enumerate(shards):
         write_virtual(tmp_path / f"m-F16-{i + 1:05d}-of-00002.gguf", head, size)
-    for given in ("m-F16-00002-of-00002.gguf", "m-F16-00001-of-00002.gguf"):
-        found, meta = read_local_metadata(str(tmp_path / given))
+    for shard in ("m-F16-00002-of-00002.gguf", "m-F16-00001-of-00002.gguf"):
+        found, meta = read_local_metadata(str(tmp_path / shard))
         assert found.name == "m-F16-00001-of-00002.gguf"  # llama.cpp is pointed at the first shard
         assert meta.file_size == sum(s for _, s in shards) and len(meta.files) == 2
         assert meta.n_layers == 4
