@@ -33,12 +33,12 @@ ACCURACY_SHAPES: tuple[AccuracyCase, ...] = (
     # ~100 MB: dense (n_kv_heads = n_heads) F16 with a 32k vocabulary
     AccuracyCase("dense-f16", TinyModelShape(n_layers=6, hidden=512, n_heads=8, n_kv_heads=8, ffn=1408,
                                              context_length=4096, dtype="f16", n_vocab=32000), ("--ctx-size=2048",)),
-    # ~165 MB: GQA 4:1, Q8_0, 4 sequences of 1024
-    AccuracyCase("gqa-q8_0", TinyModelShape(n_layers=8, hidden=1024, n_heads=16, n_kv_heads=4, ffn=2816,
+    # ~115 MB: GQA 4:1, Q8_0, 4 sequences of 1024
+    AccuracyCase("gqa-q8_0", TinyModelShape(n_layers=4, hidden=1024, n_heads=16, n_kv_heads=4, ffn=2816,
                                             context_length=8192, dtype="q8_0", n_vocab=32000),
                  ("--ctx-size=4096", "--parallel=4")),
-    # ~90 MB: Q4_0 (repacked for AVX2), tied output, flash attention off
-    AccuracyCase("q4_0-tied-nofa", TinyModelShape(n_layers=8, hidden=1024, n_heads=16, n_kv_heads=4, ffn=2816,
+    # ~60 MB: Q4_0 (repacked for AVX2), tied output, flash attention off
+    AccuracyCase("q4_0-tied-nofa", TinyModelShape(n_layers=6, hidden=1024, n_heads=16, n_kv_heads=4, ffn=2816,
                                                   context_length=4096, dtype="q4_0", n_vocab=32000,
                                                   tied_output=True), ("--ctx-size=2048", "--flash-attn=off")),
     # ~180 MB F32, long context: 32k tokens of KV (256 MiB f16)
@@ -50,6 +50,17 @@ ACCURACY_SHAPES: tuple[AccuracyCase, ...] = (
                                                  context_length=8192, dtype="f16", n_vocab=32000,
                                                  tied_output=True),
                  ("--ctx-size=8192", "--cache-type-k=q8_0", "--cache-type-v=q8_0", "--ubatch-size=256")),
+    # ~3 MB each: KV stream layouts and padding (3 streams of 2048 // 3 = 682 -> 768 cells; one unified
+    # stream of 3000 -> 3072 cells) and a micro-batch clamped by --batch-size
+    AccuracyCase("small-3-streams", TinyModelShape(n_layers=4, hidden=256, n_heads=8, n_kv_heads=2, ffn=512,
+                                                   context_length=4096, dtype="f16"),
+                 ("--ctx-size=2048", "--parallel=3")),
+    AccuracyCase("small-unified", TinyModelShape(n_layers=4, hidden=256, n_heads=8, n_kv_heads=2, ffn=512,
+                                                 context_length=4096, dtype="f16"),
+                 ("--ctx-size=3000", "--parallel=2", "--kv-unified")),
+    AccuracyCase("small-batch-128", TinyModelShape(n_layers=4, hidden=256, n_heads=4, n_kv_heads=4, ffn=1024,
+                                                   context_length=4096, dtype="f32"),
+                 ("--ctx-size=4096", "--batch-size=128")),
 )
 
 
