@@ -3,7 +3,10 @@
 Defaults are those of current llama.cpp's ``common_params`` (checked against the
 xllamacpp 2026.10 build gpufleet runs: its ``CommonParams()`` and its load log):
 ``--batch-size 2048``, ``--ubatch-size 512``, ``--parallel 1`` (this build's
-default; ``llama_context: n_seq_max = 1``), ``--flash-attn auto`` (enabled
+default; ``llama_context: n_seq_max = 1``. Upstream ``llama-server`` defaults to
+``-np -1`` = auto, 4 slots sharing one unified KV cache (llama.cpp PR #16736):
+the KV cache and the attention mask are then those of one slot and only the
+logits buffer is 4x, ``n_vocab x 16`` bytes, 2 MiB at 128k tokens), ``--flash-attn auto`` (enabled
 wherever the device supports it, which the CPU and CUDA backends do),
 ``--cache-type-k/-v f16``, mmap on, KV offloaded with its layer, weights
 repacked for the CPU where the CPU supports it, per-sequence (not unified) KV
