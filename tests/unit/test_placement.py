@@ -283,3 +283,11 @@ def test_real_estimator_places_a_real_model_on_one_gpu(tiny_gguf: Path) -> None:
     p = placed(place(cluster("8xH100-80G"), req(meta)))
     assert p.stage == "single-gpu" and p.gpu_indexes == [0] and not p.offloaded
     assert 0 < p.vram_claim[0] < 80 * GiB
+
+
+def test_vllm_too_large_for_every_tp_size_says_so() -> None:
+    """600 GiB weights on 8 × 80 GiB: TP8 needs 600 / 8 + 2 = 77 GiB per GPU > 0.9 × 80 = 72."""
+    r = place(cluster("8xH100-80G"), req(model(40, 15, heads=40), backend="vllm"), linear_estimator)
+    assert isinstance(r, Unplaceable)
+    assert ("does not fit on 8 GPUs either: each needs 77.0 GiB, 72.0 GiB usable per GPU at vLLM's memory "
+            "utilization") in r.reasons["h100"]

@@ -174,10 +174,14 @@ def multi_gpu(w: WorkerState, gpus: list[GpuState], fc: FitContext, strategy: st
     top = ordered[:size]
     if _vram_fits(tuple(sorted(top, key=lambda g: g.index)), _claims(est), est.vram):
         return f"needs {gib(est.ram)} RAM with {size} GPUs, {gib(w.ram_free)} free"
-    need, free = sum(_claims(est)), sum(g.free for g in top)
-    if need <= free:  # enough in total, but the layer split overfills one GPU
-        g, c = next((g, c) for g, c in zip(sorted(top, key=lambda g: g.index), _claims(est)) if c > g.free)
-        return f"does not fit on {size} GPUs either: GPU {g.index} would need {gib(c)}, {gib(g.free)} free"
+    claims, needs = _claims(est), est.vram or _claims(est)
+    need, free = sum(max(c, n) for c, n in zip(claims, needs)), sum(g.free for g in top)
+    for g, c, n in zip(sorted(top, key=lambda g: g.index), claims, needs):
+        if n > c:  # vLLM: the model's share is more than utilization x card
+            return (f"does not fit on {size} GPUs either: each needs {gib(n)}, "
+                    f"{gib(c)} usable per GPU at vLLM's memory utilization")
+        if need <= free and c > g.free:  # enough in total, but the layer split overfills one GPU
+            return f"does not fit on {size} GPUs either: GPU {g.index} would need {gib(c)}, {gib(g.free)} free"
     return f"does not fit on {size} GPUs either: needs {gib(need)} VRAM over {size} GPUs, {gib(free)} free on them"
 
 
