@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from gpufleet.core.metadata import ModelMetadata
 from gpufleet.core.placement.cluster import ClusterSnapshot
 from gpufleet.core.placement.engine import plan
 from gpufleet.core.placement.reasons import Unplaceable
@@ -38,5 +37,3 @@ def plan_deployment(cluster: ClusterSnapshot, request: PlacementRequest, replica
             outcomes.append(ReplicaOutcome(replica=i, placement=result))
     return PlanResult(deployment=request.deployment, replicas=outcomes)
 
-
-__all__ = ["ModelMetadata", "PlanResult", "ReplicaOutcome", "plan_deployment"]
