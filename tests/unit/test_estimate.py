@@ -24,7 +24,8 @@ def meta(**kw: object) -> ModelMetadata:
     )
     base.update(kw)
     base.setdefault("format", "gguf")
-    return ModelMetadata(architecture="llama", **base)  # type: ignore[arg-type]
+    base.setdefault("architecture", "llama")
+    return ModelMetadata(**base)  # type: ignore[arg-type]
 
 
 def opts(*params: str, gpus: int = 0, **kw: object) -> EstimateOptions:
@@ -306,3 +307,18 @@ def test_row_split_cuts_matrices_and_keeps_kv_on_the_main_gpu() -> None:
     assert [g.weights for g in e.gpus] == [3150, 1050]
     assert [g.kv_cache for g in e.gpus] == [1024 * 4 * 128, 0]
     assert e.gpus[1].compute == 0 and any("row" in n for n in e.notes)
+
+
+def test_encoder_only_models_have_no_kv_cache() -> None:
+    # BERT-style: no KV; attention over the micro-batch: n_kv = n_ubatch = min(512, 2048, 1024) = 512,
+    # so the mask is 512 x 512 x 2 bytes instead of 1024 x 512 x 2
+    m = meta(architecture="bert", category="embedding")
+    e = estimate(m, opts())
+    assert e.host.kv_cache == 0
+    peak = max(4 * 64 + 3 * 64, 3 * 128 + 5 * 64)  # 704 floats per token
+    assert e.host.compute == 512 * (peak * 4 + 16) + 512 * 512 * 2 + 100 * 4
+    assert e.host.output == 100 * 4 + 64 * 4 * 512  # logits + one embedding row per token
+
+
+def test_mmproj_compute_is_said_to_be_missing() -> None:
+    assert any("projector" in n for n in estimate(meta(mmproj_bytes=10), opts()).notes)

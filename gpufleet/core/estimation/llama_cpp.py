@@ -34,7 +34,11 @@ placement and ``llama-context.cpp`` buffers):
   host RAM and 500 MiB per GPU (CUDA context, cuBLAS workspace): gguf-parser-go's
   default ``--platform-footprint 150,500``, since this machine has no GPU to measure.
 - mmproj: the projector file's weights on ``--main-gpu`` (CPU with
-  ``--no-mmproj-offload`` or without GPUs); its image compute buffer is not modelled.
+  ``--no-mmproj-offload`` or without GPUs); its image compute buffer is not
+  modelled, and the estimate's notes say so.
+- encoder-only models (BERT-style embeddings and rerankers): llama.cpp keeps no
+  KV cache; attention spans the micro-batch (gpustack#2412 over-estimated a
+  bge-reranker 15x by sizing it like a decoder with ctx = batch = ubatch).
 
 Per-model work (prefix sums of layer and KV bytes) is cached by model object,
 so a re-estimate under another split is a handful of list lookups.
@@ -102,6 +106,9 @@ def _prepare(meta: ModelMetadata) -> _Prepared:
         rest = max(meta.tensor_bytes - meta.embedding_bytes - meta.output_bytes - meta.other_bytes, 0)
         layers = [rest // n] * n if n else []
         notes.append("per-layer sizes missing: weights spread evenly over the blocks")
+    if meta.mmproj_bytes:
+        notes.append("the projector's image compute buffer is not counted (llama.cpp logged 322 MiB for "
+                     "Qwen3-VL-4B's at its default warm-up image size, llama.cpp#17300)")
     if 0 in meta.n_kv_heads_per_layer or meta.architecture in RECURRENT_ARCHS:
         notes.append("recurrent layers' state (llama.cpp's RS buffer) is not counted")
     repack = sum(meta.weight_bytes_by_dtype.get(t, 0) for t in REPACKED_TYPES)
@@ -190,11 +197,13 @@ def _shape(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig) -> _Shape:
     n_ubatch = min(cfg.ubatch, batch)
     streams, cells = kv.stream_cells(n_ctx, cfg.parallel, cfg.kv_unified)
     swa = kv.swa_stream_cells(cells, meta.sliding_window, cfg.parallel, cfg.kv_unified, n_ubatch, cfg.swa_full)
+    # An encoder attends within the micro-batch only (no cache): n_kv is the micro-batch itself.
+    n_kv = n_ubatch if meta.architecture in kv.ENCODER_ONLY else cells
     shape = _Shape(
-        n_ctx, n_ubatch, cells, _kv_prefix(meta, prep, streams * cells, streams * swa, cfg),
-        compute.graph_bytes(meta, n_ubatch, cells, cfg.flash, cfg.parallel, False),
-        compute.graph_bytes(meta, n_ubatch, cells, cfg.flash, cfg.parallel, True),
-        compute.input_bytes(meta, n_ubatch, cells, cfg.flash),
+        n_ctx, n_ubatch, n_kv, _kv_prefix(meta, prep, streams * cells, streams * swa, cfg),
+        compute.graph_bytes(meta, n_ubatch, n_kv, cfg.flash, cfg.parallel, False),
+        compute.graph_bytes(meta, n_ubatch, n_kv, cfg.flash, cfg.parallel, True),
+        compute.input_bytes(meta, n_ubatch, n_kv, cfg.flash),
     )
     if len(prep.shapes) > 64:
         prep.shapes.clear()

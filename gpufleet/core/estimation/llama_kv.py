@@ -48,9 +48,17 @@ def swa_stream_cells(cells: int, n_swa: int, n_seq: int, unified: bool, n_ubatch
     return min(cells, pad(n_swa * (n_seq if unified else 1) + n_ubatch))
 
 
+#: Encoder-only architectures: llama.cpp creates no KV cache for them (each
+#: batch is attended in full inside the compute graph).
+ENCODER_ONLY = ("bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert",
+                "modern-bert", "t5encoder")
+
+
 def layer_widths(meta: ModelMetadata) -> list[tuple[int, int]]:
     """(K elements, V elements) per token for each layer; 0 for layers without
-    attention (recurrent blocks of hybrid models)."""
+    attention (recurrent blocks of hybrid models) and for encoder-only models."""
+    if meta.architecture in ENCODER_ONLY:
+        return [(0, 0)] * meta.n_layers
     if meta.kv_lora_rank > 0:
         w = (meta.kv_lora_rank + meta.rope_head_dim, meta.kv_lora_rank)
         return [w] * meta.n_layers
