@@ -16,7 +16,9 @@ class EstimateOptions:
     """One configuration of one instance.
 
     ``gpu_memory`` lists the total bytes of each GPU the instance would use, in
-    device order; empty means CPU only. ``tensor_split`` gives llama.cpp's
+    device order; empty means CPU only. For llama.cpp with ``--rpc`` that order
+    is llama.cpp's: the RPC servers' devices first, then the local GPUs (each
+    RPC device's row is what its ``rpc-server`` process holds). ``tensor_split`` gives llama.cpp's
     proportions per GPU (None: proportional to ``gpu_memory``, as llama.cpp
     splits by device memory). ``gpu_layers`` overrides ``--n-gpu-layers``
     (None: what the backend params say, else all layers). For llama.cpp it
