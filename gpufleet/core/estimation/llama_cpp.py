@@ -32,7 +32,9 @@ placement and ``llama-context.cpp`` buffers):
 - overhead: host ``16 MiB + 192 B x n_vocab`` (server threads, slots, tokenizer tables; measured
   +4.7 MiB RSS at 32k tokens and +22 MiB at 128k); with GPUs another 150 MiB of
   host RAM and 500 MiB per GPU (CUDA context, cuBLAS workspace): gguf-parser-go's
-  default ``--platform-footprint 150,500``, since this machine has no GPU to measure.
+  default ``--platform-footprint 150,500``; llama.cpp's own memory breakdown
+  shows 451-456 MiB "unaccounted" per RTX 4090 (llama.cpp PR #15860). Not
+  measured here: this machine has no GPU.
 - mmproj: the projector file's weights on ``--main-gpu`` (CPU with
   ``--no-mmproj-offload`` or without GPUs); its image compute buffer is not
   modelled, and the estimate's notes say so.
