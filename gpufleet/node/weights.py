@@ -35,6 +35,7 @@ from gpufleet.sources.stores import HubStore
 DOWNLOAD_ATTEMPTS = 6  # each attempt resumes where the last one stopped
 BACKOFF_S = 0.5
 REPORT_EVERY_S = 1.0
+WAIT_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,20 @@ def pull_hub_model(source: ModelSource, node_home: Path, progress: ProgressFn | 
 
 
 @contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """Exclusive lock held by whoever downloads `path` (threads and processes alike:
-    flock locks belong to the open file, not the process)."""
+    flock locks belong to the open file, not the process). A waiter calls
+    `while_waiting` twice a second, so its instance shows the other pull's progress."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if while_waiting is not None:
+                    while_waiting()
+                time.sleep(WAIT_POLL_S)
         try:
             yield
         finally:
@@ -130,11 +139,16 @@ def download(request: Callable[[], FileRequest], dest: Path, f: RepoFile, report
     final = dest / f.path
     if _complete(final, f.size):
         return final
-    with file_lock(final):
+    part = Path(f"{final}.part")
+
+    def show_other_pull() -> None:
+        report(part.stat().st_size if part.exists() else 0, f.path)
+
+    with file_lock(final, show_other_pull):
         if _complete(final, f.size):  # another replica finished it while we waited
             return final
         req = request()
-        part, sidecar = Path(f"{final}.part"), Path(f"{final}.part.json")
+        sidecar = Path(f"{final}.part.json")
         _drop_stale_part(part, sidecar, req)
         sidecar.write_text(json.dumps({"etag": req.etag, "size": req.size}))
         last_error = ""

@@ -12,7 +12,6 @@ from typing import Protocol
 from pydantic import BaseModel, SecretStr
 
 from gpufleet.core.model_files import RepoFile
-from gpufleet.sources.range_reader import RangeReader
 
 
 class HubSettings(BaseModel):
@@ -52,10 +51,6 @@ class Hub(Protocol):
     prefix: str  # "hf" | "modelscope", as the CLI names it
 
     def list_files(self, repo: str, revision: str | None) -> list[RepoFile]: ...
-
-    def reader(self, repo: str, path: str, revision: str | None) -> RangeReader: ...
-
-    def read_small(self, repo: str, path: str, revision: str | None, max_bytes: int) -> bytes: ...
 
     def file_request(self, repo: str, path: str, revision: str | None) -> FileRequest: ...
 

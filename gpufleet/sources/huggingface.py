@@ -26,7 +26,7 @@ from huggingface_hub.utils import build_hf_headers
 from gpufleet.core.model_files import RepoFile
 from gpufleet.sources.errors import FileNotInRepo, GatedRepo, HubUnavailable, ModelSourceError, RepoNotFound
 from gpufleet.sources.hub import FileRequest, HubSettings, SearchHit
-from gpufleet.sources.range_reader import HttpRangeReader, http_client, with_backoff
+from gpufleet.sources.range_reader import with_backoff
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 T = TypeVar("T")
@@ -41,8 +41,16 @@ class HuggingFaceHub:
         self._token = settings.token_value()
         self.api = HfApi(endpoint=self.endpoint, token=self._token)
 
-    def _call(self, fn: Callable[[], T], what: str) -> T:
-        return with_backoff(lambda: _translate(fn, what), what)
+    def _call(self, fn: Callable[[], T], what: str, retry: bool = False) -> T:
+        """The client's own calls already retry transport errors and 5xx with
+        backoff (huggingface_hub: 5 retries, 1-8 s; modelscope_hub: its API
+        retries), so only calls the client does not retry get ours."""
+        try:
+            if not retry:
+                return _translate(fn, what)
+            return with_backoff(lambda: _translate(fn, what), what)
+        except HubUnavailable as exc:
+            raise HubUnavailable(f"{exc} (hub endpoint {self.endpoint}, after retries)") from exc
 
     def list_files(self, repo: str, revision: str | None) -> list[RepoFile]:
         def listing() -> list[RepoFile]:
@@ -54,23 +62,14 @@ class HuggingFaceHub:
     def file_request(self, repo: str, path: str, revision: str | None) -> FileRequest:
         what = f"hf:{repo}/{path}"
         url = hf_hub_url(repo, path, revision=revision, endpoint=self.endpoint)
-        meta = self._call(lambda: get_hf_file_metadata(url, token=self._token, endpoint=self.endpoint), what)
+        meta = self._call(lambda: get_hf_file_metadata(url, token=self._token, endpoint=self.endpoint), what,
+                          retry=True)  # a single HEAD, not retried by the client
         if meta.size is None:
             raise ModelSourceError(f"{what}: the hub gave no file size")
         return FileRequest(
             url=meta.location, headers=build_hf_headers(token=self._token), size=meta.size,
             etag=meta.etag, revision=meta.commit_hash,
         )
-
-    def reader(self, repo: str, path: str, revision: str | None) -> HttpRangeReader:
-        req = self.file_request(repo, path, revision)
-        return HttpRangeReader(http_client(), req.url, req.headers, req.size, f"hf:{repo}/{path}")
-
-    def read_small(self, repo: str, path: str, revision: str | None, max_bytes: int) -> bytes:
-        r = self.reader(repo, path, revision)
-        if r.size > max_bytes:
-            raise ModelSourceError(f"{r.name} is {r.size} bytes, over the {max_bytes}-byte limit")
-        return r.read(0, r.size)
 
     def search(self, query: str, gguf: bool, limit: int) -> list[SearchHit]:
         def run() -> list[SearchHit]:

@@ -16,7 +16,7 @@ from modelscope_hub import errors as ms_errors
 from gpufleet.core.model_files import RepoFile
 from gpufleet.sources.errors import FileNotInRepo, GatedRepo, HubUnavailable, ModelSourceError, RepoNotFound
 from gpufleet.sources.hub import FileRequest, HubSettings, SearchHit
-from gpufleet.sources.range_reader import HttpRangeReader, http_client, with_backoff
+from gpufleet.sources.range_reader import with_backoff
 
 DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 DEFAULT_REVISION = "master"
@@ -33,8 +33,16 @@ class ModelScopeHub:
         self.api = HubApi(endpoint=self.endpoint, token=self._token)
         self._listings: dict[tuple[str, str], list[RepoFile]] = {}
 
-    def _call(self, fn: Callable[[], T], what: str) -> T:
-        return with_backoff(lambda: _translate(fn, what), what)
+    def _call(self, fn: Callable[[], T], what: str, retry: bool = False) -> T:
+        """The client's own calls already retry transport errors and 5xx with
+        backoff (huggingface_hub: 5 retries, 1-8 s; modelscope_hub: its API
+        retries), so only calls the client does not retry get ours."""
+        try:
+            if not retry:
+                return _translate(fn, what)
+            return with_backoff(lambda: _translate(fn, what), what)
+        except HubUnavailable as exc:
+            raise HubUnavailable(f"{exc} (hub endpoint {self.endpoint}, after retries)") from exc
 
     def list_files(self, repo: str, revision: str | None) -> list[RepoFile]:
         key = (repo, revision or DEFAULT_REVISION)
@@ -59,16 +67,6 @@ class ModelScopeHub:
             raise FileNotInRepo(f"modelscope:{repo}/{path}: file not found in the repository")
         url = self.api.legacy.get_download_url(repo, "model", path, revision=rev)
         return FileRequest(url=url, headers=self._headers(), size=sizes[path], revision=rev)
-
-    def reader(self, repo: str, path: str, revision: str | None) -> HttpRangeReader:
-        req = self.file_request(repo, path, revision)
-        return HttpRangeReader(http_client(), req.url, req.headers, req.size, f"modelscope:{repo}/{path}")
-
-    def read_small(self, repo: str, path: str, revision: str | None, max_bytes: int) -> bytes:
-        r = self.reader(repo, path, revision)
-        if r.size > max_bytes:
-            raise ModelSourceError(f"{r.name} is {r.size} bytes, over the {max_bytes}-byte limit")
-        return r.read(0, r.size)
 
     def search(self, query: str, gguf: bool, limit: int) -> list[SearchHit]:
         def run() -> list[SearchHit]:

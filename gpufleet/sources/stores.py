@@ -10,8 +10,8 @@ from typing import Protocol
 
 from gpufleet.core.model_files import RepoFile
 from gpufleet.sources.errors import FileNotInRepo, ModelSourceError
-from gpufleet.sources.hub import Hub
-from gpufleet.sources.range_reader import LocalRangeReader, RangeReader
+from gpufleet.sources.hub import FileRequest, Hub
+from gpufleet.sources.range_reader import HttpRangeReader, LocalRangeReader, RangeReader, http_client
 
 MAX_LOCAL_FILES = 20_000  # a model directory, not a whole disk
 MAX_LOCAL_DEPTH = 3
@@ -80,21 +80,32 @@ class HubStore:
         self.hub, self.repo, self.revision = hub, repo, revision
         self.name = f"{hub.prefix}:{repo}" + (f"@{revision}" if revision else "")
         self._files: list[RepoFile] | None = None
+        self._requests: dict[str, FileRequest] = {}
 
     def list_files(self) -> list[RepoFile]:
         if self._files is None:
             self._files = self.hub.list_files(self.repo, self.revision)
         return self._files
 
+    def _request(self, path: str) -> FileRequest:
+        """One HEAD per file per resolve, shared by the cache identity and the reader."""
+        if path not in self._requests:
+            self._requests[path] = self.hub.file_request(self.repo, path, self.revision)
+        return self._requests[path]
+
     def reader(self, path: str) -> RangeReader:
-        return self.hub.reader(self.repo, path, self.revision)
+        req = self._request(path)
+        return HttpRangeReader(http_client(), req.url, req.headers, req.size, f"{self.hub.prefix}:{self.repo}/{path}")
 
     def read_small(self, path: str, max_bytes: int) -> bytes:
-        return self.hub.read_small(self.repo, path, self.revision, max_bytes)
+        r = self.reader(path)
+        if r.size > max_bytes:
+            raise ModelSourceError(f"{r.name} is {r.size} bytes, over the {max_bytes}-byte limit")
+        return r.read(0, r.size)
 
     def identity(self, path: str) -> Hashable | None:
         """The ETag and commit from one HEAD, when the hub gives them (Hugging Face does)."""
-        req = self.hub.file_request(self.repo, path, self.revision)
+        req = self._request(path)
         if not req.etag:
             return None
         return (self.hub.kind, self.repo, path, req.revision, req.etag, req.size)

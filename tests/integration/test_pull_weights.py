@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -71,6 +72,25 @@ def test_a_part_of_another_file_version_is_not_resumed(fake_hub: FakeHub, gguf_r
     Path(f"{dest}.part.json").write_text('{"etag": "\\"old\\"", "size": 5}')
     assert pull_hub_model(hf(), tmp_path).read_bytes() == gguf_repo
     assert [g.range for g in file_gets(fake_hub)] == [None]
+
+
+def test_a_waiting_replica_shows_the_other_pulls_progress(fake_hub: FakeHub, gguf_repo: bytes, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weights, "REPORT_EVERY_S", 0.1)
+    monkeypatch.setattr(weights, "WAIT_POLL_S", 0.05)
+    fake_hub.bytes_per_second = 3 * MiB  # ~1 s
+    first = threading.Thread(target=pull_hub_model, args=(hf(), tmp_path))
+    first.start()
+    dest = tmp_path / "models/hf/org--pull-GGUF/default/p-Q4_K_M.gguf"
+    deadline = time.monotonic() + 10
+    while not Path(f"{dest}.part").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seen: list[PullProgress] = []
+    pull_hub_model(hf(), tmp_path, seen.append)  # waits on the lock meanwhile
+    first.join()
+    assert len(file_gets(fake_hub)) == 1
+    assert any(0 < p.percent < 100 for p in seen), [p.percent for p in seen]
+    assert seen[-1].percent == 100
 
 
 def test_progress_is_throttled_and_ends_at_100(fake_hub: FakeHub, gguf_repo: bytes, tmp_path: Path,
