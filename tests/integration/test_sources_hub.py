@@ -174,3 +174,13 @@ def test_search_with_gguf_filter(fake_hub: FakeHub, kind: str) -> None:
     assert [h.repo for h in hub.search("qwen", gguf=False, limit=10)] == ["org/qwen", "org/qwen-GGUF"]
     hits = hub.search("qwen", gguf=True, limit=10)
     assert [(h.repo, h.downloads, h.has_gguf) for h in hits] == [("org/qwen-GGUF", 50, True)]
+
+
+@pytest.mark.parametrize("kind, default_rev", [("huggingface", "main"), ("modelscope", "master")])
+def test_revisions(fake_hub: FakeHub, kind: str, default_rev: str) -> None:
+    head, size = sm.llama_gguf(SMALL)
+    repo = fake_hub.add_repo("org/rev-GGUF", {"r-Q4_K_M.gguf": VirtualFile(head, size)})
+    for rev in (default_rev, repo.sha):
+        assert read_metadata(ModelSource(kind=kind, repo="org/rev-GGUF", revision=rev)).n_layers == 3
+    with pytest.raises(RepoNotFound, match="org/rev-GGUF"):
+        read_metadata(ModelSource(kind=kind, repo="org/rev-GGUF", revision="no-such-branch"))
