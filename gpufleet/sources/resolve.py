@@ -87,7 +87,11 @@ def open_store(source: ModelSource) -> tuple[FileStore, str | None]:
         p = Path(source.local_path).expanduser()
         if not p.exists():
             raise ModelNotVisible(f"model path {source.local_path} not found")
-        return (LocalStore(p), None) if p.is_dir() else (LocalStore(p.parent), p.name)
+        if p.is_dir():
+            return LocalStore(p), None
+        if p.name.endswith(".safetensors"):  # a checkpoint shard: the checkpoint is its directory
+            return LocalStore(p.parent), None
+        return LocalStore(p.parent, siblings_of=p.name), p.name
     assert source.repo is not None
     return HubStore(hub_for(source.kind), source.repo, source.revision), source.file
 

@@ -31,11 +31,18 @@ class FileStore(Protocol):
 
 
 class LocalStore:
-    def __init__(self, root: Path) -> None:
+    """A model directory, or (``siblings_of``) the directory of one model file, of
+    which only that file's GGUF siblings are listed (its other shards and
+    projectors): a model in ~/Downloads must not cost a walk of ~/Downloads."""
+
+    def __init__(self, root: Path, siblings_of: str | None = None) -> None:
         self.root = root
+        self.siblings_of = siblings_of
         self.name = str(root)
 
     def list_files(self) -> list[RepoFile]:
+        if self.siblings_of is not None:
+            return self._siblings(self.siblings_of)
         out: list[RepoFile] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             rel = Path(dirpath).relative_to(self.root)
@@ -50,6 +57,16 @@ class LocalStore:
                     continue
                 if len(out) > MAX_LOCAL_FILES:
                     raise ModelSourceError(f"{self.root} holds over {MAX_LOCAL_FILES} files; point at the model itself")
+        return out
+
+    def _siblings(self, name: str) -> list[RepoFile]:
+        out = []
+        with os.scandir(self.root) as entries:
+            for e in entries:
+                if e.name == name or (e.name.lower().endswith(".gguf") and e.is_file()):
+                    out.append(RepoFile(e.name, e.stat().st_size))
+                    if len(out) > MAX_LOCAL_FILES:
+                        raise ModelSourceError(f"{self.root} holds over {MAX_LOCAL_FILES} GGUF files")
         return out
 
     def _path(self, path: str) -> Path:

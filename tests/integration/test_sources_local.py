@@ -30,6 +30,8 @@ def local(path: Path | str) -> ModelSource:
 
 def test_real_tiny_model(tmp_path: Path) -> None:
     path = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    (tmp_path / "unrelated").mkdir()
+    (tmp_path / "unrelated" / "notes.txt").write_text("not listed: only the file's GGUF siblings are")
     found, meta = read_local_metadata(str(path))
     assert found == path and meta.architecture == "llama" and meta.files[0].size == path.stat().st_size
     assert resolve_gguf_path(str(tmp_path)) == path  # a directory with one model
@@ -54,6 +56,7 @@ def test_safetensors_directory(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_bytes(sm.llama_config(1, 32, 2, 2, 64, 50))
     meta = read_metadata(local(tmp_path))
     assert meta.format == "safetensors" and meta.n_layers == 1
+    assert read_metadata(local(tmp_path / "model.safetensors")) == meta  # a shard names its checkpoint
     assert meta.weight_bytes_by_dtype == {"F16": size - len(head)}
 
 
