@@ -189,6 +189,11 @@ class GpufleetClient:
         data = self._request("POST", f"/v1/internal/instances/{instance_id}/place", json=body)
         return InstanceView.model_validate(data)
 
+    def place_many(self, instance_ids: list[int]) -> list[InstanceView]:
+        """Place several instances in one server transaction, in order."""
+        data = self._request("POST", "/v1/internal/place", json={"instance_ids": instance_ids})
+        return [InstanceView.model_validate(i) for i in data]
+
     # -- placement: snapshot and dry run
     def cluster_snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot.model_validate(self._request("GET", "/v1/cluster/snapshot"))

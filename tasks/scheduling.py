@@ -17,3 +17,15 @@ def select_gpus(instance_id: int, estimate: ResourceEstimate | None = None) -> I
         inst = c.place(instance_id)
     get_run_logger().info("instance %s: %s — %s", inst.name, inst.state, inst.state_message)
     return inst
+
+
+@task(name="select-gpus-batch", **NETWORK_TASK)
+def select_gpus_batch(instance_ids: list[int]) -> list[InstanceView]:
+    """All of a deployment's instances to place in one call: one transaction and one
+    read of the cluster on the server, instead of one per instance."""
+    with connect() as c:
+        placed = c.place_many(instance_ids)
+    logger = get_run_logger()
+    for inst in placed:
+        logger.info("instance %s: %s — %s", inst.name, inst.state, inst.state_message)
+    return placed

@@ -3,6 +3,8 @@
 - ``POST /v1/internal/instances/{id}/place`` (the select-gpus task): place one
   instance against the claim ledger, under the server's lock and the database's
   ledger lock, in one transaction.
+- ``POST /v1/internal/place``: several instances at once (one transaction, one
+  read of the ledger) — what a flow placing many replicas should call.
 - ``GET /v1/cluster/snapshot``: the live cluster in the snapshot file format
   (`gpufleet cluster snapshot`).
 - ``POST /v1/plan``: dry run of a whole deployment against the live cluster or a
@@ -14,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Body, FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpufleet.core.placement import ClusterSnapshot, PlanResult
 from gpufleet.core.schemas import DeploymentSpec, InstanceView, ResourceEstimate
@@ -23,6 +25,12 @@ from gpufleet.store import repository as repo
 
 if TYPE_CHECKING:
     from gpufleet.server.app import ServerState
+
+
+class PlaceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instance_ids: list[int] = Field(min_length=1, max_length=1000)
 
 
 class PlanRequest(BaseModel):
@@ -44,6 +52,12 @@ def add_placement_routes(app: FastAPI, state: ServerState) -> None:
         with state.placement_lock, state.session() as s:
             row = repo.place_instance(s, instance_id, estimate, state.worker_timeout)
             return repo.instance_view(row)
+
+    @app.post("/v1/internal/place")
+    def place_many(body: PlaceRequest) -> list[InstanceView]:
+        """Several instances in one transaction and one read of the ledger, in order."""
+        with state.placement_lock, state.session() as s:
+            return [repo.instance_view(r) for r in repo.place_instances(s, body.instance_ids, state.worker_timeout)]
 
     @app.get("/v1/cluster/snapshot")
     def cluster_snapshot() -> ClusterSnapshot:

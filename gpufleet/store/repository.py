@@ -338,6 +338,14 @@ def place_instance(
         raise NotFound(str(exc)) from exc
 
 
+def place_instances(session: Session, instance_ids: list[int], timeout: timedelta) -> list[InstanceRow]:
+    """Place several instances in one transaction (one snapshot of the ledger for all)."""
+    try:
+        return ledger.place_instances(session, instance_ids, timeout)
+    except ledger.InstanceNotFound as exc:
+        raise NotFound(str(exc)) from exc
+
+
 cluster_snapshot = ledger.cluster_snapshot
 plan_spec = ledger.plan_spec
 claims_version = ledger.claims_version

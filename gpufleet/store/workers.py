@@ -9,9 +9,12 @@ from gpufleet.store.models import WorkerRow
 
 def is_ready(row: WorkerRow, now: datetime, timeout: timedelta) -> bool:
     """Ready = a heartbeat within ``timeout``."""
-    if row.last_heartbeat is None:
+    return fresh(row.last_heartbeat, now, timeout)
+
+
+def fresh(beat: datetime | None, now: datetime, timeout: timedelta) -> bool:
+    if beat is None:
         return False
-    beat = row.last_heartbeat
     if beat.tzinfo is None:  # SQLite returns naive datetimes
         beat = beat.replace(tzinfo=timezone.utc)
     return now - beat <= timeout

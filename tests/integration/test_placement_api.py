@@ -79,3 +79,24 @@ def test_place_ignores_the_callers_estimate(api: TestClient, tiny_gguf: Path) ->
     assert all(p["placement"]["vram_claim"]["0"] < GiB for p in placed)
     again = api.post(f"/v1/internal/instances/{ids[2]}/place").json()  # no body at all
     assert again["state"] == "SCHEDULED" and again["worker"] == "gpu"
+
+
+def test_place_many_in_one_transaction(api: TestClient, tiny_gguf: Path) -> None:
+    state = api.app.state.gpufleet  # type: ignore[attr-defined]
+    from gpufleet.core.schemas import DeploymentSpec
+    from gpufleet.server.validation import validate_spec
+    from gpufleet.store import repository as repo
+
+    s = DeploymentSpec.model_validate({**spec(tiny_gguf), "replicas": 4})
+    meta, est = validate_spec(s)
+    with state.session() as session:
+        repo.create_deployment(session, s, meta, est)
+        ids = repo.reconcile_replicas(session, "t").created
+    placed = api.post("/v1/internal/place", json={"instance_ids": ids}).json()
+    assert [p["id"] for p in placed] == ids
+    assert all(p["state"] == "SCHEDULED" and p["worker"] == "gpu" for p in placed)
+    claims = api.get("/v1/cluster/snapshot").json()["claims"]
+    assert sorted(c["instance"] for c in claims) == sorted(ids)
+    again = api.post("/v1/internal/place", json={"instance_ids": ids}).json()  # idempotent
+    assert [p["placement"] for p in again] == [p["placement"] for p in placed]
+    assert api.post("/v1/internal/place", json={"instance_ids": [99999]}).status_code == 404

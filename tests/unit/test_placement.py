@@ -291,3 +291,15 @@ def test_vllm_too_large_for_every_tp_size_says_so() -> None:
     assert isinstance(r, Unplaceable)
     assert ("does not fit on 8 GPUs either: each needs 77.0 GiB, 72.0 GiB usable per GPU at vLLM's memory "
             "utilization") in r.reasons["h100"]
+
+
+def test_placers_sharing_a_ledger_see_each_others_claims() -> None:
+    """Two configurations of one deployment placed in one batch: binpack fills GPU 0 of 2 × 24 GiB
+    (5 × 4.5 = 22.5 ≤ 24) whichever placer takes the replica, then GPU 1."""
+    ledger = Ledger(cluster("2xRTX4090-24G"))
+    a = Placer(ledger, req(M7, strategy="binpack"), linear_estimator)
+    b = Placer(ledger, req(M7, strategy="binpack"), linear_estimator)
+    order = [a, b, a, b, b, a, a]
+    gpus = [placed(p.place()).gpu_indexes for p in order]
+    assert gpus == [[0]] * 5 + [[1]] * 2
+    assert ledger.workers["rtx"].gpus[0].free == 24 * GiB - 5 * int(4.5 * GiB)

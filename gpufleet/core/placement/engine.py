@@ -52,10 +52,12 @@ class _SingleGpuIndex:
     def __init__(self, placer: Placer) -> None:
         self.placer = placer
         self.heap: list[tuple[float, str, int, Candidate, float, dict[str, float]]] = []
+        self.seen: dict[str, int] = {}  # worker -> version of its newest entry
         for w in placer.eligible:
             self.refresh(w)
 
     def refresh(self, w: WorkerState) -> None:
+        self.seen[w.name] = w.version
         cand = single_gpu(w, self.placer.usable(w), self.placer.fit, self.placer.request.spec.strategy)
         if isinstance(cand, Candidate):
             total, parts = score(cand, self.placer.request)
@@ -64,9 +66,12 @@ class _SingleGpuIndex:
     def best(self) -> tuple[Candidate, float, dict[str, float]] | None:
         while self.heap:
             _, name, version, cand, total, parts = self.heap[0]
-            if version == self.placer.ledger.workers[name].version:
+            worker = self.placer.ledger.workers[name]
+            if version == worker.version:
                 return cand, total, parts
             heapq.heappop(self.heap)
+            if self.seen[name] != worker.version:  # changed by another placer sharing the ledger
+                self.refresh(worker)
         return None
 
 
