@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
@@ -66,10 +67,12 @@ class HuggingFaceHub:
                           retry=True)  # a single HEAD, not retried by the client
         if meta.size is None:
             raise ModelSourceError(f"{what}: the hub gave no file size")
-        return FileRequest(
-            url=meta.location, headers=build_hf_headers(token=self._token), size=meta.size,
-            etag=meta.etag, revision=meta.commit_hash,
-        )
+        headers = build_hf_headers(token=self._token)
+        if urlsplit(meta.location).netloc != urlsplit(self.endpoint).netloc:
+            # LFS/Xet files resolve to a signed CDN URL: it needs no token, and must not get one.
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        return FileRequest(url=meta.location, headers=headers, size=meta.size,
+                           etag=meta.etag, revision=meta.commit_hash)
 
     def search(self, query: str, gguf: bool, limit: int) -> list[SearchHit]:
         def run() -> list[SearchHit]:

@@ -17,6 +17,8 @@ from gpufleet.core.states import InstanceState
 from gpufleet.node import backends, weights
 from gpufleet.node.context import NodeContext
 from gpufleet.node.weights import PullProgress, pull_hub_model
+from gpufleet.sources import read_metadata
+from tests.support import synthetic_models as sm
 from tests.support.fake_hub import FakeHub
 from tests.support.hub_fixtures import fake_hub  # noqa: F401
 
@@ -117,6 +119,21 @@ def test_gated_pull_token_never_in_messages(fake_hub: FakeHub, tmp_path: Path, m
     with pytest.raises(Exception) as exc:
         pull_hub_model(src, tmp_path / "other")
     assert "SECRET" not in str(exc.value) and "org/gated-GGUF" in str(exc.value)
+
+
+def test_cdn_redirects_get_no_token(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LFS files redirect to a signed CDN URL on another host: header reads and pulls
+    go there without the token (the hub itself still gets it)."""
+    head, size = sm.llama_gguf(sm.LlamaShape())
+    body = head + bytes(size - len(head))
+    fake_hub.add_repo("org/cdn-GGUF", {"c-Q4_K_M.gguf": body}, token="tok-CDN", cdn=True)
+    monkeypatch.setenv("HF_TOKEN", "tok-CDN")
+    src = ModelSource(kind="huggingface", repo="org/cdn-GGUF")
+    assert read_metadata(src).n_layers == 2
+    assert pull_hub_model(src, tmp_path).read_bytes() == body
+    cdn = fake_hub.requests(contains="/cdn/")
+    assert cdn and not any(r.authorized for r in cdn)
+    assert all(r.authorized for r in fake_hub.requests(contains="/resolve/"))
 
 
 def _instance(source: ModelSource) -> InstanceView:

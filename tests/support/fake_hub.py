@@ -79,6 +79,7 @@ class FakeRepo:
     files: dict[str, Body]
     sha: str = ""
     token: str | None = None  # gated: this bearer token is required
+    cdn: bool = False  # HF resolve answers 302 to a "CDN" on another host (localhost), as LFS files do
     downloads: int = 0
     likes: int = 0
     tags: list[str] = field(default_factory=list)
@@ -100,6 +101,7 @@ class LoggedRequest:
     status: int
     body_bytes: int
     range: str | None
+    authorized: bool = False  # an Authorization header or session cookie came with it
 
 
 @dataclass
@@ -193,7 +195,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header(k, v)
             self.end_headers()
             hub._record(LoggedRequest(self.command, self.path, status, 0 if self.command == "HEAD" else len(body),
-                                      self.headers.get("Range")))
+                                      self.headers.get("Range"), self._sent_credentials()))
             if self.command != "HEAD":
                 self.wfile.write(body)
             raise _Done
@@ -203,6 +205,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _hf_error(self, status: int, code: str, message: str) -> None:
             self._json({"error": message}, status, {"X-Error-Code": code, "X-Error-Message": message})
+
+        def _sent_credentials(self) -> bool:
+            return bool(self.headers.get("Authorization")) or "m_session_id" in self.headers.get("Cookie", "")
 
         def _authorized(self, repo: FakeRepo) -> bool:
             if repo.token is None:
@@ -256,7 +261,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             # Logged before the body goes out (the client may return before this
             # thread runs again); corrected below if the body is cut short.
-            entry = LoggedRequest(self.command, self.path, status, end - start if self.command == "GET" else 0, rng)
+            entry = LoggedRequest(self.command, self.path, status, end - start if self.command == "GET" else 0, rng,
+                                  self._sent_credentials())
             hub._record(entry)
             sent = 0
             if self.command == "GET":
@@ -299,9 +305,13 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._hf_tree(m.group(1), m.group(2), m.group(3) or "", query)
             if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
                 self._hf_info(m.group(1), m.group(2))
+            if m := re.fullmatch(r"/cdn/([^/]+/[^/]+)/(.+)", path):  # signed URL: no auth needed
+                self._serve_file(hub.repos[m.group(1)], m.group(2), hf=True)
             if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
                 repo = self._repo(m.group(1), hf=True)
                 self._hf_revision(repo, m.group(2))
+                if repo.cdn and m.group(3) in repo.files:
+                    self._hf_redirect(repo, m.group(3))
                 self._serve_file(repo, m.group(3), hf=True)
             if path == "/openapi/v1/models":
                 self._ms_search(query)
@@ -320,6 +330,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._serve_file(repo, query.get("FilePath", [""])[0], hf=False)
 
         # -- Hugging Face ----------------------------------------------------------
+        def _hf_redirect(self, repo: FakeRepo, path: str) -> None:
+            port = hub.url.rsplit(":", 1)[1]
+            self._send(302, b"", {
+                "Location": f"http://localhost:{port}/cdn/{repo.repo_id}/{quote(path)}",
+                "X-Repo-Commit": repo.sha, "X-Linked-Etag": f'"{repo.etag(path)}"',
+                "X-Linked-Size": str(_size(repo.files[path])),
+            })
+
         def _hf_revision(self, repo: FakeRepo, rev: str) -> None:
             if unquote(rev) not in ("main", repo.sha):
                 self._hf_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
