@@ -69,16 +69,23 @@ class ModelScopeHub:
         return FileRequest(url=url, headers=self._headers(), size=sizes[path], revision=rev)
 
     def search(self, query: str, gguf: bool, limit: int) -> list[SearchHit]:
+        """ModelScope's search has no file-format filter: with `gguf`, "gguf" joins
+        the query (GGUF repositories say so in their names or tags)."""
         def run() -> list[SearchHit]:
             page = self.api.list_repos("model", search=f"{query} gguf" if gguf else query,
                                        sort="downloads", page_size=min(limit, 100))
-            hits = [SearchHit(repo=str(r.id if isinstance(r.id, str) else f"{r.owner}/{r.name}"),
-                              downloads=r.downloads, likes=r.likes,
-                              has_gguf=any("gguf" in t.lower() for t in r.tags) or None)
-                    for r in page.items]
-            return [h for h in hits if h.has_gguf or not gguf][:limit]
+            return [_hit(r) for r in page.items][:limit]
 
         return self._call(run, f"modelscope search {query!r}")
+
+
+def _hit(r: object) -> SearchHit:
+    repo_id = getattr(r, "id", None)
+    repo = repo_id if isinstance(repo_id, str) and "/" in repo_id else f"{getattr(r, 'owner', '')}/{getattr(r, 'name', '')}"
+    tags = [str(t).lower() for t in getattr(r, "tags", []) or []]
+    says_gguf = "gguf" in repo.lower() or any("gguf" in t for t in tags)
+    return SearchHit(repo=repo, downloads=getattr(r, "downloads", None), likes=getattr(r, "likes", None),
+                     has_gguf=True if says_gguf else None)
 
 
 def _translate(fn: Callable[[], T], what: str) -> T:
