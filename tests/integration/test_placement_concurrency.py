@@ -3,8 +3,9 @@
 Two server states on the same database stand for two gpufleet server processes:
 each has its own engine, connection pool and in-process placement lock, so only
 the database's ledger lock (gpufleet.store.ledger.lock_ledger) keeps them apart.
-50 threads place 50 instances of 5 deployments at once, half through each
-"server", onto 2 GPUs that hold exactly 5 replicas each (card = 5.5 × claim).
+50 instances of 5 deployments are placed at once — 30 by single calls and 20 in
+4 batch calls, alternating between the two "servers" — onto 2 GPUs that hold
+exactly 5 replicas each (card = 5.5 × claim).
 """
 
 from __future__ import annotations
@@ -56,9 +57,18 @@ def test_fifty_concurrent_placements_never_overcommit(database_url: str, tiny_gg
             with state.placement_lock, state.session() as s:
                 return repo.place_instance(s, iid, None, TIMEOUT).state
 
-        with ThreadPoolExecutor(max_workers=50) as pool:
-            states = list(pool.map(place, enumerate(ids)))
-        assert set(states) == {InstanceState.SCHEDULED}
+        def place_batch(i_and_ids: tuple[int, list[int]]) -> list[str]:
+            i, batch = i_and_ids
+            state = servers[i % 2]
+            with state.placement_lock, state.session() as s:
+                return [r.state for r in repo.place_instances(s, batch, TIMEOUT)]
+
+        singles, batches = ids[:30], [ids[i:i + 5] for i in range(30, 50, 5)]  # 30 calls + 4 batches of 5
+        with ThreadPoolExecutor(max_workers=34) as pool:
+            one = pool.map(place, enumerate(singles))
+            many = pool.map(place_batch, enumerate(batches))
+            states = list(one) + [st for group in many for st in group]
+        assert states == [InstanceState.SCHEDULED] * 50
 
         with a.session() as s:
             snap = repo.cluster_snapshot(s, TIMEOUT)

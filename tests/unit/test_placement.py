@@ -303,3 +303,15 @@ def test_placers_sharing_a_ledger_see_each_others_claims() -> None:
     gpus = [placed(p.place()).gpu_indexes for p in order]
     assert gpus == [[0]] * 5 + [[1]] * 2
     assert ledger.workers["rtx"].gpus[0].free == 24 * GiB - 5 * int(4.5 * GiB)
+
+
+def test_distributed_part_on_unified_memory_must_fit_that_workers_ram() -> None:
+    """40 × 1 GiB, --distributed over mac (144 GiB unified GPU, 16 GiB RAM) and a (24 GiB GPU, 64 GiB RAM):
+    split 144:24 puts round(40 × 144/168) = 34 layers (34.5 GiB) on the mac GPU, which is RAM there:
+    34.5 > 16, so no distributed candidate; the CPU of a takes it (40 + 0.25 ≤ 64)."""
+    snap = ClusterSnapshot.model_validate({"workers": [
+        {"name": "a", "memory_total": 64 * GiB, "gpus": [{"index": 0, "memory_total": 24 * GiB}]},
+        {"name": "mac", "memory_total": 16 * GiB,
+         "gpus": [{"index": 0, "memory_total": 144 * GiB, "vendor": "apple", "unified_memory": True}]}]})
+    p = placed(place(snap, req(model(40, 1), distributed=True), linear_estimator))
+    assert (p.worker, p.stage) == ("a", "cpu")

@@ -37,10 +37,15 @@ def clusters(draw: st.DrawFn) -> ClusterSnapshot:
             name=name, ready=draw(st.booleans()) or i == 0, memory_total=draw(st.sampled_from((8, 32, 128))) * GiB,
             ram_reserved=draw(st.sampled_from((0, GiB))), gpus=gpus,
             labels={"zone": draw(st.sampled_from(("a", "b"))), **({"fast": "1"} if draw(st.booleans()) else {})}))
+        w = workers[-1]
         for g in gpus:
             if draw(st.booleans()):
+                # a valid starting ledger: a claim on unified memory also fits the worker's RAM
+                room = (g.memory_total - g.reserved) // 2
+                if g.unified_memory:
+                    room = min(room, (w.memory_total - w.ram_reserved) // 2)
                 claims.append(ClaimSnapshot(deployment="other", worker=name, gpu_indexes=[g.index],
-                                            vram_claim={g.index: draw(st.integers(0, (g.memory_total - g.reserved) // 2))}))
+                                            vram_claim={g.index: draw(st.integers(0, room))}))
     return ClusterSnapshot(workers=workers, claims=claims)
 
 
@@ -84,6 +89,8 @@ def test_placement_invariants(data: st.DataObject) -> None:
     for c in cluster.claims:
         for i, amount in c.vram_claim.items():
             vram[(c.worker, i)] += amount
+            if any(g.index == i and g.unified_memory for g in workers[c.worker].gpus):
+                ram[c.worker] += amount
     selector = WorkerSelector.parse(request.spec.worker_selector)
     manual = set(request.spec.gpu_selector)
     used_manual: list[set[str]] = []
@@ -113,3 +120,30 @@ def test_placement_invariants(data: st.DataObject) -> None:
         for g in w.gpus:
             assert vram[(w.name, g.index)] <= g.memory_total - g.reserved, f"{w.name}:{g.index} over-committed"
         assert ram[w.name] <= w.memory_total - w.ram_reserved, f"{w.name} RAM over-committed"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_interleaved_deployments_on_one_ledger_never_overcommit(data: st.DataObject) -> None:
+    """Several deployments placed in turn against one ledger (as a batch placement does)."""
+    from gpufleet.core.placement import Ledger, Placer
+
+    cluster = data.draw(clusters())
+    ledger = Ledger(cluster)
+    placers = [Placer(ledger, data.draw(requests(cluster)).__class__(**{**vars(data.draw(requests(cluster))),
+                                                                        "deployment": f"d{i}"}), linear_estimator)
+               for i in range(3)]
+    results = [placers[i].place() for i in data.draw(st.lists(st.integers(0, 2), min_size=1, max_size=12))]
+    vram: dict[tuple[str, int], int] = defaultdict(int)
+    for c in cluster.claims:
+        for i, amount in c.vram_claim.items():
+            vram[(c.worker, i)] += amount
+    for r in results:
+        if isinstance(r, Placement):
+            for name, claims, _ in _shares(r):
+                for i, amount in claims.items():
+                    vram[(name, i)] += amount
+    for w in cluster.workers:
+        for g in w.gpus:
+            assert vram[(w.name, g.index)] <= g.memory_total - g.reserved
+            assert ledger.workers[w.name].gpu(g.index).free == g.memory_total - g.reserved - vram[(w.name, g.index)]

@@ -72,9 +72,15 @@ def _claims(est: Estimate) -> tuple[int, ...]:
 
 
 def _ram_fits(w: WorkerState, ram: int, gpus: tuple[GpuState, ...], claims: tuple[int, ...]) -> bool:
-    """Host RAM, plus the VRAM claims on GPUs that share RAM (unified memory)."""
-    shared = sum(c for g, c in zip(gpus, claims) if g.unified and g.worker == w.name)
-    return ram + shared <= w.ram_free
+    """Host RAM on the main worker, plus the VRAM claims on GPUs that share their
+    worker's RAM (unified memory) — on every worker involved."""
+    need = {w.name: ram}
+    hosts = {w.name: w}
+    for g, c in zip(gpus, claims):
+        if g.unified and g.host is not None:
+            need[g.worker] = need.get(g.worker, 0) + c
+            hosts[g.worker] = g.host
+    return all(n <= hosts[name].ram_free for name, n in need.items())
 
 
 def _vram_fits(gpus: tuple[GpuState, ...], claims: tuple[int, ...], needs: tuple[int, ...] = ()) -> bool:

@@ -14,7 +14,7 @@ from gpufleet.core.placement.cluster import ClaimSnapshot, ClusterSnapshot, Work
 
 
 class GpuState:
-    __slots__ = ("worker", "index", "name", "total", "free", "claims", "exclusive", "holders", "unified")
+    __slots__ = ("worker", "index", "name", "total", "free", "claims", "exclusive", "holders", "unified", "host")
 
     def __init__(self, worker: str, index: int, name: str, total: int, reserved: int, unified: bool) -> None:
         self.worker = worker
@@ -26,6 +26,7 @@ class GpuState:
         self.exclusive = False  # held by an instance that must not share (vLLM)
         self.holders: set[str] = set()  # deployments with an instance here
         self.unified = unified
+        self.host: WorkerState | None = None  # set by the worker that owns it
 
 
 class WorkerState:
@@ -40,6 +41,8 @@ class WorkerState:
         self.ram_free = w.memory_total - w.ram_reserved
         self.gpus = [GpuState(w.name, g.index, g.name, g.memory_total, g.reserved, g.unified_memory)
                      for g in sorted(w.gpus, key=lambda g: g.index)]
+        for g in self.gpus:
+            g.host = self
         self.gpu_total = sum(g.total for g in self.gpus)
         self.gpu_claimed = sum(g.total - g.free for g in self.gpus)
         self.replicas: Counter[str] = Counter()  # deployment -> instances with a share here
