@@ -112,7 +112,7 @@ def converge(name: str) -> ConvergeReport:
         dep = read_deployment(name)
         for iid in plan.to_place:
             report_state(iid, InstanceState.ANALYZING, "reading model metadata and estimating memory")
-        metadata = fetch_metadata(dep.source)
+        metadata = fetch_metadata(dep.source, dep.category)
         estimate = estimate_resources(metadata, dep.config())
         scheduled = []
         for iid in plan.to_place:

@@ -95,9 +95,11 @@ async def apply_deployments(client: Any) -> list[str]:
     """Create or update every deployment of prefect.yaml, with typed parameter schemas,
     and register gpufleet's block types so they show in the UI."""
     from blocks.gpufleet_server import GpufleetServer
+    from blocks.hub_credentials import HubCredentials
 
     await ensure_pool(client)
     await GpufleetServer.aregister_type_and_schema(client=client)
+    await HubCredentials.aregister_type_and_schema(client=client)
     names = []
     for decl in declared_deployments():
         fl = decl.load_flow()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from gpufleet.client import ApiError, GpufleetClient
@@ -14,8 +15,26 @@ class WaitFailed(RuntimeError):
     pass
 
 
+#: The node reports pulls as "DOWNLOADING 42 % (1.2 GiB of 2.9 GiB, 85 MiB/s)".
+_PERCENT = re.compile(r"^DOWNLOADING (\d+) %(.*)$")
+BAR_WIDTH = 20
+
+
+def progress_bar(percent: int, width: int = BAR_WIDTH) -> str:
+    filled = max(0, min(width, percent * width // 100))
+    return "█" * filled + "░" * (width - filled) + f" {percent} %"
+
+
+def _describe(i: InstanceView) -> str:
+    """State of one instance; a download shows as a bar with its size and rate."""
+    m = _PERCENT.match(i.state_message) if i.state == InstanceState.DOWNLOADING else None
+    if m is None:
+        return f"{i.name}: {i.state}"
+    return f"{i.name}: downloading {progress_bar(int(m.group(1)))}{m.group(2)}"
+
+
 def _summary(instances: list[InstanceView]) -> str:
-    parts = [f"{i.name}: {i.state}" for i in instances if not i.deleting]
+    parts = [_describe(i) for i in instances if not i.deleting]
     removing = sum(1 for i in instances if i.deleting)
     if removing:
         parts.append(f"{removing} removing")

@@ -145,8 +145,13 @@ def create_app(
         metadata, estimate = validate_spec(spec)
         with state.session() as s:
             repo.create_deployment(s, spec, metadata, estimate)
+        # What the user did not choose but should know: the file picked from a repo, an
+        # unknown estimate and why.
+        notes = list(metadata.notes) if metadata else []
+        if not estimate.known and estimate.reason:
+            notes.append(f"estimate unknown: {estimate.reason}")
         try:
-            return start_flow("deploy", {"spec": spec.model_dump(mode="json")})
+            return start_flow("deploy", {"spec": spec.model_dump(mode="json")}, detail="\n".join(notes))
         except HTTPException:
             with state.session() as s:  # nothing half-written: undo the record
                 repo.delete_deployment_row(s, spec.name)
