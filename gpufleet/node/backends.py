@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from gpufleet.core.backends import llama_cpp
-from gpufleet.core.estimate import DEFAULT_CONTEXT
+from gpufleet.core.estimation.llama_params import DEFAULT_CONTEXT
 from gpufleet.core.schemas import InstanceView, ModelMetadata
 from gpufleet.node import processes, weights
 from gpufleet.node.context import NodeContext
