@@ -5,6 +5,7 @@ instance placed as soon as a matching worker joins."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,15 @@ def test_spread_binpack_selectors_and_manual_gpus(cluster: E2ECluster, pool: lis
     assert sorted(i["worker"] for i in spread) == ["pa", "pb"]
     assert all(i["state"] == "RUNNING" for i in spread)
     assert all(i["placement"]["score_breakdown"]["resources"] > 0 for i in spread)
+
+    # the live cluster as a snapshot, and a dry run against it: nothing recorded
+    snap = json.loads(cluster.cli("cluster", "snapshot").stdout)
+    assert {"pa", "pb"} <= {w["name"] for w in snap["workers"]}
+    assert {i["id"] for i in spread} <= {c["instance"] for c in snap["claims"]}
+    dry = json.loads(cluster.cli("plan", "--name", "dry", "--local-path", str(tiny_gguf), "--replicas", "2",
+                                 "--worker-selector", "pool=p", "--json").stdout)
+    assert sorted(r["placement"]["worker"] for r in dry["replicas"]) == ["pa", "pb"]
+    assert not any(d["name"] == "dry" for d in cluster.cli_json("ls"))  # a dry run records nothing
 
     # binpack: both on one worker, on the same GPU (the fullest that fits)
     binpack = deploy(cluster, tiny_gguf, "binpack", "--replicas", "2", "--placement", "binpack",
