@@ -147,3 +147,32 @@ def test_interleaved_deployments_on_one_ledger_never_overcommit(data: st.DataObj
         for g in w.gpus:
             assert vram[(w.name, g.index)] <= g.memory_total - g.reserved
             assert ledger.workers[w.name].gpu(g.index).free == g.memory_total - g.reserved - vram[(w.name, g.index)]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_heap_fast_path_equals_a_full_rescan(data: st.DataObject) -> None:
+    """The single-GPU heap gives the same placements as scoring every worker again each time."""
+    from gpufleet.core.placement import Placer
+    from gpufleet.core.placement.fit import Candidate, single_gpu
+
+    cluster = data.draw(clusters())
+    request = data.draw(requests(cluster))
+    replicas = data.draw(st.integers(1, 10))
+    fast = Placer(cluster, request, linear_estimator).plan(replicas)
+
+    slow_placer = Placer(cluster, request, linear_estimator)
+    slow: list = []
+    for _ in range(replicas):
+        if slow_placer._unknown_estimate() is not None:
+            slow.append(slow_placer.place())
+            continue
+        cands = [c for w in slow_placer.eligible
+                 if isinstance(c := single_gpu(w, slow_placer.usable(w), slow_placer.fit, request.spec.strategy),
+                               Candidate)]
+        if cands:
+            slow.append(slow_placer._commit(*slow_placer._pick(cands)))
+        else:
+            slow.append(slow_placer.place())  # later stages: the same code path on both sides
+    assert [(p.worker, p.gpu_indexes) if isinstance(p, Placement) else None for p in fast] == \
+           [(p.worker, p.gpu_indexes) if isinstance(p, Placement) else None for p in slow]
