@@ -19,7 +19,7 @@ from tasks._connection import connect
 from tasks.dispatch import run_on_node, wait_for_node_runs
 from tasks.estimation import estimate_resources
 from tasks.metadata import fetch_metadata
-from tasks.scheduling import select_gpus
+from tasks.scheduling import select_gpus_batch
 from tasks.server import (
     plan_replicas,
     read_deployment,
@@ -113,14 +113,15 @@ def converge(name: str) -> ConvergeReport:
         for iid in plan.to_place:
             report_state(iid, InstanceState.ANALYZING, "reading model metadata and estimating memory")
         metadata = fetch_metadata(dep.source, dep.category)
-        estimate = estimate_resources(metadata, dep.config())
+        # Logged for the run's record; the server re-estimates per candidate device split
+        # from the stored metadata and each instance's configuration while it places.
+        estimate_resources(metadata, dep.config())
         scheduled = []
-        for iid in plan.to_place:
-            inst = select_gpus(iid, estimate)
+        for inst in select_gpus_batch(plan.to_place):
             if inst.state != InstanceState.SCHEDULED or inst.worker is None:
-                unplaced[iid] = inst.state_message
+                unplaced[inst.id] = inst.state_message
                 continue
-            placed[iid] = inst.worker
+            placed[inst.id] = inst.worker
             scheduled.append(inst)
         meta = {"metadata": metadata.model_dump(mode="json") if metadata else None}
         serve_runs = dispatch("serve-instances", scheduled, meta)

@@ -5,21 +5,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from tasks._connection import connect
-from gpufleet.core.schemas import InstanceView, ResourceEstimate
+from gpufleet.core.schemas import InstanceView
 from tasks._retry import NETWORK_TASK
 
 
 @task(name="select-gpus", **NETWORK_TASK)
-def select_gpus(instance_id: int, estimate: ResourceEstimate | None = None) -> InstanceView:
-    """The server estimates each candidate from the deployment's stored metadata and
-    the instance's configuration; ``estimate`` is kept for the flows' call and only logged."""
-    with connect() as c:
-        inst = c.place(instance_id)
-    get_run_logger().info("instance %s: %s — %s", inst.name, inst.state, inst.state_message)
-    return inst
-
-
-@task(name="select-gpus-batch", **NETWORK_TASK)
 def select_gpus_batch(instance_ids: list[int]) -> list[InstanceView]:
     """All of a deployment's instances to place in one call: one transaction and one
     read of the cluster on the server, instead of one per instance."""

@@ -213,25 +213,30 @@ def node(
     bind_host: Annotated[str, typer.Option(help="address backends and the node API listen on")] = "127.0.0.1",
     api_port: Annotated[int, typer.Option(help="node API port (0 = any free port)")] = 0,
     stop_backends_on_exit: Annotated[bool, typer.Option(help="stop backends when the agent exits")] = False,
+    reserved_ram: Annotated[str, typer.Option(help="RAM placement leaves free on this node, e.g. 2G")] = "0",
+    reserved_vram: Annotated[str, typer.Option(help="VRAM placement leaves free on each GPU, e.g. 1G")] = "0",
 ) -> None:
     """Run a node agent: Prefect worker for this node's queue, inventory, heartbeat, backends."""
     import asyncio
 
     from gpufleet.node.agent import NodeAgent, NodeConfig
     from gpufleet.node.context import NodeContext
-    from gpufleet.node.inventory import VirtualGpuError, node_gpus
+    from gpufleet.node.inventory import VirtualGpuError, node_gpus, parse_size
 
     _setup_logging()
     node_name = name or _default_node_name()
     try:
         gpus = node_gpus(virtual_gpus)
-    except VirtualGpuError as exc:
+        ram_reserved = parse_size(reserved_ram, "--reserved-ram")
+        vram_reserved = parse_size(reserved_vram, "--reserved-vram")
+    except (VirtualGpuError, ValueError) as exc:
         fail(str(exc), 2)
     labels = _parse_env(label)
     ctx = NodeContext(node_name, home() / "nodes" / node_name, bind_host)
     config = NodeConfig(
         name=node_name, server_url=server or server_url(), context=ctx, gpus=gpus, labels=labels,
         api_port=api_port, stop_backends_on_exit=stop_backends_on_exit,
+        ram_reserved=ram_reserved, vram_reserved=vram_reserved,
     )
     asyncio.run(NodeAgent(config).run())
 

@@ -39,6 +39,8 @@ class NodeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     api_port: int = 0
     stop_backends_on_exit: bool = False
+    ram_reserved: int = 0  # bytes of RAM placement leaves free (the OS, other services)
+    vram_reserved: int = 0  # bytes left free on each GPU
 
 
 def free_port(host: str) -> int:
@@ -68,6 +70,8 @@ class NodeAgent:
             cpu_count=os.cpu_count() or 1,
             memory_total=total_memory(),
             work_queue=orchestration.node_queue(self.config.name),
+            ram_reserved=self.config.ram_reserved,
+            vram_reserved=self.config.vram_reserved,
         )
 
     async def register(self) -> None:

@@ -45,7 +45,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ubatch-size", "-ub", type=int)
     p.add_argument("--metrics", action="store_true")
     p.add_argument("--no-warmup", action="store_true")
+    # Flags that change memory: the estimator honours them, so the launcher must too.
+    p.add_argument("--tensor-split", "-ts", type=_split)
+    p.add_argument("--main-gpu", "-mg", type=int)
+    p.add_argument("--cache-type-k", "-ctk", choices=sorted(CACHE_TYPES))
+    p.add_argument("--cache-type-v", "-ctv", choices=sorted(CACHE_TYPES))
+    p.add_argument("--flash-attn", "-fa", choices=sorted(FLASH_ATTN), nargs="?", const="on")
+    p.add_argument("--no-kv-offload", "-nkvo", action="store_true")
+    p.add_argument("--kv-unified", "-kvu", action="store_true")
+    p.add_argument("--swa-full", action="store_true")
     return p
+
+
+#: ggml type ids of the KV cache types llama-server accepts (ggml.h `enum ggml_type`).
+CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+               "iq4_nl": 20, "bf16": 30}
+#: llama.cpp's `llama_flash_attn_type`: -1 auto, 0 off, 1 on.
+FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+MAX_DEVICES = 128  # llama.cpp's LLAMA_MAX_DEVICES: the length of CommonParams.tensor_split
+
+
+def _split(text: str) -> list[float]:
+    """`3,1` -> [3.0, 1.0]: llama-server's proportions per device."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tensor-split takes numbers like 3,1, got {text!r}") from None
+    if not values or len(values) > MAX_DEVICES or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"--tensor-split needs 1..{MAX_DEVICES} non-negative numbers")
+    return values
 
 
 SUPPORTED = {
@@ -75,7 +103,24 @@ def to_params(args: argparse.Namespace) -> Any:
         p.n_ubatch = args.ubatch_size
     p.endpoint_metrics = args.metrics
     p.warmup = not args.no_warmup
+    _memory_params(p, args)
     return p
+
+
+def _memory_params(p: Any, args: argparse.Namespace) -> None:
+    if args.tensor_split:
+        p.tensor_split = args.tensor_split + [0.0] * (MAX_DEVICES - len(args.tensor_split))
+    if args.main_gpu is not None:
+        p.main_gpu = args.main_gpu
+    if args.cache_type_k:
+        p.cache_type_k = CACHE_TYPES[args.cache_type_k]
+    if args.cache_type_v:
+        p.cache_type_v = CACHE_TYPES[args.cache_type_v]
+    if args.flash_attn:
+        p.flash_attn_type = FLASH_ATTN[args.flash_attn]
+    p.no_kv_offload = args.no_kv_offload
+    p.kv_unified = args.kv_unified
+    p.swa_full = args.swa_full
 
 
 def main(argv: list[str] | None = None) -> int:

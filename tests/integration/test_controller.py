@@ -17,7 +17,7 @@ from gpufleet.core.states import InstanceState
 from gpufleet.server.app import ServerState
 from gpufleet.server.controller import Controller
 from gpufleet.sources import read_local_metadata
-from gpufleet.core.estimate import estimate_llama_cpp
+from gpufleet.core.estimation.summary import summarize
 from gpufleet.store import repository as repo
 from gpufleet.store.models import InstanceRow, WorkerRow, utcnow
 
@@ -32,9 +32,9 @@ def setup(database_url: str, tiny_gguf: Path):  # noqa: ANN201
             name="w", address="http://127.0.0.1:1", cpu_count=2, memory_total=8 << 30, work_queue="node-w",
             gpus=[GpuInfo(index=0, name="T4", memory_total=1 << 30, virtual=True)]))
         repo.create_deployment(s, DeploymentSpec(name="d", replicas=1, source=ModelSource(local_path=str(tiny_gguf))),
-                               meta, estimate_llama_cpp(meta))
+                               meta, summarize(meta, "llama.cpp"))
         iid = repo.reconcile_replicas(s, "d").created[0]
-        repo.place_instance(s, iid, estimate_llama_cpp(meta), timedelta(seconds=60))
+        repo.place_instance(s, iid, summarize(meta, "llama.cpp"), timedelta(seconds=60))
     yield state, Controller(state, lambda op, params: calls.append((op, params)) or "run"), iid, calls
     state.engine.dispose()
 

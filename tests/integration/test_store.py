@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet.core.estimate import estimate_llama_cpp
+from gpufleet.core.estimation.summary import summarize
 from gpufleet.core.estimation import EstimateOptions, estimate
 from gpufleet.core.schemas import (
     DeploymentEdit,
@@ -46,7 +46,7 @@ def create(sessions, tiny_gguf: Path, **kw) -> None:  # noqa: ANN001
     s = spec(tiny_gguf, **kw)
     _, meta = read_local_metadata(str(tiny_gguf))
     with sessions.begin() as session:
-        repo.create_deployment(session, s, meta, estimate_llama_cpp(meta))
+        repo.create_deployment(session, s, meta, summarize(meta, "llama.cpp"))
 
 
 def register(sessions, name: str, gpus: list[GpuInfo] | None = None, ram: int = 16 * GiB) -> None:  # noqa: ANN001
@@ -244,7 +244,7 @@ def test_controller_replaces_pending_when_the_cluster_changes(database_url: str,
     try:
         _, meta = read_local_metadata(str(tiny_gguf))
         with state.session() as s:
-            repo.create_deployment(s, spec(tiny_gguf, replicas=1), meta, estimate_llama_cpp(meta))
+            repo.create_deployment(s, spec(tiny_gguf, replicas=1), meta, summarize(meta, "llama.cpp"))
             iid = repo.reconcile_replicas(s, "tiny").created[0]
         with state.session() as s:
             row = repo.place_instance(s, iid, None, TIMEOUT)

@@ -50,9 +50,40 @@ def test_command_line_cpu_defaults() -> None:
     )
     assert spec.args == [
         "--model", "/m/x.gguf", "--host", "127.0.0.1", "--port", "40000", "--alias", "tiny",
-        "--ctx-size", "512", "--n-gpu-layers", "0",
+        "--ctx-size", "512", "--n-gpu-layers", "0", "--parallel", "1",
     ]
     assert spec.env == {"A": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.mark.parametrize(
+    ("placement", "expected"),
+    [
+        # partial offload: the layer count placement found to fit, not "all"
+        (Placement(worker="a", gpu_indexes=[0], offloaded=True, gpu_layers=48, total_layers=81),
+         ["--n-gpu-layers", "48"]),
+        # two GPUs: the split placement estimated with, in gpu_indexes order
+        (Placement(worker="a", gpu_indexes=[2, 5], tensor_split=[0.75, 0.25]),
+         ["--n-gpu-layers", "999", "--tensor-split", "0.75,0.25"]),
+        # one GPU: no split to pass
+        (Placement(worker="a", gpu_indexes=[1], tensor_split=[1.0]), ["--n-gpu-layers", "999"]),
+    ],
+)
+def test_command_line_follows_placement(placement: Placement, expected: list[str]) -> None:
+    spec = llama_cpp.build_launch(
+        config([]), model_path="/m/x.gguf", alias="t", host="h", port=1, placement=placement, default_context=8,
+    )
+    start = spec.args.index("--n-gpu-layers")
+    assert spec.args[start:start + len(expected)] == expected
+    assert spec.args[-2:] == ["--parallel", "1"]
+
+
+def test_user_layers_and_split_win_over_placement() -> None:
+    placement = Placement(worker="a", gpu_indexes=[0, 1], offloaded=True, gpu_layers=10, tensor_split=[1, 1])
+    spec = llama_cpp.build_launch(
+        config(["-ngl=5", "-ts=3,1", "-np=2"]), model_path="/m/x.gguf", alias="t", host="h", port=1,
+        placement=placement, default_context=8,
+    )
+    assert spec.args[spec.args.index("--ctx-size") + 2:] == ["-ngl", "5", "-ts", "3,1", "-np", "2"]
 
 
 def test_command_line_gpu_and_user_params() -> None:
@@ -62,6 +93,7 @@ def test_command_line_gpu_and_user_params() -> None:
     )
     # user ctx wins (no default added); all layers offloaded; GPUs restricted to the claim
     assert spec.args[-6:] == ["--n-gpu-layers", "999", "--ctx-size", "1024", "--parallel", "2"]
+    assert spec.args.count("--parallel") == 1  # the user's, not gpufleet's default
     assert "512" not in spec.args
     assert spec.env["CUDA_VISIBLE_DEVICES"] == "1,3"
 

@@ -26,6 +26,17 @@ MANAGED_FLAGS: dict[str, str] = {
 CTX_FLAGS = ("--ctx-size", "-c")
 GPU_LAYER_FLAGS = ("--n-gpu-layers", "-ngl", "--gpu-layers")
 OFFLOAD_ALL_LAYERS = "999"  # llama.cpp clamps to the model's layer count + output
+TENSOR_SPLIT_FLAGS = ("--tensor-split", "-ts")
+PARALLEL_FLAGS = ("--parallel", "-np")
+
+
+def gpu_layers_arg(placement: Placement) -> str:
+    """All layers on the GPUs, the number placement found to fit (partial offload), or 0 on CPU."""
+    if not placement.gpu_indexes:
+        return "0"
+    if placement.offloaded and placement.gpu_layers is not None:
+        return str(placement.gpu_layers)
+    return OFFLOAD_ALL_LAYERS
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,13 @@ def build_launch(
     if find_value(params, *CTX_FLAGS) is None:
         args += ["--ctx-size", str(default_context)]
     if find_value(params, *GPU_LAYER_FLAGS) is None:
-        args += ["--n-gpu-layers", OFFLOAD_ALL_LAYERS if placement.gpu_indexes else "0"]
+        args += ["--n-gpu-layers", gpu_layers_arg(placement)]
+    if find_value(params, *TENSOR_SPLIT_FLAGS) is None and len(placement.tensor_split) > 1:
+        # The split placement estimated with, in gpu_indexes order (= CUDA_VISIBLE_DEVICES order).
+        args += ["--tensor-split", ",".join(f"{x:g}" for x in placement.tensor_split)]
+    if find_value(params, *PARALLEL_FLAGS) is None:
+        # The estimator assumes one sequence; recent llama-server builds default to 4 slots.
+        args += ["--parallel", "1"]
     for p in params:
         args += p.as_args()
     env = dict(config.env)
