@@ -33,7 +33,6 @@ from gpufleet.cli.wait import WaitFailed, wait_for_deployment
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable, server_url
 from gpufleet.core.backends.llama_cpp import validate_params
 from gpufleet.core.backends.params import BackendParamError
-from gpufleet.core.placement_spec import PlacementSpec
 from gpufleet.core.schemas import DeploymentEdit, DeploymentSpec, ModelSource
 from gpufleet.settings import DEFAULT_PORT, database_url, home
 
@@ -288,15 +287,15 @@ def deploy(
             backend_params=_params(backend_param),
             env=_parse_env(env),
             backend_version=backend_version,
-            placement=PlacementSpec(
-                strategy=placement,  # type: ignore[arg-type]
-                worker_selector=worker_selector or [],
-                gpu_selector=gpu or [],
-                gpus_per_replica=gpus_per_replica,
-                cpu_offloading=cpu_offloading,
-                distributed=distributed,
-                overcommit=overcommit,
-            ),
+            placement={  # validated as part of the spec, so errors name `placement.<field>`
+                "strategy": placement,
+                "worker_selector": worker_selector or [],
+                "gpu_selector": gpu or [],
+                "gpus_per_replica": gpus_per_replica,
+                "cpu_offloading": cpu_offloading,
+                "distributed": distributed,
+                "overcommit": overcommit,
+            },
             **fields,  # type: ignore[arg-type]
         )
     except ValueError as exc:
