@@ -20,16 +20,23 @@ Layout reference (GGUF v2/v3, little-endian)::
 where ``string`` is ``u64 length + UTF-8 bytes`` and an array value is
 ``u32 element_type, u64 count, elements``.
 
+String arrays (a vocabulary and its merges: 400k+ strings in one header)
+are returned as :class:`GGUFStringArray`: validated in full while parsing,
+but decoded to ``str`` only when an element is first read, because what
+callers need from them is almost always just their length.
+
 This module imports only the standard library (a test enforces that
 ``gpufleet.core`` stays pure).
 """
 
 from __future__ import annotations
 
+import re
 import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, overload
 
 __all__ = [
     "DEFAULT_ALIGNMENT",
@@ -38,6 +45,7 @@ __all__ = [
     "GGML_TYPE_SIZES",
     "GGUFError",
     "GGUFHeader",
+    "GGUFStringArray",
     "GGUFTruncated",
     "GGUFValueType",
     "ParseLimits",
@@ -243,10 +251,11 @@ _KV_MIN_BYTES: Final = _STRING_MIN_BYTES + 4 + 1
 # name (empty string) + u32 n_dims + u32 type + u64 offset
 _TENSOR_INFO_MIN_BYTES: Final = _STRING_MIN_BYTES + 4 + 4 + 8
 _INT64_MAX: Final = (1 << 63) - 1
-# Largest window copied at once when a memoryview input is read in windows.
-_WINDOW_BYTES: Final = 1 << 20
-# Assumed average size of one encoded vocabulary string, for a first window.
-_STRING_GUESS_BYTES: Final = 32
+# Strings per regular-expression match when walking a long string array (see
+# _skip_strings); arrays shorter than this are walked by the Python loop alone.
+_SHORT_CHUNK = 1024
+# Longest string the regular expression recognises: one with a one-byte length.
+_SHORT_MAX: Final = 255
 
 
 def _min_value_bytes(value_type: int) -> int:
@@ -263,6 +272,109 @@ def _min_value_bytes(value_type: int) -> int:
 # --------------------------------------------------------------------------
 # Result types
 # --------------------------------------------------------------------------
+
+
+class GGUFStringArray(Sequence[str]):
+    """A metadata string array (e.g. ``tokenizer.ggml.tokens``), decoded on demand.
+
+    Why not a ``list``: decoding a 128k-token vocabulary and its 280k merges
+    into ``str`` objects is most of the cost of parsing a large header, yet
+    callers mostly ask only ``len()``. The parser has already checked every
+    length, cap and bound of the array; this object keeps the array's encoded
+    bytes (a private copy, never a view into the caller's buffer, so an mmap
+    can be closed and a bytearray reused) and decodes all of it, once, the
+    first time an element is read. Decoding is infallible: invalid UTF-8 is
+    replaced exactly as in scalar strings.
+
+    It is an immutable :class:`collections.abc.Sequence` of ``str``: ``len``,
+    indexing (a slice gives a ``list``), iteration, ``in``, ``index`` and
+    ``count`` work, and it compares equal to a ``list`` with the same strings.
+    It is deliberately *not* a ``list`` subclass, since C code that sees a
+    list (``str.join``, ``json``) reads the list's own storage and would find
+    it empty; ``isinstance(x, list)`` is therefore False, and code that
+    accepts arrays should test ``isinstance(x, list | GGUFStringArray)``.
+    Use ``list(x)`` where a real list is needed.
+    """
+
+    __slots__ = ("_count", "_items", "_raw")
+
+    def __init__(self, strings: Iterable[str] = ()) -> None:
+        items = list(strings)
+        if not all(isinstance(s, str) for s in items):
+            raise TypeError("GGUFStringArray holds only str")
+        self._raw: bytes | None = None
+        self._count = len(items)
+        self._items: list[str] | None = items
+
+    @classmethod
+    def _from_encoded(cls, raw: bytes, count: int) -> GGUFStringArray:
+        """Wrap `count` length-prefixed strings that the parser has validated."""
+        self = cls.__new__(cls)
+        self._raw = raw
+        self._count = count
+        self._items = None
+        return self
+
+    def _list(self) -> list[str]:
+        items = self._items
+        if items is None:
+            assert self._raw is not None
+            items = self._items = _decode_strings(self._raw, self._count)
+        return items
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self._list())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._list()
+
+    def index(self, value: object, start: int = 0, stop: int | None = None) -> int:
+        stop = self._count if stop is None else stop
+        return self._list().index(value, start, stop)  # type: ignore[arg-type]
+
+    def count(self, value: object) -> int:
+        return self._list().count(value)  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GGUFStringArray):
+            if self._count != other._count:
+                return False
+            if self._raw is not None and self._raw == other._raw:
+                return True  # same bytes, same strings; no decoding needed
+            return self._list() == other._list()
+        if isinstance(other, list):
+            return self._count == len(other) and self._list() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # compares equal to lists, which are unhashable
+
+    def __repr__(self) -> str:
+        shown = 8
+        if self._count <= shown:
+            return f"GGUFStringArray({self._list()!r})"
+        if self._items is not None:
+            head = self._items[:shown]
+        else:  # decode just what is shown
+            head = _decode_strings(self._raw or b"", shown, partial=True)
+        return f"GGUFStringArray({head!r} + {self._count - shown} more)"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        if self._raw is not None:
+            return (GGUFStringArray._from_encoded, (self._raw, self._count))
+        return (GGUFStringArray, (self._list(),))
 
 
 @dataclass(frozen=True)
@@ -287,7 +399,9 @@ class GGUFHeader:
     """Everything before the tensor data: metadata and the tensor table."""
 
     version: int
-    metadata: dict[str, object]  # key -> python value (int/float/bool/str/list)
+    # key -> python value: int/float/bool/str, a list for numeric and nested
+    # arrays, a GGUFStringArray for string arrays
+    metadata: dict[str, object]
     tensors: tuple[TensorInfo, ...]
     alignment: int  # general.alignment or 32
     header_size: int  # bytes up to end of tensor-info table (before padding)
@@ -374,26 +488,12 @@ class _Cursor:
             needed=needed,
         )
 
-    def window(
-        self, start: int, n_bytes: int, then: int, what: str, size: int
-    ) -> tuple[bytes, int, int, int]:
-        """A bytes window for a windowed read: ``(chunk, base, pos, end)`` where
-        ``chunk[pos:end]`` is the buffer from absolute offset `start` on.
-
-        bytes input is returned whole (slicing it copies nothing extra). A
-        memoryview is copied ``max(n_bytes, size)`` bytes at a time, because
-        slicing bytes is several times cheaper than slicing a memoryview,
-        while copying the whole (possibly mmapped) input is not acceptable.
-        `n_bytes` must be present; `then` is the minimum still to come after
-        them, which makes the truncation hint a tighter lower bound.
-        """
-        if start + n_bytes > self.end:
-            self.pos = start
-            raise self.shortfall(start + n_bytes + then, n_bytes + then, what)
-        if isinstance(self.data, bytes):
-            return self.data, 0, start, self.end
-        stop = min(self.end, start + max(n_bytes, size))
-        return bytes(self.data[start:stop]), start, 0, stop - start
+    def past_end(self, start: int, n_bytes: int, then: int, what: str) -> GGUFError:
+        """The error for `n_bytes` at absolute offset `start` that are not all
+        in the buffer; `then` is the minimum still to come after them, which
+        makes the truncation hint a tighter lower bound."""
+        self.pos = start
+        return self.shortfall(start + n_bytes + then, n_bytes + then, what)
 
     def u32(self, what: str) -> int:
         self.require(4, what)
@@ -443,7 +543,7 @@ def _read_value(cur: _Cursor, value_type: int, what: str, depth: int) -> object:
     raise GGUFError(f"{what} at byte offset {cur.pos - 4} has unknown value type {value_type}")
 
 
-def _read_array(cur: _Cursor, what: str, depth: int) -> list[object]:
+def _read_array(cur: _Cursor, what: str, depth: int) -> list[object] | GGUFStringArray:
     """Decode an array, checking its count against the cap and the bytes
     remaining before allocating anything for it."""
     start = cur.pos
@@ -478,58 +578,118 @@ def _read_scalar_array(
 
 def _read_string_array(
     cur: _Cursor, elem_type: int, count: int, what: str, depth: int
-) -> list[object]:
-    """The vocabulary hot path (150k+ strings). Length prefixes force a
-    Python loop, so its body is kept to one unpack and one bytes slice, and
-    UTF-8 decoding is done once for the whole array instead of per string."""
-    pieces = _string_array_pieces(cur, count, what)
-    return _decode_pieces(pieces)
+) -> GGUFStringArray:
+    """The vocabulary hot path (400k+ strings in a large header). Every
+    length is checked here, but nothing is decoded: the array's bytes are
+    copied once (one memcpy; never a view that would pin the caller's buffer)
+    and :class:`GGUFStringArray` decodes them if an element is ever read."""
+    start = cur.pos
+    _skip_strings(cur, count, what)
+    return GGUFStringArray._from_encoded(bytes(cur.data[start : cur.pos]), count)
 
 
-def _string_array_pieces(cur: _Cursor, count: int, what: str) -> list[bytes]:
-    """Raw bytes of each string, read through :meth:`_Cursor.window`. The
-    window starts near the array's likely size and doubles on each refill,
-    so the bytes copied stay proportional to the bytes consumed even for
-    many tiny nested string arrays."""
-    cap = cur.limits.max_string_len
+def _skip_strings(cur: _Cursor, count: int, what: str) -> None:
+    """Advance the cursor over `count` strings, with every check of
+    :func:`_walk_strings`.
+
+    A Python loop costs ~100 ns per string, which alone exceeds the budget
+    for a 70B-class header. Real vocabulary strings are short, so their u64
+    length is one byte followed by seven zeros, and a chunk of such strings
+    is a regular language the C regex engine walks in a single match, without
+    creating an object per string (see :func:`_short_strings`). A chunk that
+    does not match (a long string, or the buffer ends inside it) is walked
+    again by the loop, which accepts the same inputs as the regex and more,
+    and raises the exact error; so results and errors, ``needed`` included,
+    are those of the loop alone. The regex is only used where it cannot
+    accept what the loop would reject: the string cap must admit 255 bytes,
+    and matching stops at the buffer end (already clamped to the header cap).
+    """
+    pos, done, chunk = cur.pos, 0, _SHORT_CHUNK
+    if count >= chunk and cur.limits.max_string_len >= _SHORT_MAX:
+        match = _short_strings(chunk).match
+        data, end = cur.data, cur.end
+        while count - done >= chunk:
+            m = match(data, pos, end)
+            if m is not None:
+                pos = m.end()
+            else:
+                pos = _walk_strings(cur, pos, done, done + chunk, count, what)
+            done += chunk
+        del m  # a match object refers to the (possibly mmapped) buffer
+    cur.pos = _walk_strings(cur, pos, done, count, count, what)
+
+
+def _walk_strings(cur: _Cursor, pos: int, first: int, stop: int, count: int, what: str) -> int:
+    """Check strings ``first..stop-1`` of a `count`-string array starting at
+    absolute offset `pos`, returning the offset after them: each length must
+    be readable, within the string cap, and its bytes within the buffer.
+    Reads the buffer in place (a memoryview included); slices nothing."""
+    data, end, cap = cur.data, cur.end, cur.limits.max_string_len
     unpack_len = _U64.unpack_from
-    size = min(_WINDOW_BYTES, count * _STRING_GUESS_BYTES)
-    chunk, base, pos, end = cur.window(cur.pos, 0, 0, what, size)
-    pieces: list[bytes] = [b""] * count
-    for i in range(count):
+    for i in range(first, stop):
         if pos + 8 > end:
-            size = min(_WINDOW_BYTES, 2 * size)
-            then = (count - i - 1) * 8
-            chunk, base, pos, end = cur.window(base + pos, 8, then, f"{what}[{i}] length", size)
-        (length,) = unpack_len(chunk, pos)
+            raise cur.past_end(pos, 8, (count - i - 1) * 8, f"{what}[{i}] length")
+        (length,) = unpack_len(data, pos)
         if length > cap:
             raise GGUFError(
-                f"{what}[{i}] at byte offset {base + pos} has length {length}, "
-                f"over the limit of {cap}"
+                f"{what}[{i}] at byte offset {pos} has length {length}, over the limit of {cap}"
             )
         pos += 8
-        stop = pos + length
-        if stop > end:
-            size = min(_WINDOW_BYTES, 2 * size)
-            then = (count - i - 1) * 8
-            chunk, base, pos, end = cur.window(base + pos, length, then, f"{what}[{i}]", size)
-            stop = pos + length
-        pieces[i] = chunk[pos:stop]
-        pos = stop
-    cur.pos = base + pos
-    return pieces
+        if pos + length > end:
+            raise cur.past_end(pos, length, (count - i - 1) * 8, f"{what}[{i}]")
+        pos += length
+    return pos
 
 
-def _decode_pieces(pieces: list[bytes]) -> list[object]:
-    """Decode all strings with one ``decode`` call by joining on NUL, which
+_SHORT_PATTERNS: dict[int, re.Pattern[bytes]] = {}
+
+
+def _short_strings(chunk: int) -> re.Pattern[bytes]:
+    """A regex matching exactly `chunk` consecutive strings of at most 255
+    bytes. Each string is one alternative per length n: the byte n, the
+    seven zero bytes of the rest of the u64 length, then ``.{n}``, which
+    skips the string in O(1). The length byte lets only one alternative
+    match; they are in increasing length, the order the engine tries them
+    in, as short strings are the common case.
+
+    Engine steps per string are what this costs (~50 ns), so: the zeros are
+    a backreference to the first string's zeros (one step instead of seven,
+    ~20% of the walk), and both repeats are possessive, which also spares
+    the engine a backtracking frame per string. There is nothing to
+    backtrack into anyway, so a chunk that does not match fails in time
+    linear in its size. Compiled on first use (a few ms), not at import."""
+    pattern = _SHORT_PATTERNS.get(chunk)
+    if pattern is None:
+        one = b"|".join(
+            b"\\x%02x\\1" % n + (b".{%d}+" % n if n else b"") for n in range(_SHORT_MAX + 1)
+        )
+        source = b"(?=.(\\x00{7}))(?:%s){%d}+" % (one, chunk)
+        pattern = _SHORT_PATTERNS[chunk] = re.compile(source, re.DOTALL)
+    return pattern
+
+
+def _decode_strings(raw: bytes, count: int, partial: bool = False) -> list[str]:
+    """Decode `count` length-prefixed strings from `raw`, bytes the parser has
+    already validated (with `partial`, only the first `count` of them).
+    Decoding all strings with one ``decode`` call by joining on NUL, which
     UTF-8 never uses inside a multi-byte sequence, so replacement of invalid
     bytes is the same as decoding each string alone. Strings that themselves
     contain NUL (legal, if odd) fall back to per-string decoding."""
+    unpack_len = _U64.unpack_from
+    pieces: list[bytes] = [b""] * count
+    pos = 0
+    for i in range(count):
+        (length,) = unpack_len(raw, pos)
+        pos += 8
+        pieces[i] = raw[pos : pos + length]
+        pos += length
+    if pos != len(raw) and not partial:
+        raise ValueError(f"string array bytes hold more than {count} strings")
     if not pieces:
         return []
     joined = b"\x00".join(pieces)
-    if joined.count(b"\x00") == len(pieces) - 1:
-        return list(joined.decode("utf-8", "replace").split("\x00"))
+    if joined.count(b"\x00") == count - 1:
+        return joined.decode("utf-8", "replace").split("\x00")
     return [p.decode("utf-8", "replace") for p in pieces]
 
 
@@ -582,6 +742,65 @@ def _alignment_from(metadata: dict[str, object]) -> int:
 # --------------------------------------------------------------------------
 # Tensor table
 # --------------------------------------------------------------------------
+
+
+def _read_tensor_infos(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[TensorInfo, ...]:
+    """The tensor table, one row at a time.
+
+    Most rows are valid, and the careful reader below spends most of its
+    time on bookkeeping for errors that do not happen (per-field bound
+    checks and error-message text built in advance). So each row is first
+    tried by a fast path that reads the whole row in two struct calls and
+    makes every check of :func:`_read_tensor_info`, but builds no text; a row
+    that fails any of them is read again by :func:`_read_tensor_info` from
+    its start, which raises the precise error (or, where the fast path is
+    merely narrower, e.g. more dims than it has a layout for, reads it)."""
+    data, end, limits = cur.data, cur.end, cur.limits
+    max_name, max_dims = limits.max_tensor_name_len, limits.max_dims
+    max_elements = limits.max_tensor_elements
+    unpack_u64, unpack_u32 = _U64.unpack_from, _U32.unpack_from
+    sizes_of = GGML_TYPE_SIZES.get
+    seen: set[str] = set()
+    out: list[TensorInfo] = []
+    for index in range(n_tensors):
+        pos = cur.pos
+        row = None
+        if pos + 8 <= end:
+            (name_len,) = unpack_u64(data, pos)
+            at = pos + 8 + name_len
+            if name_len <= max_name and at + 4 <= end:
+                (n_dims,) = unpack_u32(data, at)
+                if n_dims <= max_dims and n_dims < len(_ROW_TAILS):
+                    tail = _ROW_TAILS[n_dims]
+                    stop = at + 4 + tail.size
+                    if stop <= end:
+                        row = tail.unpack_from(data, at + 4)
+        if row is not None:
+            shape, ggml_type, offset = row[:-2], row[-2], row[-1]
+            sizes = sizes_of(ggml_type)
+            n_elements = 1
+            for dim in shape:
+                n_elements *= dim
+                if dim > _INT64_MAX or n_elements > max_elements:
+                    sizes = None
+            name = str(data[pos + 8 : at], "utf-8", "replace")
+            if (
+                sizes is not None
+                and not offset % alignment
+                and not (shape[0] if shape else 1) % sizes[0]
+                and name not in seen
+            ):
+                seen.add(name)
+                n_bytes = n_elements // sizes[0] * sizes[1]
+                out.append(TensorInfo(name, shape, ggml_type, offset, n_elements, n_bytes))
+                cur.pos = stop
+                continue
+        out.append(_read_tensor_info(cur, index, alignment, seen))
+    return tuple(out)
+
+
+# n_dims -> layout of the rest of a tensor-info row: ne[n_dims], ggml type, offset.
+_ROW_TAILS: Final = tuple(struct.Struct(f"<{n}QIQ") for n in range(DEFAULT_LIMITS.max_dims + 1))
 
 
 def _read_tensor_info(cur: _Cursor, index: int, alignment: int, seen: set[str]) -> TensorInfo:
@@ -752,8 +971,7 @@ def parse_gguf_header(
     metadata = _read_metadata(cur, n_kv)
     alignment = _alignment_from(metadata)
     cur.require(n_tensors * _TENSOR_INFO_MIN_BYTES, f"{n_tensors} tensor infos")
-    seen: set[str] = set()
-    tensors = tuple(_read_tensor_info(cur, i, alignment, seen) for i in range(n_tensors))
+    tensors = _read_tensor_infos(cur, n_tensors, alignment)
     header_size = cur.pos
     data_offset = -(-header_size // alignment) * alignment
     _check_data_ranges(tensors, data_offset, file_size)

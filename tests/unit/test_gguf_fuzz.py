@@ -6,21 +6,33 @@ The mutations target what attackers and broken downloads produce: random
 bytes, bit flips, truncation, and lengths/counts overwritten with huge
 integers, applied to a small but complete header that exercises every
 value type, nested arrays, a string array and a tensor table.
+
+Long string arrays are walked by a regex, a chunk of strings at a time,
+and tensor rows are read by a fast path, each falling back to a careful
+reader; every input is also parsed with the regex chunk shrunk to 2
+strings (so that the fuzzed arrays take the regex path) and with both fast
+paths off, and all must give the same verdict.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gpufleet.core.gguf as gguf_module
 from gpufleet.core.gguf import GGUFError, GGUFHeader, GGUFTruncated, parse_gguf_header
 
 
-def gstr(text: str) -> bytes:
-    raw = text.encode()
+def gbytes(raw: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
+
+
+def gstr(text: str) -> bytes:
+    return gbytes(text.encode())
 
 
 def kv(key: str, vtype: int, payload: bytes) -> bytes:
@@ -97,11 +109,34 @@ def outcome(buf: bytes | memoryview, file_size: int | None) -> object:
     return result
 
 
+@contextmanager
+def fast_paths(regex_chunk: int, row_fast_path: bool = True) -> Iterator[None]:
+    """Walk string arrays `regex_chunk` strings per regex match (by default
+    only arrays of 1024 strings or more use the regex), and optionally turn
+    off the tensor-row fast path, leaving the careful readers alone."""
+    saved = gguf_module._SHORT_CHUNK, gguf_module._ROW_TAILS
+    gguf_module._SHORT_CHUNK = regex_chunk
+    if not row_fast_path:
+        gguf_module._ROW_TAILS = ()  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        gguf_module._SHORT_CHUNK, gguf_module._ROW_TAILS = saved  # type: ignore[misc]
+
+
 def check(buf: bytes, file_size: int | None) -> None:
-    """bytes and memoryview inputs take different (windowed) code paths in
-    the string-array reader; both must reach the same verdict."""
+    """bytes and memoryview inputs, and the fast paths (regex walk of string
+    arrays, one-shot tensor rows) and the careful readers they fall back
+    to, must all reach the same verdict."""
     # repr, not ==: mutated floats are often NaN, which never equals itself
-    assert repr(outcome(buf, file_size)) == repr(outcome(memoryview(buf), file_size))
+    expected = repr(outcome(buf, file_size))
+    assert repr(outcome(memoryview(buf), file_size)) == expected
+    with fast_paths(regex_chunk=2):
+        assert repr(outcome(buf, file_size)) == expected
+        assert repr(outcome(memoryview(buf), file_size)) == expected
+    with fast_paths(regex_chunk=1 << 62, row_fast_path=False):
+        assert repr(outcome(buf, file_size)) == expected
+        assert repr(outcome(memoryview(buf), file_size)) == expected
 
 
 def test_valid_seed_parses() -> None:
@@ -176,3 +211,27 @@ def test_mutated_valid_header(ops: list[tuple], size_mode: str) -> None:  # type
 def test_every_prefix_of_valid_file(cut: int) -> None:
     check(VALID[:cut], None)
     check(VALID[:cut], len(VALID))
+
+
+# Mostly short strings (the regex path), some with two-byte lengths (the loop).
+strings = st.lists(
+    st.one_of(st.binary(max_size=12), st.binary(min_size=250, max_size=300)), max_size=24
+)
+
+
+@FUZZ
+@given(items=strings, ops=st.lists(mutation, max_size=3), cut=st.integers(0, 1 << 16))
+def test_string_array_walks_agree(
+    items: list[bytes], ops: list[tuple], cut: int  # type: ignore[type-arg]
+) -> None:
+    body = struct.pack("<IQ", 8, len(items)) + b"".join(gbytes(x) for x in items)
+    after = kv("b", 4, struct.pack("<I", 1))
+    data = bytearray(b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + kv("a", 9, body) + after)
+    for op in ops:
+        data = mutate(data, op)
+    raw = bytes(data)
+    check(raw, None)
+    check(raw[: cut % (len(raw) + 1)], len(raw))
+    if not ops:
+        header = parse_gguf_header(raw)
+        assert header.get("a") == [x.decode("utf-8", "replace") for x in items]

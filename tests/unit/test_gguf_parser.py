@@ -8,8 +8,12 @@ malformed headers for every validation it promises.
 from __future__ import annotations
 
 import ast
+import copy
+import mmap
+import pickle
 import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import gguf
@@ -24,6 +28,7 @@ from gpufleet.core.gguf import (
     GGML_TYPE_SIZES,
     GGUFError,
     GGUFHeader,
+    GGUFStringArray,
     GGUFTruncated,
     ParseLimits,
     parse_gguf_header,
@@ -149,7 +154,7 @@ def test_tiny_model_matches_gguf_reader(tmp_path: Path, shape: TinyModelShape) -
 def test_tiny_model_metadata_and_helpers(tiny_bytes: bytes) -> None:
     header = parse_gguf_header(tiny_bytes, len(tiny_bytes))
     tokens = header.get("tokenizer.ggml.tokens")
-    assert isinstance(tokens, list)
+    assert isinstance(tokens, GGUFStringArray)
     assert tokens[:3] == ["<unk>", "<s>", "</s>"]
     assert tokens[3] == "<0x00>" and tokens[258] == "<0xFF>"
     assert header.get("tokenizer.ggml.token_type")[3] == 6  # type: ignore[index]
@@ -224,7 +229,8 @@ def round_trip_header(tmp_path_factory: pytest.TempPathFactory) -> GGUFHeader:
 def test_metadata_round_trip(round_trip_header: GGUFHeader, key: str, value: object) -> None:
     got = round_trip_header.get(key)
     assert got == value
-    assert type(got) is type(value)
+    string_array = isinstance(value, list) and bool(value) and isinstance(value[0], str)
+    assert type(got) is (GGUFStringArray if string_array else type(value))
 
 
 # --------------------------------------------------------------------------
@@ -508,12 +514,176 @@ def test_150k_vocabulary_parses_fast() -> None:
         header = parse_gguf_header(buf, len(raw))
         elapsed = time.perf_counter() - start
         tokens = header.get("tokenizer.ggml.tokens")
-        assert isinstance(tokens, list) and len(tokens) == n
+        assert isinstance(tokens, GGUFStringArray) and len(tokens) == n
         assert tokens[0] == "\u2581tok0" and tokens[-1] == f"\u2581tok{n - 1}"
         assert len(header.get("tokenizer.ggml.scores")) == n  # type: ignore[arg-type]
         assert len(header.get("tokenizer.ggml.token_type")) == n  # type: ignore[arg-type]
         # ~60 ms on a laptop core; the bound only catches per-element blowups.
         assert elapsed < 2.0
+
+
+# --------------------------------------------------------------------------
+# String arrays: GGUFStringArray and the fast walk over long arrays
+# --------------------------------------------------------------------------
+
+
+def str_array_file(strings: list[bytes], tail: bool = True) -> bytes:
+    """A header whose only big value is one string array; `tail` adds a key
+    after it, so the array's end must be found exactly."""
+    body = struct.pack("<IQ", T_STR, len(strings)) + b"".join(gstr(x) for x in strings)
+    kvs = [ARCH_KV, kv("a", T_ARR, body)]
+    if tail:
+        kvs.append(kv_u32("after", 7))
+    return gguf_bytes(kvs, [tinfo("w", [4])], data=b"\0" * 16)
+
+
+def outcome(buf: bytes | memoryview, file_size: int | None = None, **kw: object) -> object:
+    try:
+        return parse_gguf_header(buf, file_size, **kw)  # type: ignore[arg-type]
+    except GGUFTruncated as exc:
+        return ("truncated", exc.needed, str(exc))
+    except GGUFError as exc:
+        return ("error", str(exc))
+
+
+def mixed_strings(n: int) -> list[bytes]:
+    """Short strings, with the cases the regex must hand to the loop spread
+    over a few chunks: long ones (two-byte lengths), 255 bytes, empty, NUL
+    inside, and invalid UTF-8."""
+    out = [f"\u2581t{i}".encode() for i in range(n)]
+    out[5] = b"x" * 300
+    out[1500] = b"y" * 255
+    out[1501] = b""
+    out[2100] = b"a\0b"
+    out[2101] = b"\xff\xfe"
+    out[n - 1] = b"z" * 70_000
+    return out
+
+
+def test_string_array_is_a_lazy_sequence() -> None:
+    raw = str_array_file([b"a", b"", "ü▁x".encode(), b"\xc3"])
+    header = parse_gguf_header(raw, len(raw))
+    arr = header.get("a")
+    assert isinstance(arr, GGUFStringArray) and isinstance(arr, Sequence)
+    assert not isinstance(arr, list)
+    assert len(arr) == 4 and arr._items is None, "len() must not decode"
+    assert arr == ["a", "", "ü▁x", "\ufffd"] and ["a", "", "ü▁x", "\ufffd"] == arr
+    assert arr != ["a", "", "ü▁x"] and arr != ("a", "", "ü▁x", "\ufffd")
+    assert arr[0] == "a" and arr[-1] == "\ufffd" and arr[1:3] == ["", "ü▁x"]
+    assert isinstance(arr[1:3], list)
+    assert list(arr) == ["a", "", "ü▁x", "\ufffd"] and list(reversed(arr))[0] == "\ufffd"
+    assert "a" in arr and "b" not in arr and arr.index("") == 1 and arr.count("a") == 1
+    assert ",".join(arr) == "a,,ü▁x,\ufffd"
+    with pytest.raises(IndexError):
+        arr[4]
+    with pytest.raises(TypeError):
+        hash(arr)
+    assert arr == GGUFStringArray(["a", "", "ü▁x", "\ufffd"])
+    assert pickle.loads(pickle.dumps(arr)) == arr and copy.deepcopy(arr) == arr
+    assert repr(arr) == "GGUFStringArray(['a', '', 'ü▁x', '\ufffd'])"
+    with pytest.raises(TypeError):
+        GGUFStringArray([b"bytes"])  # type: ignore[list-item]
+
+
+def test_long_string_array_repr_and_equality_need_not_decode() -> None:
+    raw = str_array_file([f"s{i}".encode() for i in range(5000)])
+    a, b = parse_gguf_header(raw).get("a"), parse_gguf_header(memoryview(raw)).get("a")
+    assert isinstance(a, GGUFStringArray) and isinstance(b, GGUFStringArray)
+    assert a == b and a._items is None and b._items is None
+    assert repr(a) == f"GGUFStringArray({[f's{i}' for i in range(8)]!r} + 4992 more)"
+    assert a._items is None
+    assert a[4999] == "s4999" and a == [f"s{i}" for i in range(5000)]
+    # differently encoded bytes that decode the same (two invalid sequences) still compare equal
+    x = parse_gguf_header(str_array_file([b"\xff"] * 3)).get("a")
+    y = parse_gguf_header(str_array_file([b"\xfe"] * 3)).get("a")
+    assert x == y == ["\ufffd"] * 3
+
+
+def test_string_array_outlives_its_mmap(tmp_path: Path) -> None:
+    """The local reader parses an mmap and closes it straight after; the
+    array must hold its own copy (closing would fail on a live view)."""
+    strings = mixed_strings(3000)
+    path = tmp_path / "m.gguf"
+    path.write_bytes(str_array_file(strings))
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        header = parse_gguf_header(view, len(mm))
+        view.release()
+    arr = header.get("a")
+    assert arr == [x.decode("utf-8", "replace") for x in strings]
+
+
+def test_string_array_is_a_copy_of_a_bytearray() -> None:
+    buf = bytearray(str_array_file([b"abc"] * 2000))
+    header = parse_gguf_header(buf)
+    buf[:] = bytes(len(buf))
+    assert header.get("a") == ["abc"] * 2000
+
+
+def test_long_string_arrays_match_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    strings = mixed_strings(4100)
+    raw = str_array_file(strings)
+    fast = [outcome(raw, len(raw)), outcome(memoryview(raw), len(raw))]
+    monkeypatch.setattr(gguf_module, "_SHORT_CHUNK", 1 << 62)
+    slow = [outcome(raw, len(raw)), outcome(memoryview(raw), len(raw))]
+    assert fast == slow
+    header = fast[0]
+    assert isinstance(header, GGUFHeader) and header.get("after") == 7
+    assert header.get("a") == [x.decode("utf-8", "replace") for x in strings]
+
+
+def test_regex_does_not_read_a_two_byte_length_as_its_low_byte() -> None:
+    """Length 0x0105 has low byte 5: a walk that trusted it would land in
+    the middle of the string. The chunk must be left to the loop."""
+    strings = [b"ab"] * 2048
+    strings[700] = bytes(range(256)) + b"q" * 5
+    raw = str_array_file(strings)
+    assert parse_gguf_header(raw).get("a") == [x.decode("utf-8", "replace") for x in strings]
+
+
+def test_truncation_inside_a_long_array_matches_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = str_array_file(mixed_strings(3000)[:2999] + [b"end"])
+    cuts = [*range(0, len(raw), 997), *range(20_000, 20_100)]
+    fast = [outcome(raw[:cut], fs) for cut in cuts for fs in (None, len(raw), cut)]
+    monkeypatch.setattr(gguf_module, "_SHORT_CHUNK", 1 << 62)
+    slow = [outcome(raw[:cut], fs) for cut in cuts for fs in (None, len(raw), cut)]
+    assert fast == slow
+    assert any(o[0] == "truncated" for o in fast if isinstance(o, tuple))
+
+
+def test_limits_apply_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A string cap below 255 and a header cap inside the array give the
+    same errors as the loop; the regex must not accept past either."""
+    raw = str_array_file([b"x" * 20] * 3000)
+    cases = [
+        ParseLimits(max_string_len=19),
+        ParseLimits(max_string_len=254),
+        ParseLimits(max_header_bytes=40_000),
+    ]
+    fast = [outcome(raw, len(raw), limits=lim) for lim in cases]
+    monkeypatch.setattr(gguf_module, "_SHORT_CHUNK", 1 << 62)
+    slow = [outcome(raw, len(raw), limits=lim) for lim in cases]
+    assert fast == slow
+    assert "over the limit of 19" in str(fast[0]) and "40000-byte limit" in str(fast[2])
+    assert isinstance(fast[1], GGUFHeader)
+
+
+def test_seventy_b_header_parses_in_well_under_a_second() -> None:
+    """The synthetic Llama-3-70B header (128k tokens, 280k merges): ~30 ms
+    on a laptop core; the bound only catches a fall back to per-string
+    Python work (~200 ms) or worse on a slow CI machine."""
+    from tests.support import synthetic_models as sm
+
+    head, size = sm.llama_gguf(sm.LLAMA_70B_Q4_K_M)
+    parse_gguf_header(head, file_size=size)  # compile the regex once
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        header = parse_gguf_header(memoryview(head), file_size=size)
+        best = min(best, time.perf_counter() - start)
+    assert len(header.get("tokenizer.ggml.merges")) == 280_147  # type: ignore[arg-type]
+    assert header.get("tokenizer.ggml.tokens")[-1] == "tok128255"  # type: ignore[index]
+    assert best < 0.5
 
 
 # --------------------------------------------------------------------------
@@ -529,4 +699,6 @@ def test_parser_imports_only_the_standard_library() -> None:
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported <= {"__future__", "struct", "dataclasses", "enum", "typing", "math"}
+    assert imported <= {
+        "__future__", "struct", "dataclasses", "enum", "typing", "math", "re", "collections"
+    }
