@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from gpufleet.core.gguf import GGUFHeader, TensorInfo
+from gpufleet.core.gguf import GGUFHeader, GGUFStringArray, TensorInfo
 from gpufleet.core.metadata import ModelMetadata
 
 #: llama.cpp's ``llama_ftype`` ids (``general.file_type``) -> the names its quantize tool uses.
@@ -123,7 +123,7 @@ def metadata_from_gguf(header: GGUFHeader, file_size: int) -> ModelMetadata:
     kv_per_layer = header.arch_value("attention.head_count_kv")
     head_dim = n_embd // n_heads
     tokens = header.get("tokenizer.ggml.tokens")
-    vocab = optional("vocab_size", len(tokens) if isinstance(tokens, list) else 0)
+    vocab = optional("vocab_size", len(tokens) if isinstance(tokens, list | GGUFStringArray) else 0)
     file_type = header.get("general.file_type")
     file_type = file_type if isinstance(file_type, int) and not isinstance(file_type, bool) else None
     layers, embedding, output, other = split_tensors(header.tensors, n_layers)

@@ -95,3 +95,15 @@ def test_missing_keys_are_refused_with_the_key_name() -> None:
     del h.metadata["llama.block_count"]
     with pytest.raises(UnsupportedModel, match="llama.block_count"):
         metadata_from_gguf(h, 0)
+
+
+def test_vocab_size_falls_back_to_the_token_count(tmp_path: Path) -> None:
+    """Many converters write no `<arch>.vocab_size`; llama.cpp then counts tokenizer.ggml.tokens
+    (a lazily decoded string array, which must count as the token list)."""
+    import dataclasses
+
+    data = write_tiny_llama_gguf(tmp_path / "t.gguf").read_bytes()
+    h = parse_gguf_header(data, len(data))
+    without = {k: v for k, v in h.metadata.items() if k != "llama.vocab_size"}
+    m = metadata_from_gguf(dataclasses.replace(h, metadata=without), len(data))
+    assert m.vocab_size == N_VOCAB > 0
