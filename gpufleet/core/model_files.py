@@ -132,7 +132,10 @@ def choose_gguf(listing: RepoFiles, pattern: str | None) -> tuple[GGUFGroup, str
             raise FileChoiceError(
                 f"{pattern!r} matches {len(hits)} models ({_names(hits)}); narrow the pattern"
             )
-        return _complete(hits[0]), f"{pattern!r} selects {hits[0].first.path}"
+        group, first = hits[0], hits[0].first.path
+        if len(group.files) == 1 and pattern in (first, posixpath.basename(first)):
+            return _complete(group), ""  # the user named exactly this file: nothing to explain
+        return _complete(group), f"{pattern!r} selects {first}"
     rank = {q: i for i, q in enumerate(DEFAULT_QUANT_ORDER)}
     best = min(listing.gguf, key=lambda g: (rank.get(g.quantization, len(rank)), g.size, g.first.path))
     why = f"no --file given: chose {best.quantization} ({best.first.path})"

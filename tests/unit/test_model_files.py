@@ -70,16 +70,19 @@ def test_default_without_preferred_quant_is_smallest() -> None:
 
 
 @pytest.mark.parametrize(
-    "pattern, first",
+    "pattern, first, note",
     [
-        ("*Q8_0*.gguf", "m-Q8_0.gguf"),
-        ("m-F16.gguf", "m-F16.gguf"),
-        ("*Q4_K_M-00002-of-00003.gguf", "m-Q4_K_M-00001-of-00003.gguf"),  # a shard selects the whole model
+        ("*Q8_0*.gguf", "m-Q8_0.gguf", "'*Q8_0*.gguf' selects m-Q8_0.gguf"),
+        ("m-F16.gguf", "m-F16.gguf", ""),  # exactly the file named: nothing to explain
+        # a shard selects the whole model, and says so
+        ("*Q4_K_M-00002-of-00003.gguf", "m-Q4_K_M-00001-of-00003.gguf",
+         "'*Q4_K_M-00002-of-00003.gguf' selects m-Q4_K_M-00001-of-00003.gguf"),
     ],
 )
-def test_glob_and_exact_names(pattern: str, first: str) -> None:
-    group, _ = choose_gguf(group_files(LISTING), pattern)
+def test_glob_and_exact_names(pattern: str, first: str, note: str) -> None:
+    group, why = choose_gguf(group_files(LISTING), pattern)
     assert group.first.path == first
+    assert why == note
 
 
 @pytest.mark.parametrize(
