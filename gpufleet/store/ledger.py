@@ -168,9 +168,23 @@ def _request(session: Session, row: InstanceRow) -> PlacementRequest:
     return PlacementRequest.from_config(dep.name, DeploymentConfig.model_validate(row.config), metadata)
 
 
+#: Why a placement across workers is not recorded: nodes start no llama.cpp RPC servers yet, so
+#: the instance would load the whole model on its first worker. `gpufleet plan` still shows it.
+DISTRIBUTED_NOT_RUNNABLE = (
+    "needs {workers} together, but gpufleet nodes cannot start distributed (llama.cpp RPC) instances "
+    "yet; free a worker with enough memory, or use --cpu-offloading"
+)
+
+
 def _record(row: InstanceRow, result: Placement | Unplaceable) -> None:
     current = InstanceState(row.state)
-    if isinstance(result, Unplaceable):
+    if isinstance(result, Placement) and result.parts:
+        if current != InstanceState.PENDING:
+            check_transition(current, InstanceState.PENDING)
+        workers = " + ".join([result.worker, *(p.worker for p in result.parts)])
+        row.state = InstanceState.PENDING
+        row.state_message = UNPLACED_PREFIX + DISTRIBUTED_NOT_RUNNABLE.format(workers=workers)
+    elif isinstance(result, Unplaceable):
         if current != InstanceState.PENDING:
             check_transition(current, InstanceState.PENDING)
         row.state = InstanceState.PENDING
