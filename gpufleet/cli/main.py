@@ -21,6 +21,16 @@ from gpufleet.cli.output import (
     print_json,
     workers_table,
 )
+from gpufleet.cli.placement_options import (
+    CpuOffloadingOpt,
+    DistributedOpt,
+    GpuOpt,
+    GpusPerReplicaOpt,
+    OvercommitOpt,
+    StrategyOpt,
+    WorkerSelectorOpt,
+    placement_fields,
+)
 from gpufleet.cli.source_options import (
     FileOpt,
     HfOpt,
@@ -257,13 +267,13 @@ def deploy(
     backend_param: ParamOpt = None,
     env: EnvOpt = None,
     backend_version: Annotated[Optional[str], typer.Option()] = None,
-    placement: Annotated[str, typer.Option("--placement", help="spread or binpack")] = "spread",
-    worker_selector: Annotated[Optional[list[str]], typer.Option("--worker-selector", help="label expression: key=value, key!=value, 'key in (a,b)', 'key notin (a)', key, !key (repeatable; all must match)")] = None,
-    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="WORKER:INDEX the instances may use (repeatable)")] = None,
-    gpus_per_replica: Annotated[Optional[int], typer.Option(help="GPUs per instance (with --gpu: the selection is partitioned)")] = None,
-    cpu_offloading: Annotated[bool, typer.Option("--cpu-offloading", help="llama.cpp: layers that do not fit on GPUs run on the CPU")] = False,
-    distributed: Annotated[bool, typer.Option("--distributed", help="allow one instance across several workers")] = False,
-    overcommit: Annotated[bool, typer.Option("--overcommit", help="let replicas share selected GPUs")] = False,
+    placement: StrategyOpt = "spread",
+    worker_selector: WorkerSelectorOpt = None,
+    gpu: GpuOpt = None,
+    gpus_per_replica: GpusPerReplicaOpt = None,
+    cpu_offloading: CpuOffloadingOpt = False,
+    distributed: DistributedOpt = False,
+    overcommit: OvercommitOpt = False,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
 ) -> None:
@@ -287,15 +297,8 @@ def deploy(
             backend_params=_params(backend_param),
             env=_parse_env(env),
             backend_version=backend_version,
-            placement={  # validated as part of the spec, so errors name `placement.<field>`
-                "strategy": placement,
-                "worker_selector": worker_selector or [],
-                "gpu_selector": gpu or [],
-                "gpus_per_replica": gpus_per_replica,
-                "cpu_offloading": cpu_offloading,
-                "distributed": distributed,
-                "overcommit": overcommit,
-            },
+            placement=placement_fields(placement, worker_selector, gpu, gpus_per_replica,
+                                       cpu_offloading, distributed, overcommit),
             **fields,  # type: ignore[arg-type]
         )
     except ValueError as exc:

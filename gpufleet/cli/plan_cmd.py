@@ -20,6 +20,16 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from gpufleet.cli.output import console, err_console, print_json
+from gpufleet.cli.placement_options import (
+    CpuOffloadingOpt,
+    DistributedOpt,
+    GpuOpt,
+    GpusPerReplicaOpt,
+    OvercommitOpt,
+    StrategyOpt,
+    WorkerSelectorOpt,
+    placement_fields,
+)
 from gpufleet.cli.source_options import (
     FileOpt,
     HfOpt,
@@ -33,7 +43,6 @@ from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable
 from gpufleet.core.backends.llama_cpp import validate_params
 from gpufleet.core.backends.params import BackendParamError
 from gpufleet.core.placement import ClusterSnapshot, PlacementRequest, PlanResult, plan_deployment
-from gpufleet.core.placement_spec import PlacementSpec
 from gpufleet.core.schemas import DeploymentSpec
 
 GiB = float(1 << 30)
@@ -130,13 +139,13 @@ def register(app: typer.Typer) -> None:
         replicas: Annotated[int, typer.Option(help="number of instances")] = 1,
         backend: Annotated[str, typer.Option(help="llama.cpp, llama-box, vllm or vox-box")] = "llama.cpp",
         backend_param: Annotated[Optional[list[str]], typer.Option("--backend-param")] = None,
-        placement: Annotated[str, typer.Option("--placement", help="spread or binpack")] = "spread",
-        worker_selector: Annotated[Optional[list[str]], typer.Option("--worker-selector")] = None,
-        gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="WORKER:INDEX (repeatable)")] = None,
-        gpus_per_replica: Annotated[Optional[int], typer.Option()] = None,
-        cpu_offloading: Annotated[bool, typer.Option("--cpu-offloading")] = False,
-        distributed: Annotated[bool, typer.Option("--distributed")] = False,
-        overcommit: Annotated[bool, typer.Option("--overcommit")] = False,
+        placement: StrategyOpt = "spread",
+        worker_selector: WorkerSelectorOpt = None,
+        gpu: GpuOpt = None,
+        gpus_per_replica: GpusPerReplicaOpt = None,
+        cpu_offloading: CpuOffloadingOpt = False,
+        distributed: DistributedOpt = False,
+        overcommit: OvercommitOpt = False,
         cluster: Annotated[Optional[Path], typer.Option("--cluster", help="snapshot file instead of the live cluster")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
@@ -153,12 +162,8 @@ def register(app: typer.Typer) -> None:
                     name=name, replicas=replicas, backend=backend,  # type: ignore[arg-type]
                     source=source_from_options(local_path, hf, modelscope, file, revision),
                     backend_params=params,
-                    placement=PlacementSpec(
-                        strategy=placement,  # type: ignore[arg-type]
-                        worker_selector=worker_selector or [], gpu_selector=gpu or [],
-                        gpus_per_replica=gpus_per_replica, cpu_offloading=cpu_offloading,
-                        distributed=distributed, overcommit=overcommit,
-                    ),
+                    placement=placement_fields(placement, worker_selector, gpu, gpus_per_replica,
+                                               cpu_offloading, distributed, overcommit),
                 )
             except (SourceOptionError, BackendParamError) as exc:
                 _fail(str(exc))
