@@ -27,7 +27,7 @@ from huggingface_hub.utils import build_hf_headers
 from gpufleet.core.model_files import RepoFile
 from gpufleet.sources.errors import FileNotInRepo, GatedRepo, HubUnavailable, ModelSourceError, RepoNotFound
 from gpufleet.sources.hub import FileRequest, HubSettings, SearchHit
-from gpufleet.sources.range_reader import with_backoff
+from gpufleet.sources.range_reader import call_client
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 T = TypeVar("T")
@@ -43,15 +43,7 @@ class HuggingFaceHub:
         self.api = HfApi(endpoint=self.endpoint, token=self._token)
 
     def _call(self, fn: Callable[[], T], what: str, retry: bool = False) -> T:
-        """The client's own calls already retry transport errors and 5xx with
-        backoff (huggingface_hub: 5 retries, 1-8 s; modelscope_hub: its API
-        retries), so only calls the client does not retry get ours."""
-        try:
-            if not retry:
-                return _translate(fn, what)
-            return with_backoff(lambda: _translate(fn, what), what)
-        except HubUnavailable as exc:
-            raise HubUnavailable(f"{exc} (hub endpoint {self.endpoint}, after retries)") from exc
+        return call_client(fn, _translate, what, self.endpoint, retry)
 
     def list_files(self, repo: str, revision: str | None) -> list[RepoFile]:
         def listing() -> list[RepoFile]:

@@ -16,7 +16,7 @@ from modelscope_hub import errors as ms_errors
 from gpufleet.core.model_files import RepoFile
 from gpufleet.sources.errors import FileNotInRepo, GatedRepo, HubUnavailable, ModelSourceError, RepoNotFound
 from gpufleet.sources.hub import FileRequest, HubSettings, SearchHit
-from gpufleet.sources.range_reader import with_backoff
+from gpufleet.sources.range_reader import call_client
 
 DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 DEFAULT_REVISION = "master"
@@ -34,15 +34,7 @@ class ModelScopeHub:
         self._listings: dict[tuple[str, str], list[RepoFile]] = {}
 
     def _call(self, fn: Callable[[], T], what: str, retry: bool = False) -> T:
-        """The client's own calls already retry transport errors and 5xx with
-        backoff (huggingface_hub: 5 retries, 1-8 s; modelscope_hub: its API
-        retries), so only calls the client does not retry get ours."""
-        try:
-            if not retry:
-                return _translate(fn, what)
-            return with_backoff(lambda: _translate(fn, what), what)
-        except HubUnavailable as exc:
-            raise HubUnavailable(f"{exc} (hub endpoint {self.endpoint}, after retries)") from exc
+        return call_client(fn, _translate, what, self.endpoint, retry)
 
     def list_files(self, repo: str, revision: str | None) -> list[RepoFile]:
         key = (repo, revision or DEFAULT_REVISION)

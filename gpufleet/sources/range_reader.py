@@ -107,6 +107,20 @@ def with_backoff(call: Callable[[], T], what: str, retries: int = RETRIES, backo
     raise AssertionError("unreachable")
 
 
+def call_client(call: Callable[[], T], translate: Callable[[Callable[[], T], str], T], what: str,
+                endpoint: str, retry: bool = False) -> T:
+    """One hub-client call with the client's errors `translate`d to ours. The
+    clients' own calls already retry transport errors and 5xx with backoff
+    (huggingface_hub: 5 retries, 1-8 s; modelscope_hub: its API retries), so only
+    calls the client does not retry (`retry=True`) get :func:`with_backoff`."""
+    try:
+        if not retry:
+            return translate(call, what)
+        return with_backoff(lambda: translate(call, what), what)
+    except HubUnavailable as exc:
+        raise HubUnavailable(f"{exc} (hub endpoint {endpoint}, after retries)") from exc
+
+
 def get_checked(client: httpx.Client, url: str, headers: dict[str, str], what: str) -> httpx.Response:
     """GET with our error classes: transport errors/5xx/429 are transient."""
     try:
