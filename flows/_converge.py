@@ -19,7 +19,7 @@ from tasks._connection import connect
 from tasks.dispatch import run_on_node, wait_for_node_runs
 from tasks.estimation import estimate_resources
 from tasks.metadata import fetch_metadata
-from tasks.scheduling import select_gpus_batch
+from tasks.scheduling import select_gpus
 from tasks.server import (
     plan_replicas,
     read_deployment,
@@ -117,7 +117,7 @@ def converge(name: str) -> ConvergeReport:
         # from the stored metadata and each instance's configuration while it places.
         estimate_resources(metadata, dep.config())
         scheduled = []
-        for inst in select_gpus_batch(plan.to_place):
+        for inst in select_gpus(plan.to_place):
             if inst.state != InstanceState.SCHEDULED or inst.worker is None:
                 unplaced[inst.id] = inst.state_message
                 continue

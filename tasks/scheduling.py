@@ -10,7 +10,7 @@ from tasks._retry import NETWORK_TASK
 
 
 @task(name="select-gpus", **NETWORK_TASK)
-def select_gpus_batch(instance_ids: list[int]) -> list[InstanceView]:
+def select_gpus(instance_ids: list[int]) -> list[InstanceView]:
     """All of a deployment's instances to place in one call: one transaction and one
     read of the cluster on the server, instead of one per instance."""
     with connect() as c:
