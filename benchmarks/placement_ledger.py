@@ -56,7 +56,7 @@ def main() -> None:
         for iid in ids:
             start = time.perf_counter()
             with sessions.begin() as s:
-                repo.place_instance(s, iid, None, TIMEOUT)
+                repo.place_instance(s, iid, TIMEOUT)
             times.append(time.perf_counter() - start)
         start = time.perf_counter()
         with sessions.begin() as s:

@@ -18,7 +18,6 @@ from gpufleet.core.schemas import (
     InstanceView,
     OperationAccepted,
     ReplicaPlanView,
-    ResourceEstimate,
     WorkerRegistration,
     WorkerView,
 )
@@ -181,12 +180,6 @@ class GpufleetClient:
 
     def mark_deleting(self, instance_id: int) -> InstanceView:
         data = self._request("POST", f"/v1/internal/instances/{instance_id}/deleting")
-        return InstanceView.model_validate(data)
-
-    def place(self, instance_id: int, estimate: ResourceEstimate | None = None) -> InstanceView:
-        """The server estimates from its stored metadata; ``estimate`` is ignored there."""
-        body = estimate.model_dump(mode="json") if estimate is not None else None
-        data = self._request("POST", f"/v1/internal/instances/{instance_id}/place", json=body)
         return InstanceView.model_validate(data)
 
     def place_many(self, instance_ids: list[int]) -> list[InstanceView]:

@@ -49,8 +49,9 @@ def add_placement_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/internal/instances/{instance_id}/place")
     def place(instance_id: int, estimate: ResourceEstimate | None = None) -> InstanceView:
         """``estimate`` (the first API's body) is ignored: the server estimates itself."""
+        del estimate
         with state.placement_lock, state.session() as s:
-            row = repo.place_instance(s, instance_id, estimate, state.worker_timeout)
+            row = repo.place_instance(s, instance_id, state.worker_timeout)
             return repo.instance_view(row)
 
     @app.post("/v1/internal/place")

@@ -320,18 +320,10 @@ def get_worker(session: Session, name: str) -> WorkerRow:
     return row
 
 
-def place_instance(
-    session: Session,
-    instance_id: int,
-    estimate: ResourceEstimate | None = None,
-    timeout: timedelta = timedelta(seconds=20),
-) -> InstanceRow:
-    """Place one instance against the claim ledger (see :mod:`gpufleet.store.ledger`).
-
-    ``estimate`` is accepted for callers of the first API and ignored: the server
-    computes every candidate's memory from the deployment's stored metadata and
-    the instance's configuration, with the real devices of that candidate."""
-    del estimate
+def place_instance(session: Session, instance_id: int, timeout: timedelta) -> InstanceRow:
+    """Place one instance against the claim ledger (see :mod:`gpufleet.store.ledger`):
+    every candidate's memory comes from the deployment's stored metadata and the
+    instance's configuration, with the real devices of that candidate."""
     try:
         return ledger.place_instance(session, instance_id, timeout)
     except ledger.InstanceNotFound as exc:

@@ -34,7 +34,7 @@ def setup(database_url: str, tiny_gguf: Path):  # noqa: ANN201
         repo.create_deployment(s, DeploymentSpec(name="d", replicas=1, source=ModelSource(local_path=str(tiny_gguf))),
                                meta, summarize(meta, "llama.cpp"))
         iid = repo.reconcile_replicas(s, "d").created[0]
-        repo.place_instance(s, iid, summarize(meta, "llama.cpp"), timedelta(seconds=60))
+        repo.place_instance(s, iid, timedelta(seconds=60))
     yield state, Controller(state, lambda op, params: calls.append((op, params)) or "run"), iid, calls
     state.engine.dispose()
 

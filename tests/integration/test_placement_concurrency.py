@@ -55,7 +55,7 @@ def test_fifty_concurrent_placements_never_overcommit(database_url: str, tiny_gg
             i, iid = i_and_id
             state = servers[i % 2]
             with state.placement_lock, state.session() as s:
-                return repo.place_instance(s, iid, None, TIMEOUT).state
+                return repo.place_instance(s, iid, TIMEOUT).state
 
         def place_batch(i_and_ids: tuple[int, list[int]]) -> list[str]:
             i, batch = i_and_ids

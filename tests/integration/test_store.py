@@ -128,7 +128,7 @@ def test_placement_claims_and_release(sessions, tiny_gguf: Path) -> None:  # noq
     placed = []
     for iid in ids:
         with sessions.begin() as session:
-            row = repo.place_instance(session, iid, None, TIMEOUT)
+            row = repo.place_instance(session, iid, TIMEOUT)
             placed.append((row.worker_name, (row.placement or {}).get("gpu_indexes")))
     assert placed == [("b", [0])] * fit + [("a", [])]
     with sessions.begin() as session:
@@ -155,7 +155,7 @@ def test_reserved_memory_is_left_free(sessions, tiny_gguf: Path) -> None:  # noq
     create(sessions, tiny_gguf, replicas=1)
     with sessions.begin() as session:
         iid = repo.reconcile_replicas(session, "tiny").created[0]
-        row = repo.place_instance(session, iid, None, TIMEOUT)
+        row = repo.place_instance(session, iid, TIMEOUT)
         assert (row.worker_name, row.placement["gpu_indexes"]) == ("g", [])
         [w] = repo.cluster_snapshot(session, TIMEOUT).workers
         assert (w.ram_reserved, w.gpus[0].reserved) == (GiB, GiB - claim + 1)
@@ -168,7 +168,7 @@ def test_unknown_metadata_still_places(sessions, tiny_gguf: Path) -> None:  # no
     with sessions.begin() as session:
         repo.create_deployment(session, spec(tiny_gguf), None, ResourceEstimate.unknown("not readable"))
         iid = repo.reconcile_replicas(session, "tiny").created[0]
-        row = repo.place_instance(session, iid, None, TIMEOUT)
+        row = repo.place_instance(session, iid, TIMEOUT)
     assert row.state == InstanceState.SCHEDULED and row.worker_name == "a"
     assert "estimate unknown" in row.state_message and "nothing claimed" in row.state_message
 
@@ -191,7 +191,7 @@ def test_scale_down_removes_offloaded_before_full_gpu(sessions, tiny_gguf: Path)
     with sessions.begin() as session:
         first, second = repo.reconcile_replicas(session, "tiny").created
         for iid in (first, second):
-            repo.place_instance(session, iid, None, TIMEOUT)
+            repo.place_instance(session, iid, TIMEOUT)
         session.get(InstanceRow, first).placement = {**session.get(InstanceRow, first).placement, "offloaded": True}
         repo.set_replicas(session, "tiny", 1)
         plan = repo.reconcile_replicas(session, "tiny")
@@ -202,7 +202,7 @@ def test_unplaceable_stays_pending_with_reason(sessions, tiny_gguf: Path) -> Non
     create(sessions, tiny_gguf, replicas=1)
     with sessions.begin() as session:
         iid = repo.reconcile_replicas(session, "tiny").created[0]
-        row = repo.place_instance(session, iid, None, TIMEOUT)
+        row = repo.place_instance(session, iid, TIMEOUT)
     assert row.state == InstanceState.PENDING
     assert "no workers registered" in row.state_message
 
@@ -247,7 +247,7 @@ def test_controller_replaces_pending_when_the_cluster_changes(database_url: str,
             repo.create_deployment(s, spec(tiny_gguf, replicas=1), meta, summarize(meta, "llama.cpp"))
             iid = repo.reconcile_replicas(s, "tiny").created[0]
         with state.session() as s:
-            row = repo.place_instance(s, iid, None, TIMEOUT)
+            row = repo.place_instance(s, iid, TIMEOUT)
             assert row.state == InstanceState.PENDING and "no workers registered" in row.state_message
         controller.run_once()  # first round: learns the cluster
         controller.run_once()  # nothing changed
