@@ -14,4 +14,26 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${GPUFLEET_TES
 fi
 
 scripts/setup.sh --test
-exec .venv/bin/python -m pytest "$@"
+
+# llama.cpp's rpc-server and an RPC llama-server for the `rpc` tests: built in the background on
+# idle CPU while the suite runs (those tests run last and wait for it through the script's lock;
+# an installed build makes this return at once). Its own session, so it can be stopped as a group.
+build_log="$(scripts/build-llama-cpp.sh --print-dir).background.log"
+mkdir -p "$(dirname "$build_log")"
+setsid nice -n 19 scripts/build-llama-cpp.sh >"$build_log" 2>&1 </dev/null &
+build_pid=$!
+echo "building llama.cpp RPC binaries in the background (log: $build_log)"
+
+# A run that ends before the build (a subset of tests, Ctrl-C) stops it rather than leave it behind.
+stop_build() {
+  if kill -0 "$build_pid" 2>/dev/null; then
+    echo "stopping the unfinished background llama.cpp build (log: $build_log)"
+    kill -TERM -- "-$build_pid" 2>/dev/null || true
+    wait "$build_pid" 2>/dev/null || true
+  fi
+}
+trap stop_build EXIT
+
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+exit "$status"

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from gpufleet.demo.tiny_model import write_tiny_llama_gguf
+from tests.support.llama_rpc import ensure_rpc_binaries
 from tests.support.postgres import temporary_postgres
 
 
@@ -35,3 +36,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     yield url
+
+
+@pytest.fixture(scope="session")
+def rpc_binaries() -> tuple[list[str], list[str]]:
+    """(llama_server_cmd, rpc_server_cmd) of the RPC-capable llama.cpp build; waits for (or runs)
+    scripts/build-llama-cpp.sh, and fails with the build log when there is none."""
+    return ensure_rpc_binaries()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the `rpc` tests last (otherwise in collection order), so the llama.cpp build that
+    scripts/test.sh starts in the background has the whole suite's duration to finish."""
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("rpc") is not None)
