@@ -8,6 +8,7 @@ from uuid import UUID
 import hashlib
 from collections import defaultdict
 from datetime import datetime, timezone
+from typing import Literal
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
@@ -29,6 +30,7 @@ from tasks.server import (
 )
 
 STOP_TIMEOUT_S = 120.0
+RPC_START_TIMEOUT_S = 180.0
 
 
 STALE_SCHEDULED_S = 30.0
@@ -43,24 +45,53 @@ def batch_key(operation: str, worker: str, instances: list[InstanceView]) -> str
     return f"{operation}-{worker}-{digest}-{flow_run.id}"
 
 
-def by_worker(instances: list[InstanceView]) -> dict[str, list[InstanceView]]:
+Workers = Literal["main", "parts", "all"]
+
+
+def by_worker(instances: list[InstanceView], which: Workers = "main") -> dict[str, list[InstanceView]]:
+    """Group instances by the workers that run something for them: the main worker
+    (the llama-server), the part workers of distributed instances (RPC servers), or all."""
     groups: dict[str, list[InstanceView]] = defaultdict(list)
     for inst in instances:
-        if inst.worker is not None:
+        if inst.worker is not None and which != "parts":
             groups[inst.worker].append(inst)
+        if inst.placement is not None and which != "main":
+            for part in inst.placement.parts:
+                groups[part.worker].append(inst)
     return dict(groups)
 
 
-def dispatch(operation: str, instances: list[InstanceView], extra: dict | None = None) -> list[UUID]:
+def dispatch(operation: str, instances: list[InstanceView], extra: dict | None = None,
+             workers: Workers = "main") -> list[UUID]:
     """One node run per worker for all of its instances, started concurrently."""
     futures = [
         run_on_node.submit(
             operation, worker, {"instance_ids": [i.id for i in group], **(extra or {})},
             batch_key(operation, worker, group),
         )
-        for worker, group in by_worker(instances).items()
+        for worker, group in by_worker(instances, workers).items()
     ]
     return [f.result() for f in futures]
+
+
+def serve(instances: list[InstanceView], extra: dict | None = None) -> list[UUID]:
+    """Start instances on their workers; returns the serve runs to wait for.
+
+    A distributed instance's main llama-server connects to its RPC servers as it
+    starts, so their node runs (one per part worker) go first and are awaited; an
+    instance whose RPC servers failed is in ERROR (the node said why) and is not
+    started. Instances on one worker start at once, without waiting for them."""
+    plain = [i for i in instances if not (i.placement and i.placement.distributed)]
+    spread = [i for i in instances if i.placement and i.placement.distributed]
+    runs = dispatch("serve-instances", plain, extra) if plain else []
+    if spread:
+        parts = dispatch("serve-rpc-servers", spread, workers="parts")
+        results = wait_for_node_runs(parts, timeout=RPC_START_TIMEOUT_S)
+        if any(state != "Completed" for state in results.values()):
+            get_run_logger().warning("RPC server runs did not all complete: %s", results)
+        ready = [i for i in spread if (now := read_instance(i.id)) is not None and now.state != InstanceState.ERROR]
+        runs += dispatch("serve-instances", ready, extra) if ready else []
+    return runs
 
 
 def stale_scheduled(name: str, exclude: set[int]) -> list[InstanceView]:
@@ -88,7 +119,7 @@ def remove_instances(instance_ids: list[int]) -> list[int]:
     """Stop the instances' backends on their nodes, then drop their records
     (releasing their claims)."""
     instances = [i for i in (read_instance(iid) for iid in instance_ids) if i is not None]
-    stops = dispatch("stop-instances", instances)
+    stops = dispatch("stop-instances", instances, workers="all")
     if stops:
         results = wait_for_node_runs(stops, timeout=STOP_TIMEOUT_S)
         failed = {r: s for r, s in results.items() if s != "Completed"}
@@ -124,12 +155,12 @@ def converge(name: str) -> ConvergeReport:
             placed[inst.id] = inst.worker
             scheduled.append(inst)
         meta = {"metadata": metadata.model_dump(mode="json") if metadata else None}
-        serve_runs = dispatch("serve-instances", scheduled, meta)
+        serve_runs = serve(scheduled, meta)
     stale = stale_scheduled(name, exclude=set(placed))
     if stale:
         get_run_logger().info("instances %s were placed but never started; dispatching them again",
                               [i.name for i in stale])
-        serve_runs += dispatch("serve-instances", stale)
+        serve_runs += serve(stale)
     node_runs = wait_for_node_runs(serve_runs) if serve_runs else {}
     return ConvergeReport(
         deployment=name,

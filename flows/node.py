@@ -17,7 +17,7 @@ from gpufleet.core.schemas import InstanceView, ModelMetadata
 from gpufleet.core.states import InstanceState
 from gpufleet.node import backends
 from gpufleet.node.context import current_node
-from tasks.node import health_check, launch_instance, pull_weights, stop_instance
+from tasks.node import health_check, launch_instance, pull_weights, start_rpc_servers, stop_instance
 from tasks.server import read_instance, report_state
 
 T = TypeVar("T")
@@ -71,6 +71,21 @@ def serve_instances(instance_ids: list[int], metadata: ModelMetadata | None = No
         raise RuntimeError(f"instances {failed} failed on {node}; see their state messages")
     get_run_logger().info("serving on %s: %s", node, running)
     return running
+
+
+@flow(name="serve-rpc-servers")
+def serve_rpc_servers(instance_ids: list[int]) -> dict[int, int]:
+    """This worker's RPC parts of distributed instances: start one llama.cpp RPC server
+    per GPU and report them, so the main worker's llama-server can use them. A failure
+    puts that instance in ERROR (naming this worker) and fails the run."""
+    node = current_node().name
+    instances = [i for i in map(read_instance, instance_ids) if i is not None and not i.deleting]
+    futures = {i.id: start_rpc_servers.submit(i) for i in instances}
+    started = {i.id: len(servers) for i in instances if (servers := _settle(i, futures[i.id])) is not None}
+    failed = [i.id for i in instances if i.id not in started]
+    if failed:
+        raise RuntimeError(f"RPC servers of instances {failed} failed on {node}; see their state messages")
+    return started
 
 
 @flow(name="stop-instances")

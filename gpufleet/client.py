@@ -11,6 +11,7 @@ import httpx
 
 from gpufleet.core.placement import ClusterSnapshot, PlanResult
 from gpufleet.core.schemas import (
+    RpcServerInfo,
     DeploymentEdit,
     DeploymentSpec,
     DeploymentView,
@@ -202,6 +203,11 @@ class GpufleetClient:
             f"/v1/internal/instances/{instance_id}/state",
             json=update.model_dump(mode="json", exclude_none=True),
         )
+        return InstanceView.model_validate(data)
+
+    def report_rpc_servers(self, instance_id: int, worker: str, servers: list[RpcServerInfo]) -> InstanceView:
+        data = self._request("PUT", f"/v1/internal/instances/{instance_id}/rpc-servers/{worker}",
+                             json=[x.model_dump(mode="json") for x in servers])
         return InstanceView.model_validate(data)
 
     def remove_instance_record(self, instance_id: int) -> None:

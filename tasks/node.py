@@ -6,13 +6,13 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from gpufleet.core.schemas import InstanceView, ModelMetadata
+from gpufleet.core.schemas import InstanceView, ModelMetadata, RpcServerInfo
 from gpufleet.core.states import InstanceState
 from gpufleet.node import backends
 from gpufleet.node.context import current_node
 from gpufleet.node.registry import BackendRecord
 from gpufleet.node.weights import PullProgress
-from tasks.server import report_state
+from tasks.server import report_rpc_servers, report_state
 
 HEALTH_TIMEOUT_S = 180.0
 
@@ -43,6 +43,23 @@ def launch_instance(
         instance.name, node.name, record.pid, record.port, record.log_path,
     )
     return record
+
+
+@task(name="start-rpc-servers")
+def start_rpc_servers(instance: InstanceView) -> list[RpcServerInfo]:
+    """This worker's share of a distributed instance: one llama.cpp RPC server per
+    GPU of its part, listening, and reported to the server for the main worker."""
+    node = current_node()
+    part = next((p for p in instance.placement.parts if p.worker == node.name), None) if instance.placement else None
+    if part is None:
+        raise backends.BackendFailed(f"instance {instance.name} has no RPC part on worker {node.name}")
+    records = backends.start_rpc_servers(instance, node, part.gpu_indexes)
+    servers = [RpcServerInfo(worker=node.name, gpu_index=r.gpu_index or 0, host=node.bind_host, port=r.port,
+                             pid=r.pid) for r in records]
+    report_rpc_servers(instance.id, node.name, servers)
+    get_run_logger().info("RPC servers of %s on %s: %s", instance.name, node.name,
+                          ", ".join(f"GPU {s.gpu_index} at {s.host}:{s.port}" for s in servers))
+    return servers
 
 
 @task(name="health-check")  # bounded by wait_healthy's own timeout

@@ -14,6 +14,7 @@ from prefect import task
 from gpufleet.client import ApiError
 from tasks._connection import connect
 from gpufleet.core.schemas import (
+    RpcServerInfo,
     DeploymentSpec,
     DeploymentView,
     InstanceStateUpdate,
@@ -73,6 +74,17 @@ def report_state(
     with connect() as c:
         try:
             return c.report_state(instance_id, update)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+
+def report_rpc_servers(instance_id: int, worker: str, servers: list[RpcServerInfo]) -> InstanceView | None:
+    """Tell the server which RPC servers this part worker runs for a distributed instance."""
+    with connect() as c:
+        try:
+            return c.report_rpc_servers(instance_id, worker, servers)
         except ApiError as exc:
             if exc.status == 404:
                 return None

@@ -241,7 +241,8 @@ def node(
     except (VirtualGpuError, ValueError) as exc:
         fail(str(exc), 2)
     labels = _parse_env(label)
-    ctx = NodeContext(node_name, home() / "nodes" / node_name, bind_host)
+    ctx = NodeContext(node_name, home() / "nodes" / node_name, bind_host,
+                      frozenset(g.index for g in gpus if g.virtual))
     config = NodeConfig(
         name=node_name, server_url=server or server_url(), context=ctx, gpus=gpus, labels=labels,
         api_port=api_port, stop_backends_on_exit=stop_backends_on_exit,

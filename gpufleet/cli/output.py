@@ -45,9 +45,9 @@ def instances_table(instances: list[InstanceView]) -> Table:
 
 
 def workers_table(workers: list[WorkerView]) -> Table:
-    t = Table("NAME", "READY", "GPUS", "CPUS", "MEMORY", "ADDRESS", box=None)
+    t = Table("NAME", "READY", "GPUS", "CPUS", "MEMORY", "CAN ALSO", "ADDRESS", box=None)
     for w in workers:
         gpus = ", ".join(f"{g.index}:{g.name}{' (virtual)' if g.virtual else ''}" for g in w.gpus) or "-"
         t.add_row(w.name, "yes" if w.ready else "no", gpus, str(w.cpu_count),
-                  f"{w.memory_total / (1 << 30):.1f} GiB", w.address)
+                  f"{w.memory_total / (1 << 30):.1f} GiB", ", ".join(w.capabilities) or "-", w.address)
     return t

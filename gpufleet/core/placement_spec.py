@@ -62,7 +62,8 @@ class PlacementSpec(BaseModel):
 
 
 class PlacementPart(BaseModel):
-    """The share of a distributed instance on one more worker (llama.cpp RPC server)."""
+    """The share of a distributed instance on one more worker: one llama.cpp
+    ``rpc-server`` per GPU there, which the main ``llama-server`` drives over TCP."""
 
     worker: str
     gpu_indexes: list[int] = Field(default_factory=list)
@@ -75,8 +76,8 @@ class Placement(BaseModel):
 
     The claims are the ledger: free memory = total − reserved − Σ claims.
     ``tensor_split`` (llama.cpp ``--tensor-split``) lists the proportions of the
-    layers on ``gpu_indexes`` in that order, then on each part's GPUs; it is
-    what the estimate assumed, so the backend must be started with it.
+    layers per device in llama.cpp's device order (:meth:`devices`); it is what
+    the estimate assumed, so the backend must be started with it.
     """
 
     worker: str
@@ -94,6 +95,24 @@ class Placement(BaseModel):
     score_breakdown: dict[str, float] = Field(default_factory=dict)
     estimate_known: bool = True
     note: str = ""
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.parts)
+
+    def workers(self) -> list[str]:
+        """Every worker the instance runs on, the main one first."""
+        return [self.worker, *(p.worker for p in self.parts)]
+
+    def devices(self) -> list[tuple[str, int]]:
+        """(worker, GPU index) in llama.cpp's device order, the order of ``tensor_split``.
+
+        llama.cpp puts RPC devices before its local GPUs "to minimize network
+        transfers" (``llama_model_load_from_file``, src/llama.cpp), and gives the
+        output layer to the last device; so the parts' GPUs come first, in
+        ``parts`` order, and the main worker's GPUs last."""
+        remote = [(p.worker, i) for p in self.parts for i in p.gpu_indexes]
+        return remote + [(self.worker, i) for i in self.gpu_indexes]
 
     def describe(self) -> str:
         """One line for state messages and `gpufleet plan`: where, what it claims."""

@@ -123,6 +123,22 @@ class GpuInfo(Strict):
     virtual: bool = False
 
 
+#: A node with llama.cpp's rpc-server and an RPC-enabled llama-server: it can take
+#: part in, or be the main worker of, a distributed (--distributed) instance.
+RPC_CAPABILITY = "llama.cpp-rpc"
+
+
+class RpcServerInfo(Strict):
+    """One llama.cpp RPC server a part worker runs for a distributed instance
+    (one per GPU); the main worker's llama-server connects to ``host:port``."""
+
+    worker: str
+    gpu_index: int = Field(ge=0)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    pid: int | None = None
+
+
 class WorkerRegistration(Strict):
     name: str
     address: str = Field(description="base URL of the node agent (logs)")
@@ -133,6 +149,9 @@ class WorkerRegistration(Strict):
     work_queue: str
     ram_reserved: int = Field(default=0, ge=0, description="bytes of RAM placement leaves free (OS, node agent)")
     vram_reserved: int = Field(default=0, ge=0, description="bytes placement leaves free on each GPU")
+    capabilities: list[str] = Field(default_factory=list,
+                                    description=f"what the node can run beyond one llama.cpp process, "
+                                                f"e.g. {RPC_CAPABILITY!r} (distributed instances)")
 
     @field_validator("name")
     @classmethod
@@ -163,8 +182,14 @@ class InstanceView(BaseModel):
     deleting: bool = False
     config: DeploymentConfig
     placement: Placement | None = None
+    rpc_servers: list[RpcServerInfo] = Field(default_factory=list,
+                                             description="RPC servers of a distributed instance, as reported")
     created_at: datetime
     updated_at: datetime
+
+    def involves(self, worker: str) -> bool:
+        """The instance runs (or would run) something on ``worker``: its backend or an RPC part."""
+        return self.worker == worker or bool(self.placement and worker in self.placement.workers())
 
 
 class DeploymentView(DeploymentSpec):

@@ -17,13 +17,14 @@ import uvicorn
 
 from gpufleet import orchestration
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable
-from gpufleet.core.schemas import GpuInfo, InstanceStateUpdate, WorkerRegistration
+from gpufleet.core.schemas import RPC_CAPABILITY, GpuInfo, InstanceStateUpdate, InstanceView, WorkerRegistration
 from gpufleet.core.states import ACTIVE_ON_NODE, InstanceState
 from gpufleet.node import backends, processes
 from gpufleet.node.context import NodeContext
 from gpufleet.node.inventory import total_memory
 from gpufleet.node.log_server import create_log_app
 from gpufleet.node.registry import BackendRecord
+from gpufleet.runtimes import llama_rpc
 from gpufleet.settings import HEARTBEAT_INTERVAL_S
 
 log = logging.getLogger("gpufleet.node")
@@ -41,6 +42,15 @@ class NodeConfig:
     stop_backends_on_exit: bool = False
     ram_reserved: int = 0  # bytes of RAM placement leaves free (the OS, other services)
     vram_reserved: int = 0  # bytes left free on each GPU
+
+
+def node_capabilities() -> list[str]:
+    """What this node reports it can run, so placement only uses it for what it can."""
+    reason = llama_rpc.rpc_unavailable_reason()
+    if reason is not None:
+        log.info("distributed instances (llama.cpp RPC) are not available here: %s", reason)
+        return []
+    return [RPC_CAPABILITY]
 
 
 def free_port(host: str) -> int:
@@ -72,6 +82,7 @@ class NodeAgent:
             work_queue=orchestration.node_queue(self.config.name),
             ram_reserved=self.config.ram_reserved,
             vram_reserved=self.config.vram_reserved,
+            capabilities=node_capabilities(),
         )
 
     async def register(self) -> None:
@@ -88,27 +99,39 @@ class NodeAgent:
 
     def adopt_backends(self) -> None:
         """Reconcile this node's registry with the server after a (re)start:
-        live backends of known instances are kept, backends of instances the
-        server no longer has are stopped, and dead ones are reported."""
-        known = {i.id: i for i in self.client.list_instances(worker=self.config.name)}
+        live backends and RPC servers of known instances are kept, those of instances
+        the server no longer has are stopped, and dead ones are reported."""
+        me = self.config.name
+        known = {i.id: i for i in self.client.list_instances(worker=me)}  # incl. RPC parts here
         for record in self.registry.all():
             inst = known.get(record.instance_id)
             alive = processes.is_alive(record.pid, record.start_time)
             if inst is None or inst.deleting:
-                log.info("stopping backend of unknown/deleted instance %d (pid %d)", record.instance_id, record.pid)
+                log.info("stopping %s of unknown/deleted instance %d (pid %d)",
+                         record.describe(), record.instance_id, record.pid)
                 backends.stop(record.instance_id, self.node, grace=5)
             elif alive:
-                log.info("re-adopted backend of %s (pid %d, port %d)", inst.name, record.pid, record.port)
-                if inst.state == InstanceState.UNREACHABLE:
+                log.info("re-adopted %s of %s (pid %d, port %d)", record.describe(), inst.name, record.pid, record.port)
+                if record.role == "server" and inst.state == InstanceState.UNREACHABLE:
                     self._report(inst.id, InstanceState.RUNNING,
-                                 f"serving on {self.config.name}:{record.port} (re-adopted after agent restart)")
+                                 f"serving on {me}:{record.port} (re-adopted after agent restart)")
+                elif inst.state == InstanceState.UNREACHABLE and f"part worker {me} " in inst.state_message:
+                    self._report(inst.id, InstanceState.RUNNING,
+                                 f"serving on {inst.worker}:{inst.port}; RPC part on {me} is back")
             else:
                 self._report_exit(record, "exited while the node agent was down")
-        registered = {r.instance_id for r in self.registry.all()}
         for inst in known.values():
-            if inst.state in ACTIVE_ON_NODE and inst.id not in registered and not inst.deleting:
+            if inst.state in ACTIVE_ON_NODE and not inst.deleting and (missing := self._missing(inst)):
                 self._report(inst.id, InstanceState.ERROR,
-                             f"backend not running on worker {self.config.name} after the node agent restarted")
+                             f"{missing} not running on worker {me} after the node agent restarted")
+
+    def _missing(self, inst: InstanceView) -> str | None:
+        """What this node should run for an active instance but does not."""
+        if inst.worker == self.config.name:
+            return None if self.registry.get(inst.id) else "backend"
+        part = next((p for p in inst.placement.parts if p.worker == self.config.name), None) if inst.placement else None
+        gone = [g for g in part.gpu_indexes if self.registry.get_rpc(inst.id, g) is None] if part else []
+        return f"rpc-server for GPU {', '.join(map(str, gone))}" if gone else None
 
     def _report(self, instance_id: int, state: InstanceState, message: str) -> None:
         try:
@@ -118,7 +141,7 @@ class NodeAgent:
 
     def _report_exit(self, record: BackendRecord, how: str) -> None:
         with self.registry.lock:
-            current = self.registry.get(record.instance_id)
+            current = self.registry.read(record.key)
             if current is None or current.stopping or current.pid != record.pid:
                 return  # stopped on purpose, or relaunched, meanwhile
         code = processes.exit_code(record.pid)
@@ -128,13 +151,13 @@ class NodeAgent:
         self._report(
             record.instance_id,
             InstanceState.ERROR,
-            f"backend {how}{detail} on worker {self.config.name}; last log lines:\n"
+            f"{record.describe()} {how}{detail} on worker {self.config.name}; last log lines:\n"
             f"{backends.last_log_lines(record)}",
         )
         with self.registry.lock:
-            current = self.registry.get(record.instance_id)
+            current = self.registry.read(record.key)
             if current is not None and current.pid == record.pid:
-                self.registry.remove(record.instance_id)
+                self.registry.remove(record)
 
     def supervise_once(self) -> None:
         for record in self.registry.all():
@@ -227,6 +250,6 @@ class NodeAgent:
         self.client.close()
 
     def stop_all_backends(self) -> None:
-        for record in self.registry.all():
-            log.info("stopping backend %s (pid %d)", record.instance_name, record.pid)
-            backends.stop(record.instance_id, self.node, grace=5)
+        for instance_id in sorted({r.instance_id for r in self.registry.all()}):
+            log.info("stopping what runs for instance %d", instance_id)
+            backends.stop(instance_id, self.node, grace=5)

@@ -21,6 +21,9 @@ class NodeContext:
     name: str
     home: Path
     bind_host: str
+    #: indexes of the GPUs this node declared (`--virtual-gpus`): their share of a
+    #: distributed instance is served by an RPC server on the CPU
+    virtual_gpus: frozenset[int] = frozenset()
 
     @property
     def backends_dir(self) -> Path:
@@ -30,10 +33,16 @@ class NodeContext:
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
+    @property
+    def rpc_cache_dir(self) -> Path:
+        """Where this node's RPC servers keep tensors they were sent (``rpc-server --cache``)."""
+        return self.home / "rpc-cache"
+
     def export(self) -> None:
         os.environ["GPUFLEET_NODE_NAME"] = self.name
         os.environ["GPUFLEET_NODE_HOME"] = str(self.home)
         os.environ["GPUFLEET_NODE_BIND_HOST"] = self.bind_host
+        os.environ["GPUFLEET_NODE_VIRTUAL_GPUS"] = ",".join(str(i) for i in sorted(self.virtual_gpus))
 
 
 def current_node() -> NodeContext:
@@ -44,4 +53,6 @@ def current_node() -> NodeContext:
             "this flow runs node-local work but is not on a gpufleet node "
             "(GPUFLEET_NODE_NAME/GPUFLEET_NODE_HOME unset); route it to a node's work queue"
         )
-    return NodeContext(name, Path(home), os.environ.get("GPUFLEET_NODE_BIND_HOST", "127.0.0.1"))
+    virtual = os.environ.get("GPUFLEET_NODE_VIRTUAL_GPUS", "")
+    return NodeContext(name, Path(home), os.environ.get("GPUFLEET_NODE_BIND_HOST", "127.0.0.1"),
+                       frozenset(int(i) for i in virtual.split(",") if i))

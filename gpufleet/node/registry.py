@@ -3,7 +3,8 @@
 Backends outlive the flow runs that launch them (and the agent itself), so each
 one is written to `<node home>/backends/<instance id>.json` before the flow
 returns: pid, the process start time (to tell a reused pid from ours), port,
-log file and command. A restarted agent reads these files to re-adopt its
+log file and command. The llama.cpp RPC servers a node runs for a distributed
+instance (one per GPU) are records too, `<instance id>.rpc<gpu>.json`. A restarted agent reads these files to re-adopt its
 backends; nothing it started is ever unknown to it.
 """
 
@@ -13,6 +14,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -26,6 +28,15 @@ class BackendRecord(BaseModel):
     log_path: str
     command: list[str]
     stopping: bool = False  # set before a deliberate stop, so supervision does not report it
+    role: Literal["server", "rpc"] = "server"  # the instance's llama-server, or an RPC server for one GPU
+    gpu_index: int | None = None  # the GPU an RPC server lends
+
+    @property
+    def key(self) -> str:
+        return str(self.instance_id) if self.role == "server" else f"{self.instance_id}.rpc{self.gpu_index}"
+
+    def describe(self) -> str:
+        return "backend" if self.role == "server" else f"rpc-server for GPU {self.gpu_index}"
 
 
 class BackendRegistry:
@@ -34,34 +45,44 @@ class BackendRegistry:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
 
-    def _path(self, instance_id: int) -> Path:
-        return self.directory / f"{instance_id}.json"
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
 
     def save(self, record: BackendRecord) -> None:
         """Write atomically (temp file + rename) so a crash never leaves half a record."""
-        path = self._path(record.instance_id)
+        path = self._path(record.key)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(record.model_dump_json())
         os.replace(tmp, path)
 
-    def get(self, instance_id: int) -> BackendRecord | None:
-        path = self._path(instance_id)
+    def read(self, key: str) -> BackendRecord | None:
         try:
-            return BackendRecord.model_validate_json(path.read_text())
+            return BackendRecord.model_validate_json(self._path(key).read_text())
         except FileNotFoundError:
             return None
 
-    def remove(self, instance_id: int) -> None:
-        self._path(instance_id).unlink(missing_ok=True)
+    def get(self, instance_id: int) -> BackendRecord | None:
+        """The instance's llama-server on this node."""
+        return self.read(str(instance_id))
+
+    def get_rpc(self, instance_id: int, gpu_index: int) -> BackendRecord | None:
+        return self.read(f"{instance_id}.rpc{gpu_index}")
+
+    def of_instance(self, instance_id: int) -> list[BackendRecord]:
+        """Everything this node runs for the instance: its server first, then RPC servers."""
+        return [r for r in self.all() if r.instance_id == instance_id]
+
+    def remove(self, record: BackendRecord) -> None:
+        self._path(record.key).unlink(missing_ok=True)
 
     def all(self) -> list[BackendRecord]:
         records = []
-        for path in sorted(self.directory.glob("*.json")):
+        for path in self.directory.glob("*.json"):
             try:
                 records.append(BackendRecord.model_validate_json(path.read_text()))
             except (OSError, ValueError, json.JSONDecodeError):
                 continue  # a stray file is not ours to interpret
-        return records
+        return sorted(records, key=lambda r: (r.instance_id, r.role != "server", r.gpu_index or 0))
 
     def used_ports(self) -> set[int]:
         return {r.port for r in self.all()}

@@ -24,6 +24,7 @@ from gpufleet import orchestration
 from gpufleet.core.backends import llama_cpp
 from gpufleet.core.backends.params import BackendParamError
 from gpufleet.core.schemas import (
+    RpcServerInfo,
     DeploymentEdit,
     DeploymentSpec,
     DeploymentView,
@@ -316,6 +317,12 @@ def create_app(
     def report_state(instance_id: int, update: InstanceStateUpdate) -> InstanceView:
         with state.session() as s:
             return repo.instance_view(repo.update_instance_state(s, instance_id, update))
+
+    @app.put("/v1/internal/instances/{instance_id}/rpc-servers/{worker}")
+    def report_rpc_servers(instance_id: int, worker: str, servers: list[RpcServerInfo]) -> InstanceView:
+        """A part worker of a distributed instance says which RPC servers it runs for it."""
+        with state.session() as s:
+            return repo.instance_view(repo.report_rpc_servers(s, instance_id, worker, servers))
 
     @app.post("/v1/internal/instances/{instance_id}/deleting")
     def instance_deleting(instance_id: int) -> InstanceView:

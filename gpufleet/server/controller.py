@@ -147,11 +147,15 @@ class Controller:
                 )
             ).all()
             for row in rows:
-                worker = ready.get(row.worker_name or "")
-                if worker is not None and not worker.ready:
-                    seen = worker.last_heartbeat.isoformat(timespec="seconds") if worker.last_heartbeat else "never"
-                    row.state = InstanceState.UNREACHABLE
-                    row.state_message = f"worker {row.worker_name} stopped sending heartbeats (last {seen})"
+                # the main worker, then the RPC part workers of a distributed instance
+                names = [row.worker_name or "", *(p["worker"] for p in (row.placement or {}).get("parts", ()))]
+                for role, name in zip(["worker", *["part worker"] * (len(names) - 1)], names):
+                    worker = ready.get(name)
+                    if worker is not None and not worker.ready:
+                        seen = worker.last_heartbeat.isoformat(timespec="seconds") if worker.last_heartbeat else "never"
+                        row.state = InstanceState.UNREACHABLE
+                        row.state_message = f"{role} {name} stopped sending heartbeats (last {seen})"
+                        break
 
     def due_restarts(self, now: datetime) -> list[tuple[int, int]]:
         now = _aware(now)

@@ -32,7 +32,7 @@ from gpufleet.core.placement import (
 )
 from gpufleet.core.placement.request import source_key
 from gpufleet.core.placement_spec import Placement, PlacementPart
-from gpufleet.core.schemas import DeploymentConfig, DeploymentSpec, ModelMetadata, ModelSource
+from gpufleet.core.schemas import RPC_CAPABILITY, DeploymentConfig, DeploymentSpec, ModelMetadata, ModelSource
 from gpufleet.core.states import InstanceState, check_transition
 from gpufleet.store.models import DeploymentRow, InstanceRow, PlacementLedgerRow, WorkerRow, utcnow
 from gpufleet.store.workers import fresh
@@ -104,14 +104,15 @@ def _int_keys(claims: dict[str, int]) -> dict[int, int]:
 
 
 _WORKER_COLUMNS = (WorkerRow.name, WorkerRow.last_heartbeat, WorkerRow.labels, WorkerRow.memory_total,
-                   WorkerRow.ram_reserved, WorkerRow.vram_reserved, WorkerRow.cpu_count, WorkerRow.gpus)
+                   WorkerRow.ram_reserved, WorkerRow.vram_reserved, WorkerRow.cpu_count, WorkerRow.gpus,
+                   WorkerRow.capabilities)
 
 
 def _worker_snapshot(row: tuple, now: datetime, timeout: timedelta) -> WorkerSnapshot:
-    name, beat, labels, memory, ram_reserved, vram_reserved, cpus, gpus = row
+    name, beat, labels, memory, ram_reserved, vram_reserved, cpus, gpus, capabilities = row
     return WorkerSnapshot.model_construct(
         name=name, ready=fresh(beat, now, timeout), labels=labels or {}, memory_total=memory,
-        ram_reserved=ram_reserved or 0, cpu_count=cpus,
+        ram_reserved=ram_reserved or 0, cpu_count=cpus, rpc=RPC_CAPABILITY in (capabilities or ()),
         gpus=[GpuSnapshot.model_construct(index=g["index"], name=g.get("name", ""), memory_total=g["memory_total"],
                                           reserved=vram_reserved or 0, vendor=g.get("vendor", "nvidia"),
                                           unified_memory=g.get("vendor") == "apple")
@@ -168,23 +169,9 @@ def _request(session: Session, row: InstanceRow) -> PlacementRequest:
     return PlacementRequest.from_config(dep.name, DeploymentConfig.model_validate(row.config), metadata)
 
 
-#: Why a placement across workers is not recorded: nodes start no llama.cpp RPC servers yet, so
-#: the instance would load the whole model on its first worker. `gpufleet plan` still shows it.
-DISTRIBUTED_NOT_RUNNABLE = (
-    "needs {workers} together, but gpufleet nodes cannot start distributed (llama.cpp RPC) instances "
-    "yet; free a worker with enough memory, or use --cpu-offloading"
-)
-
-
 def _record(row: InstanceRow, result: Placement | Unplaceable) -> None:
     current = InstanceState(row.state)
-    if isinstance(result, Placement) and result.parts:
-        if current != InstanceState.PENDING:
-            check_transition(current, InstanceState.PENDING)
-        workers = " + ".join([result.worker, *(p.worker for p in result.parts)])
-        row.state = InstanceState.PENDING
-        row.state_message = UNPLACED_PREFIX + DISTRIBUTED_NOT_RUNNABLE.format(workers=workers)
-    elif isinstance(result, Unplaceable):
+    if isinstance(result, Unplaceable):
         if current != InstanceState.PENDING:
             check_transition(current, InstanceState.PENDING)
         row.state = InstanceState.PENDING

@@ -30,6 +30,7 @@ class WorkerRow(Base):
     # Memory placement must leave free: RAM for the OS and node, VRAM on each GPU.
     ram_reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     vram_reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    capabilities: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     last_heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -70,6 +71,8 @@ class InstanceRow(Base):
     placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: RpcServerInfo dicts reported by the part workers of a distributed instance
+    rpc_servers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

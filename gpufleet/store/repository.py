@@ -26,6 +26,7 @@ from gpufleet.core.schemas import (
     Placement,
     ReplicaPlanView,
     ResourceEstimate,
+    RpcServerInfo,
     WorkerRegistration,
     WorkerView,
 )
@@ -168,6 +169,7 @@ def instance_view(row: InstanceRow) -> InstanceView:
         deleting=row.deleting,
         config=DeploymentConfig.model_validate(row.config),
         placement=Placement.model_validate(row.placement) if row.placement else None,
+        rpc_servers=[RpcServerInfo.model_validate(r) for r in row.rpc_servers or ()],
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -183,9 +185,29 @@ def list_instances(
     query = select(InstanceRow).order_by(InstanceRow.id)
     if deployment is not None:
         query = query.where(InstanceRow.deployment_id == _deployment(session, deployment).id)
-    if worker is not None:
-        query = query.where(InstanceRow.worker_name == worker)
-    return [instance_view(r) for r in session.scalars(query).all()]
+    views = [instance_view(r) for r in session.scalars(query).all()]
+    if worker is not None:  # its backends, and its RPC parts of distributed instances
+        views = [v for v in views if v.involves(worker)]
+    return views
+
+
+def report_rpc_servers(session: Session, instance_id: int, worker: str, servers: list[RpcServerInfo]) -> InstanceRow:
+    """Replace ``worker``'s RPC servers of a distributed instance (an empty list: stopped).
+    Only a part worker of the instance, reporting GPUs of its part, is accepted."""
+    row = _instance(session, instance_id)
+    placement = Placement.model_validate(row.placement) if row.placement else None
+    part = next((p for p in placement.parts if p.worker == worker), None) if placement else None
+    if part is None:
+        raise Conflict(f"instance {row.name} has no RPC part on worker {worker!r} "
+                       f"(placed on {placement.workers() if placement else 'no worker yet'})")
+    for server in servers:
+        if server.worker != worker or server.gpu_index not in part.gpu_indexes:
+            raise Conflict(f"RPC server for {server.worker}:{server.gpu_index} is not part of instance {row.name} "
+                           f"on {worker} (its GPUs there: {part.gpu_indexes})")
+    kept = [r for r in row.rpc_servers or () if r.get("worker") != worker]
+    row.rpc_servers = kept + [s.model_dump(mode="json") for s in servers]
+    row.updated_at = utcnow()
+    return row
 
 
 def _summary(row: InstanceRow) -> InstanceSummary:
@@ -306,6 +328,7 @@ def list_workers(session: Session, timeout: timedelta) -> list[WorkerView]:
             work_queue=r.work_queue,
             ram_reserved=r.ram_reserved or 0,
             vram_reserved=r.vram_reserved or 0,
+            capabilities=r.capabilities or [],
             ready=is_ready(r, now, timeout),
             last_heartbeat=r.last_heartbeat,
         )

@@ -102,3 +102,70 @@ def test_context_size_from_params() -> None:
     assert llama_cpp.context_size(["--ctx-size=2048"]) == 2048
     assert llama_cpp.context_size(["-c 128", "--ctx-size=64"]) == 64  # last one wins, like llama.cpp
     assert llama_cpp.context_size([]) is None
+
+
+# --- distributed instances (llama.cpp RPC) --------------------------------------------------
+
+from gpufleet.core.backends import llama_rpc  # noqa: E402
+from gpufleet.core.placement_spec import PlacementPart  # noqa: E402
+
+#: main "a" with GPUs 0, 1; part "b" with GPU 2; llama.cpp order: b:2, a:0, a:1 (RPC first).
+DISTRIBUTED = Placement(worker="a", gpu_indexes=[0, 1], stage="distributed", tensor_split=[0.5, 1, 1],
+                        parts=[PlacementPart(worker="b", gpu_indexes=[2])])
+
+
+def launch(placement: Placement, **kw: object) -> llama_cpp.LaunchSpec:
+    return llama_cpp.build_launch(config([]), model_path="/m.gguf", alias="x", host="h", port=1,
+                                  placement=placement, default_context=512, **kw)  # type: ignore[arg-type]
+
+
+def value_of(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_distributed_devices_put_rpc_first() -> None:
+    assert DISTRIBUTED.devices() == [("b", 2), ("a", 0), ("a", 1)]
+    assert DISTRIBUTED.workers() == ["a", "b"]
+
+
+def test_distributed_on_real_gpus_passes_rpc_servers_and_the_split_in_device_order() -> None:
+    spec = launch(DISTRIBUTED, rpc_servers=["10.0.0.2:50052"])
+    assert value_of(spec.args, "--rpc") == "10.0.0.2:50052"
+    assert value_of(spec.args, "--tensor-split") == "0.5,1,1"
+    assert value_of(spec.args, "--n-gpu-layers") == "999"
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == "0,1"  # the main worker's own GPUs, after the RPC device
+
+
+def test_distributed_on_virtual_gpus_serves_every_gpu_over_rpc() -> None:
+    spec = launch(DISTRIBUTED, rpc_servers=["b:1", "a:2", "a:3"], local_gpus=[])
+    assert value_of(spec.args, "--rpc") == "b:1,a:2,a:3"
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+@pytest.mark.parametrize(("rpc", "local"), [([], None), (["b:1", "a:2"], []), (["b:1"], [0])])
+def test_distributed_devices_must_match_the_placement(rpc: list[str], local: list[int] | None) -> None:
+    with pytest.raises(ValueError, match="spans 3 GPUs"):
+        launch(DISTRIBUTED, rpc_servers=rpc, local_gpus=local)
+
+
+def test_rpc_servers_for_a_single_worker_instance_are_refused() -> None:
+    with pytest.raises(ValueError, match="one worker"):
+        launch(Placement(worker="a", gpu_indexes=[0]), rpc_servers=["b:1"])
+
+
+def test_users_cannot_set_rpc_themselves() -> None:
+    with pytest.raises(BackendParamError, match="--rpc is set by gpufleet"):
+        llama_cpp.validate_params(["--rpc=10.0.0.9:50052"])
+
+
+@pytest.mark.parametrize(("virtual", "device_args", "visible"), [(True, ["--device", "CPU"], ""), (False, [], "3")])
+def test_rpc_server_command_line(virtual: bool, device_args: list[str], visible: str) -> None:
+    spec = llama_rpc.build_rpc_server_launch(host="10.0.0.2", port=50052, gpu_index=3, virtual=virtual,
+                                             cache_dir="/n/rpc-cache")
+    assert spec.args == ["--host", "10.0.0.2", "--port", "50052", "--cache", *device_args]
+    assert spec.env == {"CUDA_VISIBLE_DEVICES": visible, "LLAMA_CACHE": "/n/rpc-cache"}
+
+
+@pytest.mark.parametrize(("host", "expected"), [("10.0.0.2", "10.0.0.2:5"), ("::1", "[::1]:5")])
+def test_rpc_endpoint(host: str, expected: str) -> None:
+    assert llama_rpc.endpoint(host, 5) == expected

@@ -44,8 +44,13 @@ def test_registry_round_trip(tmp_path: Path) -> None:
     assert reg.get(7) == rec
     assert reg.all() == [rec]
     assert reg.used_ports() == {40001}
-    reg.remove(7)
-    assert reg.get(7) is None
+    rpc = rec.model_copy(update={"role": "rpc", "gpu_index": 1, "port": 40002})
+    reg.save(rpc)
+    assert reg.get(7) == rec and reg.get_rpc(7, 1) == rpc  # one file each: the server and the GPU 1 RPC server
+    assert reg.of_instance(7) == [rec, rpc] and reg.of_instance(8) == []
+    assert reg.used_ports() == {40001, 40002}
+    reg.remove(rec)
+    assert reg.get(7) is None and reg.all() == [rpc]
 
 
 def test_spawn_is_alive_terminate(tmp_path: Path) -> None:

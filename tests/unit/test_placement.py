@@ -137,12 +137,17 @@ def test_multi_gpu_claims_and_split() -> None:
 def test_distributed_parts() -> None:
     """400 layers split 1:1:1:1:1:1 -> 67, 66, 67, 67, 66, 67 layers (round of cumulative sixths);
     node-b has the most room (4 × 80 = 320 GiB) so it holds 4 GPUs and the main process; node-a's
-    GPUs 1 and 2 (80 free each, GPU 0 has 23.9) are the RPC part. Claims: 400 GiB + 6 × 0.5 GiB."""
+    GPUs 1 and 2 (80 free each, GPU 0 has 23.9) are the RPC part. llama.cpp's device order puts
+    RPC devices first: node-a:1, node-a:2, then node-b:0..3, so node-a gets 67, 66 and node-b
+    67, 67, 66, 67 (its last GPU also holds the output layer in llama.cpp).
+    Claims: 400 GiB + 6 × 0.5 GiB."""
     p = placed(place(cluster("two-workers-a100"), req(model(400, 1), distributed=True), linear_estimator))
     assert p.stage == "distributed"
     assert [(x.worker, x.gpu_indexes) for x in p.parts] == [("node-a", [1, 2])]
-    assert [p.vram_claim[i] // GiB for i in range(4)] == [67, 66, 67, 67]
-    assert [p.parts[0].vram_claim[i] // GiB for i in (1, 2)] == [66, 67]
+    assert p.devices() == [("node-a", 1), ("node-a", 2), ("node-b", 0), ("node-b", 1), ("node-b", 2), ("node-b", 3)]
+    assert len(p.tensor_split) == 6
+    assert [p.parts[0].vram_claim[i] // GiB for i in (1, 2)] == [67, 66]
+    assert [p.vram_claim[i] // GiB for i in range(4)] == [67, 67, 66, 67]
     all_claims = sum(p.vram_claim.values()) + sum(p.parts[0].vram_claim.values())
     assert all_claims == 400 * GiB + 6 * GPU_OVERHEAD
     assert p.ram_claim == HOST_OVERHEAD  # on the main worker only

@@ -7,6 +7,7 @@ so what runs is decided in one pure, tested place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gpufleet.core.backends.params import BackendParam, BackendParamError, find_value, parse_params
@@ -22,6 +23,7 @@ MANAGED_FLAGS: dict[str, str] = {
     "--port": "the node allocates a free port per instance",
     "--alias": "it is the deployment name",
     "-a": "it is the deployment name",
+    "--rpc": "gpufleet starts the RPC servers of a distributed instance (--distributed) and passes them",
 }
 CTX_FLAGS = ("--ctx-size", "-c")
 GPU_LAYER_FLAGS = ("--n-gpu-layers", "-ngl", "--gpu-layers")
@@ -72,15 +74,30 @@ def build_launch(
     port: int,
     placement: Placement,
     default_context: int,
+    rpc_servers: Sequence[str] = (),
+    local_gpus: Sequence[int] | None = None,
 ) -> LaunchSpec:
+    """The `llama-server` command line of one instance.
+
+    ``rpc_servers`` (``host:port``) are the RPC devices of a distributed instance,
+    in :meth:`Placement.devices` order; ``local_gpus`` are the GPUs this process
+    drives itself (default: the placement's GPUs on this worker). A node whose
+    GPUs are virtual serves them through loopback RPC servers too, and passes
+    ``local_gpus=[]``. Together they must be the placement's devices, in order,
+    because ``--tensor-split`` is positional."""
     params = validate_params(config.backend_params)
+    local = list(placement.gpu_indexes if local_gpus is None else local_gpus)
+    _check_devices(placement, rpc_servers, local)
     args = ["--model", model_path, "--host", host, "--port", str(port), "--alias", alias]
     if find_value(params, *CTX_FLAGS) is None:
         args += ["--ctx-size", str(default_context)]
+    if rpc_servers:
+        args += ["--rpc", ",".join(rpc_servers)]
     if find_value(params, *GPU_LAYER_FLAGS) is None:
         args += ["--n-gpu-layers", gpu_layers_arg(placement)]
     if find_value(params, *TENSOR_SPLIT_FLAGS) is None and len(placement.tensor_split) > 1:
-        # The split placement estimated with, in gpu_indexes order (= CUDA_VISIBLE_DEVICES order).
+        # The split placement estimated with, in llama.cpp's device order: RPC devices
+        # first, then local GPUs in gpu_indexes order (= CUDA_VISIBLE_DEVICES order).
         args += ["--tensor-split", ",".join(f"{x:g}" for x in placement.tensor_split)]
     if find_value(params, *PARALLEL_FLAGS) is None:
         # The estimator assumes one sequence; recent llama-server builds default to 4 slots.
@@ -89,5 +106,16 @@ def build_launch(
         args += p.as_args()
     env = dict(config.env)
     # Restrict the process to its claimed GPUs; "" hides all GPUs from a CPU placement.
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpu_indexes)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in local)
     return LaunchSpec(args=args, env=env)
+
+
+def _check_devices(placement: Placement, rpc_servers: Sequence[str], local: list[int]) -> None:
+    expected = len(placement.devices())
+    if placement.distributed and len(rpc_servers) + len(local) != expected:
+        raise ValueError(
+            f"instance spans {expected} GPUs ({placement.devices()}) but gets {len(rpc_servers)} RPC "
+            f"servers and {len(local)} local GPUs"
+        )
+    if not placement.distributed and rpc_servers:
+        raise ValueError("RPC servers given for an instance placed on one worker")

@@ -36,6 +36,8 @@ class WorkerSnapshot(_Model):
     ram_reserved: int = Field(default=0, ge=0)
     cpu_count: int = Field(default=1, ge=1)
     gpus: list[GpuSnapshot] = Field(default_factory=list)
+    rpc: bool = Field(default=True, description="can run llama.cpp RPC (--distributed); gpufleet nodes "
+                      "report it, a snapshot file that leaves it out describes workers that can")
 
 
 class ClaimSnapshot(_Model):

@@ -149,7 +149,10 @@ def _tp_sizes(fc: FitContext, sizes: list[int]) -> tuple[list[int], str | None]:
 
 def _on_gpus(w: WorkerState, top: tuple[GpuState, ...], fc: FitContext, stage: Stage,
              gpu_layers: int | None = None) -> tuple[Candidate | None, Estimate]:
-    top = tuple(sorted(top, key=lambda g: (g.worker != w.name, g.worker, g.index)))
+    if stage == "distributed":  # llama.cpp's device order: RPC devices first, the main worker's GPUs last
+        top = tuple(sorted(top, key=lambda g: (g.worker == w.name, g.worker, g.index)))
+    else:
+        top = tuple(sorted(top, key=lambda g: (g.worker != w.name, g.worker, g.index)))
     split = _split(top) if fc.backend in CPU_CAPABLE else None
     est = fc.cache.get(tuple(g.total for g in top), split, gpu_layers)
     claims = _claims(est)
@@ -236,6 +239,11 @@ def distributed(pool: list[tuple[WorkerState, list[GpuState]]], fc: FitContext) 
     process (and its host RAM) is on the worker holding most of those GPUs."""
     if not fc.spec.distributed or fc.backend not in DISTRIBUTABLE:
         return None
+    unable = [w.name for w, _ in pool if not w.snapshot.rpc]
+    pool = [(w, gs) for w, gs in pool if w.snapshot.rpc]
+    if unable and len(pool) < 2:
+        return (f"--distributed needs two or more workers that run llama.cpp RPC; {', '.join(unable)} cannot "
+                "(no rpc-server and RPC-enabled llama-server there: run scripts/build-llama-cpp.sh on it)")
     room = {w.name: sum(max(g.free, 0) for g in gs) for w, gs in pool}
     gpus = sorted((g for _, gs in pool for g in gs if g.free > 0),
                   key=lambda g: (-room[g.worker], g.worker, -g.free, g.index))[:MAX_DISTRIBUTED_GPUS]
