@@ -144,7 +144,7 @@ build() {
 smoke_test() {
   local bin="$1"
   logged "$bin/llama-server" --version || die "built llama-server does not run"
-  grep -q "version: ${LLAMA_CPP_BUILD#b}" "$LOG" || die "built llama-server does not report build ${LLAMA_CPP_BUILD#b}"
+  grep -q "(build ${LLAMA_CPP_BUILD#b}," "$LOG" || die "built llama-server does not report build ${LLAMA_CPP_BUILD#b}"
   logged "$bin/ggml-rpc-server" --help || die "built ggml-rpc-server does not run"
 }
 

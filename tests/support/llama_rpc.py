@@ -9,10 +9,13 @@ fails makes the tests fail with the build log's tail, never skip.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from gpufleet.runtimes.llama_rpc import (
+    RPC_LLAMA_SERVER_ENV,
+    RPC_SERVER_ENV,
     install_dir,
     rpc_llama_server_executable,
     rpc_server_executable,
@@ -29,20 +32,27 @@ def ensure_rpc_binaries() -> tuple[list[str], list[str]]:
     """(llama_server_cmd, rpc_server_cmd), building them first if needed.
 
     Raises RuntimeError, with the build's output and log tail, when the script fails or the
-    binaries are still unavailable after it.
+    binaries are still unavailable after it. When both overrides are set the operator has said
+    which binaries to use, so nothing is built.
     """
+    if not (os.environ.get(RPC_SERVER_ENV) and os.environ.get(RPC_LLAMA_SERVER_ENV)):
+        _build()
+    reason = rpc_unavailable_reason()
+    llama_server = rpc_llama_server_executable()
+    rpc_server = rpc_server_executable()
+    if reason is not None or llama_server is None or rpc_server is None:
+        raise RuntimeError(f"{reason}\n{_log_tail()}")
+    return llama_server, rpc_server
+
+
+def _build() -> None:
+    """Run the build script: at once when installed, else waiting on or doing the build."""
     result = _run_build_script()
     if result.returncode != 0:
         output = _tail(result.stderr)
         if "last lines of" not in output:  # the script shows the log tail itself when it can
             output += f"\n{_log_tail()}"
         raise RuntimeError(f"{SCRIPT.name} failed with exit status {result.returncode}:\n{output}")
-    reason = rpc_unavailable_reason()
-    llama_server = rpc_llama_server_executable()
-    rpc_server = rpc_server_executable()
-    if reason is not None or llama_server is None or rpc_server is None:
-        raise RuntimeError(f"{SCRIPT.name} succeeded but {reason}\n{_log_tail()}")
-    return llama_server, rpc_server
 
 
 def _run_build_script() -> subprocess.CompletedProcess[str]:
