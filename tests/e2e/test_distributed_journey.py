@@ -59,8 +59,9 @@ def test_distributed_instance_runs_across_two_workers(cluster: E2ECluster, rpc_p
     assert all("llama.cpp-rpc" in workers[n]["capabilities"] for n in ("ra", "rb"))
 
     # two GPUs per replica, one GPU per worker: only both workers together hold it
+    # (log verbosity 4: llama.cpp then logs each device's buffers)
     cluster.cli("deploy", "--name", "dist", "--local-path", str(tiny_gguf), "--distributed",
-                "--gpus-per-replica", "2", "--worker-selector", "pool=rpc")
+                "--gpus-per-replica", "2", "--worker-selector", "pool=rpc", "--backend-param=--verbosity=4")
     inst = running(cluster, "dist")
     placement = inst["placement"]
     main = inst["worker"]
@@ -81,7 +82,7 @@ def test_distributed_instance_runs_across_two_workers(cluster: E2ECluster, rpc_p
     assert args[args.index("--tensor-split") + 1] == ",".join(f"{x:g}" for x in placement["tensor_split"])
     log = Path(server.log_path).read_text()
     for port in (remote.port, loopback.port):  # llama.cpp put model weights on both RPC devices
-        assert any(f"127.0.0.1:{port}" in line and "model buffer size" in line for line in log.splitlines()), log
+        assert any(f"[127.0.0.1:{port}] model buffer size" in line for line in log.splitlines()), log
 
     # an RPC server dies: the instance goes to ERROR, then the whole instance is restarted
     os.kill(remote.pid, signal.SIGKILL)
