@@ -63,9 +63,10 @@ cuda_flags() {
     auto) ;;
     *) die "GPUFLEET_LLAMA_CPP_CUDA must be auto, on or off (got '$mode')" ;;
   esac
-  if command -v nvcc >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
-    echo "-DGGML_CUDA=ON"
-  fi
+  command -v nvcc >/dev/null 2>&1 || return 0
+  local libs
+  libs="$({ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null || true)"
+  if [[ "$libs" == *libcuda.so.1* ]]; then echo "-DGGML_CUDA=ON"; fi
 }
 
 # The verified configuration, plus the build number so `llama-server --version` names it.
