@@ -13,11 +13,11 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${GPUFLEET_TES
   fi
 fi
 
-scripts/setup.sh --test
-
 # llama.cpp's rpc-server and an RPC llama-server for the `rpc` tests: built in the background on
-# idle CPU while the suite runs (those tests run last and wait for it through the script's lock;
-# an installed build makes this return at once). Its own session, so it can be stopped as a group.
+# idle CPU while setup and the suite run (those tests run last and wait for it through the
+# script's lock; an installed build makes this return at once). Started after the apt-get above,
+# so the build's own apt-get never waits on it, and before setup.sh, whose pip install leaves the
+# CPU mostly idle on a fresh machine. Its own session, so it can be stopped as a group.
 build_log="$(scripts/build-llama-cpp.sh --print-dir).background.log"
 mkdir -p "$(dirname "$build_log")"
 setsid nice -n 19 scripts/build-llama-cpp.sh >"$build_log" 2>&1 </dev/null &
@@ -33,6 +33,8 @@ stop_build() {
   fi
 }
 trap stop_build EXIT
+
+scripts/setup.sh --test
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
