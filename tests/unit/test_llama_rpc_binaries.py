@@ -3,6 +3,7 @@ scripts/build-llama-cpp.sh), the environment overrides, and a reason that names 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from pathlib import Path
@@ -223,3 +224,59 @@ def test_a_directory_is_not_an_executable(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_module_runs_nothing_at_import() -> None:
     source = Path(llama_rpc.__file__).read_text()
     assert "subprocess" not in source
+
+
+# --- the build script's idempotence and lock (no build: the install is faked) ----------------
+
+
+def run_script(home: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GPUFLEET_LLAMA_CPP_HOME": str(home)}
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def fake_install(home: Path) -> None:
+    """Both binaries and the stamp the script itself says a reusable install has."""
+    install_both(home)
+    stamp = run_script(home, "--print-stamp").stdout
+    (home / "BUILD_INFO").write_text(stamp + "built=2026-01-01T00:00:00Z\n")
+
+
+def test_matching_install_is_reused_without_building(tmp_path: Path) -> None:
+    home = tmp_path / "llama"
+    fake_install(home)
+    result = run_script(home, timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert "already installed" in result.stderr
+    assert not Path(f"{home}.log").exists()  # nothing downloaded or built
+
+
+def test_stamp_names_build_sdist_and_flags(tmp_path: Path) -> None:
+    stamp = run_script(tmp_path / "llama", "--print-stamp").stdout
+    assert f"build={LLAMA_CPP_BUILD}\n" in stamp
+    assert "sdist_sha256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45\n" in stamp
+    assert "-DGGML_RPC=ON" in stamp and "-DBUILD_SHARED_LIBS=OFF" in stamp
+
+
+def test_second_caller_waits_on_the_lock_then_reuses_the_build(tmp_path: Path) -> None:
+    """While one caller holds the lock (a build in progress), another blocks; when the first
+    installs and releases it, the second finds the install and exits 0 without building."""
+    home = tmp_path / "llama"
+    home.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GPUFLEET_LLAMA_CPP_HOME": str(home)}
+    with open(f"{home}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiter = subprocess.Popen(
+            ["bash", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                waiter.wait(timeout=1.5)
+            fake_install(home)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        _, stderr = waiter.communicate(timeout=10)
+    assert waiter.returncode == 0, stderr
+    assert "waiting for it" in stderr and "already installed" in stderr
+    assert not Path(f"{home}.log").exists()
