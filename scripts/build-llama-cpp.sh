@@ -84,8 +84,9 @@ cmake_flags() {
 
 # Where the build's CPU goes: ~2/3 of its ~24 CPU-minutes is the server's helpers (argument
 # parsing, JSON, chat templates, HTTP, multimodal preprocessing), not the kernels. Those targets
-# are compiled at -O1 by default, which cuts the build by about a quarter, while ggml and libllama
-# (the kernels, the model code and its samplers) keep upstream's -O3. -O3 here restores upstream exactly.
+# are compiled at -O1 by default (measured: 1405 -> 1163 CPU-s for the whole build, single files
+# 23-64 % faster to compile), while ggml and libllama (the kernels, the model code and its
+# samplers) keep upstream's -O3. GPUFLEET_LLAMA_CPP_HELPER_OPT=-O3 restores upstream exactly.
 readonly HELPER_TARGETS="llama-common mtmd server-context llama-server-impl cpp-httplib"
 
 helper_opt() {
