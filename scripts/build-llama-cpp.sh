@@ -9,7 +9,7 @@
 #   --print-stamp  print the BUILD_INFO lines (less the date) an install must have to be reused
 #
 # Install dir: ${GPUFLEET_LLAMA_CPP_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/gpufleet/llama.cpp-b11434}
-#   bin/llama-server, bin/rpc-server, BUILD_INFO (stamp: build, sdist sha256, cmake flags, date).
+#   bin/llama-server, bin/rpc-server, BUILD_INFO (stamp: build, sdist sha256, cmake flags, helper -O, date).
 # Full log of the last build: <install dir>.log. Lock: <install dir>.lock.
 #
 # Idempotent and safe to run concurrently: callers serialise on an exclusive flock, so a caller
