@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -24,18 +23,13 @@ from pathlib import Path
 import httpx
 
 from gpufleet.cli.embedded import _spawn, _wait_for_worker, start_cluster, stop_children
-from gpufleet.client import ApiError, GpufleetClient
+from gpufleet.client import GpufleetClient
 from gpufleet.core.schemas import DeploymentSpec, ModelSource
 from gpufleet.demo.tiny_model import write_tiny_llama_gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
+from benchmarks.deploy_latency import free_port, wait_gone  # noqa: E402
 from tests.support.llama_rpc import ensure_rpc_binaries  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_running(c: GpufleetClient, name: str, timeout: float = 300) -> int:
@@ -49,18 +43,6 @@ def wait_running(c: GpufleetClient, name: str, timeout: float = 300) -> int:
             raise RuntimeError(f"instance failed: {[i.state_message for i in insts]}")
         time.sleep(0.05)
     raise TimeoutError(name)
-
-
-def wait_gone(c: GpufleetClient, name: str) -> None:
-    while True:
-        try:
-            if not c.list_instances(deployment=name):
-                return
-        except ApiError as exc:
-            if exc.status == 404:
-                return
-            raise
-        time.sleep(0.1)
 
 
 def ms_per_token(port: int, tokens: int) -> float:
