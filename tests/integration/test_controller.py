@@ -91,3 +91,28 @@ def test_unconverged_deployment_is_driven_again(setup) -> None:  # noqa: ANN001
     assert calls == [("reconcile", {"name": "d"})]
     controller.run_once(now=placed_at + timedelta(seconds=40))
     assert len(calls) == 1
+
+
+def test_lost_part_worker_makes_a_distributed_instance_unreachable(setup) -> None:  # noqa: ANN001
+    """A distributed instance needs every worker: the main one (w) still beats, but its
+    RPC part on p stopped, so the instance is UNREACHABLE and says which worker."""
+    state, controller, iid, calls = setup
+    with state.session() as s:
+        repo.register_worker(s, WorkerRegistration(
+            name="p", address="http://127.0.0.1:2", cpu_count=2, memory_total=8 << 30, work_queue="node-p",
+            gpus=[GpuInfo(index=0, name="T4", memory_total=1 << 30, virtual=True)]))
+        row = s.get(InstanceRow, iid)
+        row.placement = {**row.placement, "stage": "distributed", "tensor_split": [1.0, 1.0],
+                         "parts": [{"worker": "p", "gpu_indexes": [0], "vram_claim": {"0": 1}, "ram_claim": 0}]}
+    report(state, iid, InstanceState.STARTING)
+    report(state, iid, InstanceState.RUNNING)
+    controller.run_once()
+    with state.session() as s:
+        assert repo.get_instance(s, iid).state == InstanceState.RUNNING
+        s.execute(update(WorkerRow).where(WorkerRow.name == "p").values(last_heartbeat=utcnow() - timedelta(minutes=5)))
+    controller.run_once()
+    with state.session() as s:
+        inst = repo.get_instance(s, iid)
+    assert inst.state == InstanceState.UNREACHABLE
+    assert "part worker p stopped sending heartbeats" in inst.state_message
+    assert calls == []
