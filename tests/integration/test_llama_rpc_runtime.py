@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from gpufleet.demo.tiny_model import TinyModelShape, write_tiny_llama_gguf
+from tests.support.servers import free_port, tail, wait_healthy
 
 pytestmark = pytest.mark.rpc
 
@@ -45,16 +46,6 @@ def four_layer_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_llama_gguf(
         tmp_path_factory.mktemp("models") / "tiny-4-layers.gguf", shape=TinyModelShape(n_layers=4)
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(log: Path, n: int = 60) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
 
 
 @contextmanager
@@ -84,20 +75,6 @@ def wait_for_port(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
     pytest.fail(f"rpc-server not listening on {HOST}:{port} after {PORT_TIMEOUT_S} s:\n{tail(log)}")
 
 
-def wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama-server exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"llama-server not healthy after {HEALTH_TIMEOUT_S} s:\n{tail(log)}")
-
-
 def remote_buffers(log_text: str) -> dict[tuple[str, str], float]:
     """(endpoint, 'model' | 'KV') -> MiB, from llama-server's buffer lines."""
     return {
@@ -109,9 +86,9 @@ def test_llama_server_splits_a_model_over_two_rpc_servers(
     rpc_binaries: tuple[list[str], list[str]], four_layer_gguf: Path, tmp_path: Path
 ) -> None:
     llama_server, rpc_server = rpc_binaries
-    rpc_ports = [free_port(), free_port()]
+    rpc_ports = [free_port(HOST), free_port(HOST)]
     endpoints = [f"{HOST}:{port}" for port in rpc_ports]
-    http_port = free_port()
+    http_port = free_port(HOST)
     server_log = tmp_path / "llama-server.log"
 
     with ExitStack() as stack:
@@ -135,7 +112,7 @@ def test_llama_server_splits_a_model_over_two_rpc_servers(
         ]  # fmt: skip
         server = stack.enter_context(process(cmd, server_log))
         base = f"http://{HOST}:{http_port}"
-        wait_healthy(server, base, server_log)
+        wait_healthy(server, base, server_log, "llama-server", HEALTH_TIMEOUT_S)
 
         response = httpx.post(
             f"{base}/v1/chat/completions",

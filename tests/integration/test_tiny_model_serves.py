@@ -8,16 +8,14 @@ kill it.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from gpufleet.demo.tiny_model import write_tiny_llama_gguf
+from tests.support.servers import free_port, wait_healthy
 
 import xllamacpp  # noqa: F401,E402 - a dependency: its absence must fail, not skip
 
@@ -47,30 +45,6 @@ while True:
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"server not healthy after {HEALTH_TIMEOUT_S} s:\n{tail(log)}")
-
-
-def tail(log: Path, n: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
-
-
 def test_tiny_model_serves_chat_completions(tmp_path: Path) -> None:
     model = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
     port = free_port()
@@ -84,7 +58,7 @@ def test_tiny_model_serves_chat_completions(tmp_path: Path) -> None:
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_healthy(proc, base, log)
+        wait_healthy(proc, base, log, timeout=HEALTH_TIMEOUT_S)
         response = httpx.post(
             f"{base}/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
