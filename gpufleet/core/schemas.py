@@ -187,10 +187,6 @@ class InstanceView(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    def involves(self, worker: str) -> bool:
-        """The instance runs (or would run) something on ``worker``: its backend or an RPC part."""
-        return self.worker == worker or bool(self.placement and worker in self.placement.workers())
-
 
 class DeploymentView(DeploymentSpec):
     """A deployment as the API returns it."""

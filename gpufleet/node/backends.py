@@ -10,6 +10,7 @@ import socket
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -104,15 +105,14 @@ def launch(
 
 
 def _spawn(instance: InstanceView, node: NodeContext, command: list[str], env: dict[str, str], port: int,
-           log: Path, role: str = "server", gpu_index: int | None = None) -> BackendRecord:
+           log: Path, role: Literal["server", "rpc"] = "server", gpu_index: int | None = None) -> BackendRecord:
     """Start a process and record it before returning (the caller holds the registry lock)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         f.write(f"[gpufleet] starting on {node.name}: {' '.join(command)}\n")
     pid, start_time = processes.spawn(command, env, log, cwd=node.home)
     record = BackendRecord(instance_id=instance.id, instance_name=instance.name, pid=pid, start_time=start_time,
-                           port=port, log_path=str(log), command=command, role=role,  # type: ignore[arg-type]
-                           gpu_index=gpu_index)
+                           port=port, log_path=str(log), command=command, role=role, gpu_index=gpu_index)
     registry(node).save(record)
     return record
 

@@ -148,8 +148,8 @@ class Controller:
             ).all()
             for row in rows:
                 # the main worker, then the RPC part workers of a distributed instance
-                names = [row.worker_name or "", *(p["worker"] for p in (row.placement or {}).get("parts", ()))]
-                for role, name in zip(["worker", *["part worker"] * (len(names) - 1)], names):
+                parts = (row.placement or {}).get("parts", ())
+                for role, name in [("worker", row.worker_name or ""), *(("part worker", p["worker"]) for p in parts)]:
                     worker = ready.get(name)
                     if worker is not None and not worker.ready:
                         seen = worker.last_heartbeat.isoformat(timespec="seconds") if worker.last_heartbeat else "never"

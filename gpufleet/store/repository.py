@@ -185,10 +185,14 @@ def list_instances(
     query = select(InstanceRow).order_by(InstanceRow.id)
     if deployment is not None:
         query = query.where(InstanceRow.deployment_id == _deployment(session, deployment).id)
-    views = [instance_view(r) for r in session.scalars(query).all()]
+    rows = session.scalars(query).all()
     if worker is not None:  # its backends, and its RPC parts of distributed instances
-        views = [v for v in views if v.involves(worker)]
-    return views
+        rows = [r for r in rows if r.worker_name == worker or _has_part_on(r, worker)]
+    return [instance_view(r) for r in rows]
+
+
+def _has_part_on(row: InstanceRow, worker: str) -> bool:
+    return any(p.get("worker") == worker for p in (row.placement or {}).get("parts", ()))
 
 
 def report_rpc_servers(session: Session, instance_id: int, worker: str, servers: list[RpcServerInfo]) -> InstanceRow:
