@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gpufleet.core.backends.registry import engine, with_capability
 from gpufleet.core.estimation.summary import ResourceEstimate
 from gpufleet.core.metadata import Category, ModelMetadata
 from gpufleet.core.placement_spec import Placement, PlacementSpec
@@ -19,6 +20,7 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 BackendName = Literal["llama.cpp", "llama-box", "vllm", "vox-box"]
 SourceKind = Literal["local_path", "huggingface", "modelscope"]
+RuntimeName = Literal["process", "docker"]
 
 
 class Strict(BaseModel):
@@ -56,6 +58,27 @@ class ModelSource(Strict):
         return f"{prefix}:{self.repo}" + (f"/{self.file}" if self.file else "")
 
 
+class KvCacheSpec(Strict):
+    """vLLM's extended KV cache (LMCache): KV blocks evicted from GPU memory are kept
+    in ``cpu_gib`` GiB of the worker's RAM (claimed by placement) and, optionally,
+    in a shared remote store, so a repeated prefix is loaded instead of recomputed."""
+
+    cpu_gib: float = Field(gt=0, le=4096, description="GiB of host RAM for KV chunks (LMCache max_local_cpu_size)")
+    chunk_size: int = Field(default=256, ge=16, le=65536, description="tokens per KV chunk (LMCache chunk_size)")
+    remote_url: str | None = Field(default=None, description="shared store, e.g. redis://host:6379 (LMCache remote_url)")
+
+    @field_validator("remote_url")
+    @classmethod
+    def _valid_remote(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^(redis|rediss|lm|infinistore|mooncakestore)://[^/\s:]+(:\d{1,5})?/?$", v):
+            raise ValueError(
+                f"--kv-cache-remote-url {v!r} is not a store URL; use redis://HOST:PORT "
+                "(or lm://, infinistore://, mooncakestore://)")
+        return v
+
+
 class DeploymentConfig(Strict):
     """The part of a deployment an instance is launched with; copied into each
     instance when it is created, so that `edit` only affects new instances."""
@@ -67,16 +90,27 @@ class DeploymentConfig(Strict):
     backend_version: str | None = None
     backend_params: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    kv_cache: KvCacheSpec | None = Field(default=None, description="extended KV cache (vLLM with LMCache)")
+    image: str | None = Field(default=None, description="container image to run instead of the engine's default "
+                                                        "(nodes with the docker runtime)")
 
     @model_validator(mode="after")
     def _placement_fits_backend(self) -> DeploymentConfig:
-        if self.placement.cpu_offloading and self.backend not in ("llama.cpp", "llama-box"):
+        caps = engine(self.backend)
+        if self.placement.cpu_offloading and not caps.cpu_offloading:
             raise ValueError(
-                f"--cpu-offloading is for llama.cpp and llama-box; {self.backend} runs on GPUs only"
+                f"--cpu-offloading is for {' and '.join(with_capability('cpu_offloading'))}; "
+                f"{self.backend} runs on GPUs only"
             )
-        if self.placement.distributed and self.backend not in ("llama.cpp", "llama-box"):
+        if self.placement.distributed and not caps.distributed:
             raise ValueError(
-                f"--distributed is supported for llama.cpp (RPC servers) only so far, not {self.backend}"
+                f"--distributed is supported for {' and '.join(with_capability('distributed'))} "
+                f"(llama.cpp RPC servers), not {self.backend}"
+            )
+        if self.kv_cache is not None and not caps.kv_cache_extension:
+            raise ValueError(
+                f"the extended KV cache (--kv-cache-cpu-gib) is for {', '.join(with_capability('kv_cache_extension'))} "
+                f"on CUDA or ROCm workers, not {self.backend}; see docs/engines.md for the compatibility matrix"
             )
         return self
 
@@ -139,6 +173,16 @@ class RpcServerInfo(Strict):
     pid: int | None = None
 
 
+class EngineInstall(Strict):
+    """One engine version a node can run, as the node found it."""
+
+    engine: str
+    version: str
+    devices: list[str] = Field(default_factory=list, description="device kinds it can use: cuda, rocm, cpu")
+    location: str = Field(default="", description="where it lives on the node (environment, binary, image)")
+    default: bool = Field(default=False, description="what the node runs when no --backend-version is given")
+
+
 class WorkerRegistration(Strict):
     name: str
     address: str = Field(description="base URL of the node agent (logs)")
@@ -152,6 +196,8 @@ class WorkerRegistration(Strict):
     capabilities: list[str] = Field(default_factory=list,
                                     description=f"what the node can run beyond one llama.cpp process, "
                                                 f"e.g. {RPC_CAPABILITY!r} (distributed instances)")
+    engines: list[EngineInstall] = Field(default_factory=list, description="engine versions the node can run")
+    runtime: RuntimeName = Field(default="process", description="how the node runs backends: processes or containers")
 
     @field_validator("name")
     @classmethod

@@ -107,6 +107,7 @@ def test_context_size_from_params() -> None:
 # --- distributed instances (llama.cpp RPC) --------------------------------------------------
 
 from gpufleet.core.backends import llama_rpc  # noqa: E402
+from gpufleet.core.backends.launch import LaunchDescription  # noqa: E402
 from gpufleet.core.placement_spec import PlacementPart  # noqa: E402
 
 #: main "a" with GPUs 0, 1; part "b" with GPU 2; llama.cpp order: b:2, a:0, a:1 (RPC first).
@@ -114,7 +115,7 @@ DISTRIBUTED = Placement(worker="a", gpu_indexes=[0, 1], stage="distributed", ten
                         parts=[PlacementPart(worker="b", gpu_indexes=[2])])
 
 
-def launch(placement: Placement, **kw: object) -> llama_cpp.LaunchSpec:
+def launch(placement: Placement, **kw: object) -> LaunchDescription:
     return llama_cpp.build_launch(config([]), model_path="/m.gguf", alias="x", host="h", port=1,
                                   placement=placement, default_context=512, **kw)  # type: ignore[arg-type]
 

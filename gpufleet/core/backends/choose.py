@@ -9,9 +9,10 @@ error, not a silent pick.
 
 from __future__ import annotations
 
+from gpufleet.core.backends.registry import ENGINE_NAMES, ENGINES
 from gpufleet.core.metadata import Category, ModelFormat
 
-BACKENDS = ("llama.cpp", "llama-box", "vllm", "vox-box")
+BACKENDS = ENGINE_NAMES
 _AUDIO: tuple[str, ...] = ("speech-to-text", "text-to-speech")
 
 
@@ -25,10 +26,11 @@ def choose_backend(fmt: ModelFormat, category: Category, requested: str | None =
     if requested is not None:
         if requested not in BACKENDS:
             raise NoBackend(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
-        if fmt == "gguf" and requested not in ("llama.cpp", "llama-box"):
-            raise NoBackend(f"{requested} cannot serve GGUF files; use llama.cpp or llama-box")
-        if fmt == "safetensors" and requested in ("llama.cpp", "llama-box"):
-            raise NoBackend(f"{requested} needs a GGUF file; deploy a GGUF variant or use vllm")
+        if fmt not in ENGINES[requested].formats:
+            readers = [n for n, e in ENGINES.items() if fmt in e.formats]
+            if fmt == "gguf":
+                raise NoBackend(f"{requested} cannot serve GGUF files; use {' or '.join(readers)}")
+            raise NoBackend(f"{requested} needs a GGUF file; deploy a GGUF variant or use {' or '.join(readers)}")
         return requested
     if fmt == "gguf":
         return "llama.cpp"

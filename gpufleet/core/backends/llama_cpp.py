@@ -8,12 +8,16 @@ so what runs is decided in one pure, tested place.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+from gpufleet.core.backends.launch import LaunchDescription, Program
 from gpufleet.core.backends.params import BackendParam, BackendParamError, find_value, parse_params
+from gpufleet.core.backends.registry import LLAMA_CPP
 from gpufleet.core.schemas import DeploymentConfig, Placement
 
 NAME = "llama.cpp"
+PROGRAM = Program("executable", "llama-server")
+#: llama-server answers /health 503 while loading, 200 once ready; older launchers only have /v1/models
+HEALTH_PATHS = ("/health", "/v1/models")
 
 #: Flags gpufleet sets from the deployment and placement; users may not override them.
 MANAGED_FLAGS: dict[str, str] = {
@@ -39,15 +43,6 @@ def gpu_layers_arg(placement: Placement) -> str:
     if placement.offloaded and placement.gpu_layers is not None:
         return str(placement.gpu_layers)
     return OFFLOAD_ALL_LAYERS
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """Everything the node needs to start one backend process, minus the executable."""
-
-    args: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    health_paths: tuple[str, ...] = ("/health", "/v1/models")
 
 
 def validate_params(raw: list[str]) -> list[BackendParam]:
@@ -76,7 +71,8 @@ def build_launch(
     default_context: int,
     rpc_servers: Sequence[str] = (),
     local_gpus: Sequence[int] | None = None,
-) -> LaunchSpec:
+    version: str = LLAMA_CPP.default_version,
+) -> LaunchDescription:
     """The `llama-server` command line of one instance.
 
     ``rpc_servers`` (``host:port``) are the RPC devices of a distributed instance,
@@ -107,7 +103,8 @@ def build_launch(
     env = dict(config.env)
     # Restrict the process to its claimed GPUs; "" hides all GPUs from a CPU placement.
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in local)
-    return LaunchSpec(args=args, env=env)
+    return LaunchDescription(engine=config.backend, version=version, program=PROGRAM, args=args, env=env,
+                             port=port, health_paths=HEALTH_PATHS, gpu_indexes=tuple(local), model_path=model_path)
 
 
 def _check_devices(placement: Placement, rpc_servers: Sequence[str], local: list[int]) -> None:

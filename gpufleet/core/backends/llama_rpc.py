@@ -14,14 +14,18 @@ network.
 
 from __future__ import annotations
 
-from gpufleet.core.backends.llama_cpp import LaunchSpec
+from gpufleet.core.backends.launch import LaunchDescription, Program
+from gpufleet.core.backends.registry import LLAMA_CPP
+
+PROGRAM = Program("executable", "rpc-server")
 
 #: The cache of tensors an RPC server keeps on disk (under ``LLAMA_CACHE``/rpc): a
 #: restarted instance sends a hash instead of a large tensor again.
 CACHE_ENV = "LLAMA_CACHE"
 
 
-def build_rpc_server_launch(*, host: str, port: int, gpu_index: int, virtual: bool, cache_dir: str) -> LaunchSpec:
+def build_rpc_server_launch(*, host: str, port: int, gpu_index: int, virtual: bool, cache_dir: str,
+                            version: str = LLAMA_CPP.default_version) -> LaunchDescription:
     """`rpc-server -H host -p port -c` for one GPU; a virtual GPU is served by ``--device CPU``."""
     args = ["--host", host, "--port", str(port), "--cache"]
     if virtual:
@@ -31,7 +35,8 @@ def build_rpc_server_launch(*, host: str, port: int, gpu_index: int, virtual: bo
         "CUDA_VISIBLE_DEVICES": "" if virtual else str(gpu_index),
         CACHE_ENV: cache_dir,
     }
-    return LaunchSpec(args=args, env=env, health_paths=())
+    return LaunchDescription(engine=LLAMA_CPP.name, version=version, program=PROGRAM, args=args, env=env, port=port,
+                             health_paths=(), gpu_indexes=() if virtual else (gpu_index,))
 
 
 def endpoint(host: str, port: int) -> str:

@@ -10,6 +10,7 @@ backend's module and in ``docs/estimation.md``.
 
 from __future__ import annotations
 
+from gpufleet.core.backends.registry import ENGINE_NAMES, LLAMA_ENGINES
 from gpufleet.core.estimation.audio import estimate_audio
 from gpufleet.core.estimation.llama_cpp import estimate_llama_cpp_split
 from gpufleet.core.estimation.types import DeviceUsage, Estimate, EstimateOptions
@@ -18,8 +19,8 @@ from gpufleet.core.metadata import ModelMetadata
 
 __all__ = ["BACKENDS", "DeviceUsage", "Estimate", "EstimateOptions", "estimate"]
 
-LLAMA_BACKENDS = ("llama.cpp", "llama-box")
-BACKENDS = (*LLAMA_BACKENDS, "vllm", "vox-box")
+LLAMA_BACKENDS = LLAMA_ENGINES
+BACKENDS = ENGINE_NAMES
 
 
 def estimate(meta: ModelMetadata | None, options: EstimateOptions) -> Estimate:
