@@ -1,4 +1,5 @@
-"""Node-local flows, routed to `node-<worker>` queues: serve and stop instances.
+"""Node-local flows, routed to `node-<worker>` queues: serve and stop instances,
+install engine versions.
 
 One run per node and operation, whatever the number of instances: each Prefect
 flow run costs the Prefect server a dozen writes, so ten replicas on one node
@@ -13,12 +14,12 @@ from typing import TypeVar
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 
-from gpufleet.core.schemas import InstanceView, ModelMetadata
+from gpufleet.core.schemas import DeviceKind, EngineInstall, InstanceView, ModelMetadata
 from gpufleet.core.states import InstanceState
-from gpufleet.node import backends
+from gpufleet.node import backends, engines
 from gpufleet.node.context import current_node
-from tasks.node import health_check, launch_instance, pull_weights, start_rpc_servers, stop_instance
-from tasks.server import read_instance, report_state
+from tasks.node import health_check, install_backend, launch_instance, pull_weights, start_rpc_servers, stop_instance
+from tasks.server import read_instance, report_engines, report_state
 
 T = TypeVar("T")
 
@@ -93,3 +94,17 @@ def stop_instances(instance_ids: list[int]) -> dict[int, bool]:
     """Stop these instances' backends on this node, all at once."""
     futures = {iid: stop_instance.submit(iid) for iid in instance_ids}
     return {iid: f.result() for iid, f in futures.items()}
+
+
+@flow(name="install-backend")
+def install_backend_flow(engine: str, version: str, device: DeviceKind = "cpu") -> EngineInstall:
+    """Install an engine version on this node (`gpufleet backends install`), then report
+    every engine version the node can run to the server, so the new one is listed and
+    deployable at once. Idempotent; a concurrent run waits for the first one's install."""
+    node = current_node()
+    installed = install_backend(engine, version, device)
+    report = engines.node_engines(node)
+    report_engines(node.name, report)
+    get_run_logger().info("%s now runs: %s", node.name,
+                          "; ".join(f"{e.engine} {e.version} ({', '.join(e.devices)})" for e in report))
+    return installed

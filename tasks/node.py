@@ -6,15 +6,16 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from gpufleet.core.schemas import InstanceView, ModelMetadata, RpcServerInfo
+from gpufleet.client import ApiError
+from gpufleet.core.schemas import EngineInstall, InstanceView, ModelMetadata, RpcServerInfo
 from gpufleet.core.states import InstanceState
-from gpufleet.node import backends
+from gpufleet.node import backends, engine_install
 from gpufleet.node.context import current_node
+from gpufleet.node.runtimes import images
 from gpufleet.node.registry import BackendRecord
 from gpufleet.node.weights import PullProgress
 from tasks.server import report_rpc_servers, report_state
 
-HEALTH_TIMEOUT_S = 180.0
 
 
 @task(name="pull-weights")
@@ -36,13 +37,29 @@ def pull_weights(instance: InstanceView) -> Path:
 def launch_instance(
     instance: InstanceView, model_path: Path, metadata: ModelMetadata | None
 ) -> BackendRecord:
+    """Start the backend; on a docker node its image is pulled first, the pull's progress
+    in the instance state (``PULLING IMAGE 42 %``)."""
     node = current_node()
+    image = backends.pull_image(instance, node, lambda percent: _report_pull(instance.id, percent))
     record = backends.launch(instance, model_path, node, metadata)
     get_run_logger().info(
-        "launched %s on %s: pid %d, port %d, log %s",
+        "launched %s on %s: pid %d, port %d, log %s%s",
         instance.name, node.name, record.pid, record.port, record.log_path,
+        f", container {record.container_id[:12]} of {image}" if record.container_id else "",
     )
     return record
+
+
+def _report_pull(instance_id: int, percent: int) -> None:
+    """DOWNLOADING with the pull's message; an instance being restarted is STARTING,
+    which does not go back to DOWNLOADING, so it keeps STARTING with the same message."""
+    message = images.describe_progress(percent)
+    try:
+        report_state(instance_id, InstanceState.DOWNLOADING, message)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        report_state(instance_id, InstanceState.STARTING, message)
 
 
 @task(name="start-rpc-servers")
@@ -63,8 +80,11 @@ def start_rpc_servers(instance: InstanceView) -> list[RpcServerInfo]:
 
 
 @task(name="health-check")  # bounded by wait_healthy's own timeout
-def health_check(record: BackendRecord, timeout: float = HEALTH_TIMEOUT_S) -> str:
-    path = backends.wait_healthy(record, current_node().bind_host, timeout)
+def health_check(record: BackendRecord, timeout: float | None = None) -> str:
+    """Until the backend answers one of its engine's health paths, within the engine's
+    readiness timeout (vLLM loads far longer than llama.cpp)."""
+    path = backends.wait_healthy(record, current_node().bind_host, timeout or record.readiness_timeout_s,
+                                 tuple(record.health_paths))
     get_run_logger().info("%s healthy on port %d (%s)", record.instance_name, record.port, path)
     return path
 
@@ -78,3 +98,17 @@ def stop_instance(instance_id: int) -> bool:
         "backend stopped" if stopped else "no running backend",
     )
     return stopped
+
+
+@task(name="install-backend")
+def install_backend(engine: str, version: str, device: str) -> EngineInstall:
+    """Install an engine version into its own environment on this node, each progress
+    line (pip's, or the llama.cpp build's steps) to the run log. Idempotent and
+    concurrent-safe: a second run waits on the first's lock, then finds it installed."""
+    node = current_node()
+    logger = get_run_logger()
+    logger.info("installing %s %s (%s) on %s", engine, version, device, node.name)
+    installed = engine_install.install(engine, version, device, node, progress=logger.info)
+    logger.info("%s %s on %s: %s (devices: %s)", engine, installed.version, node.name, installed.location,
+                ", ".join(installed.devices))
+    return installed

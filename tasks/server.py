@@ -17,6 +17,7 @@ from gpufleet.core.schemas import (
     RpcServerInfo,
     DeploymentSpec,
     DeploymentView,
+    EngineInstall,
     InstanceStateUpdate,
     InstanceView,
     ReplicaPlanView,
@@ -123,3 +124,11 @@ def remove_deployment_record(name: str) -> None:
 def mark_deployment_deleting(name: str) -> None:
     with connect() as c:
         c.mark_deployment_deleting(name)
+
+
+@task(name="report-engines", **NETWORK_TASK)
+def report_engines(worker: str, engines: list[EngineInstall]) -> None:
+    """Tell the server what this node can run now, so `backends ls` and the deploy-time
+    version check see an install at once, not at the node's next registration."""
+    with connect() as c:
+        c.report_engines(worker, engines)

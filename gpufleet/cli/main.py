@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
+from urllib.parse import urlsplit
 
 import typer
 
@@ -224,6 +225,14 @@ def node(
     stop_backends_on_exit: Annotated[bool, typer.Option(help="stop backends when the agent exits")] = False,
     reserved_ram: Annotated[str, typer.Option(help="RAM placement leaves free on this node, e.g. 2G")] = "0",
     reserved_vram: Annotated[str, typer.Option(help="VRAM placement leaves free on each GPU, e.g. 1G")] = "0",
+    runtime: Annotated[Optional[str], typer.Option(
+        help="how backends run: docker (a container each) or process; default: docker when a Docker engine "
+             "answers here, else process (docs/runtimes.md)")] = None,
+    image: Annotated[Optional[list[str]], typer.Option(
+        help="ENGINE=REF: this node's image for an engine (private registry, mirror); repeatable")] = None,
+    host_runtime_image: Annotated[Optional[str], typer.Option(
+        help="docker runtime: run this node's own engine builds in this base image, the host runtime mounted "
+             "read-only (air-gapped nodes; `python -m gpufleet.node.runtimes.host_image` builds one)")] = None,
 ) -> None:
     """Run a node agent: Prefect worker for this node's queue, inventory, heartbeat, backends."""
     import asyncio
@@ -241,10 +250,26 @@ def node(
     except (VirtualGpuError, ValueError) as exc:
         fail(str(exc), 2)
     labels = _parse_env(label)
+    from gpufleet.node.runtimes import RuntimeUnavailable, choose_runtime
+
+    try:
+        chosen_runtime = choose_runtime(runtime)
+    except RuntimeUnavailable as exc:
+        fail(str(exc), 2)
+    node_images = {}
+    for pair in image or []:
+        engine_name, sep, ref = pair.partition("=")
+        if not sep or not engine_name or not ref:
+            fail(f"--image {pair!r} must be ENGINE=REF, e.g. vllm=registry.local/vllm/vllm-openai:v0.32.0", 2)
+        node_images[engine_name] = ref
+    url = server or server_url()
     ctx = NodeContext(node_name, home() / "nodes" / node_name, bind_host,
-                      frozenset(g.index for g in gpus if g.virtual))
+                      frozenset(g.index for g in gpus if g.virtual),
+                      tuple((g.index, g.memory_total) for g in gpus),
+                      runtime=chosen_runtime, cluster=os.environ.get("GPUFLEET_CLUSTER") or urlsplit(url).netloc,
+                      images=tuple(node_images.items()), host_runtime_image=host_runtime_image)
     config = NodeConfig(
-        name=node_name, server_url=server or server_url(), context=ctx, gpus=gpus, labels=labels,
+        name=node_name, server_url=url, context=ctx, gpus=gpus, labels=labels,
         api_port=api_port, stop_backends_on_exit=stop_backends_on_exit,
         ram_reserved=ram_reserved, vram_reserved=vram_reserved,
     )
@@ -267,7 +292,14 @@ def deploy(
     category: Annotated[Optional[str], typer.Option(help="override the detected category (llm, embedding, reranker, ...)")] = None,
     backend_param: ParamOpt = None,
     env: EnvOpt = None,
-    backend_version: Annotated[Optional[str], typer.Option()] = None,
+    backend_version: Annotated[Optional[str], typer.Option(
+        help="engine version to run (installed on a worker: `gpufleet backends ls`); default: the pinned one")] = None,
+    kv_cache_cpu_gib: Annotated[Optional[float], typer.Option(
+        help="vLLM extended KV cache (LMCache): GiB of worker RAM for KV chunks, claimed by placement")] = None,
+    kv_cache_chunk_size: Annotated[Optional[int], typer.Option(
+        help="extended KV cache: tokens per KV chunk (default 256)", metavar="TOKENS")] = None,
+    kv_cache_remote_url: Annotated[Optional[str], typer.Option(
+        help="extended KV cache: shared store, e.g. redis://host:6379", metavar="URL")] = None,
     placement: StrategyOpt = "spread",
     worker_selector: WorkerSelectorOpt = None,
     gpu: GpuOpt = None,
@@ -275,6 +307,8 @@ def deploy(
     cpu_offloading: CpuOffloadingOpt = False,
     distributed: DistributedOpt = False,
     overcommit: OvercommitOpt = False,
+    image: Annotated[Optional[str], typer.Option(
+        help="container image to run (workers with the docker runtime); default: the engine's own")] = None,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
 ) -> None:
@@ -290,6 +324,18 @@ def deploy(
         fields["backend"] = backend
     if category is not None:
         fields["category"] = category
+    if image is not None:
+        fields["image"] = image
+    if kv_cache_cpu_gib is not None:
+        kv: dict[str, object] = {"cpu_gib": kv_cache_cpu_gib}
+        if kv_cache_chunk_size is not None:
+            kv["chunk_size"] = kv_cache_chunk_size
+        if kv_cache_remote_url is not None:
+            kv["remote_url"] = kv_cache_remote_url
+        fields["kv_cache"] = kv
+    elif kv_cache_chunk_size is not None or kv_cache_remote_url is not None:
+        fail("--kv-cache-chunk-size and --kv-cache-remote-url extend the KV cache that "
+             "--kv-cache-cpu-gib N turns on; give it too", 2)
     try:
         spec = DeploymentSpec(
             name=name,
@@ -471,9 +517,9 @@ def workers(as_json: JsonOpt = False) -> None:
 
 def _register_commands() -> None:
     """Commands that live in their own modules (model sources, estimation, placement)."""
-    from gpufleet.cli import estimate_cmd, plan_cmd, sources_cmd
+    from gpufleet.cli import backends_cmd, estimate_cmd, plan_cmd, sources_cmd
 
-    for module in (sources_cmd, estimate_cmd, plan_cmd):
+    for module in (sources_cmd, estimate_cmd, plan_cmd, backends_cmd):
         module.register(app)
 
 

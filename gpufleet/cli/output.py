@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from gpufleet.core.schemas import DeploymentView, InstanceView, WorkerView
+from gpufleet.core.schemas import DeploymentView, EngineInstall, InstanceView, WorkerView
 
 # Pipes and files get wide lines: a table wrapped at 80 columns is hard to read or grep.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -44,10 +44,20 @@ def instances_table(instances: list[InstanceView]) -> Table:
     return t
 
 
+def engines_summary(engines: list[EngineInstall]) -> str:
+    """``llama.cpp b11434 (cpu, cuda); vllm 0.32.0 (cpu), 0.31.0 (cuda)``: per engine its
+    versions, each with the device kinds it can use, in the order the node reported them."""
+    versions: dict[str, list[str]] = {}
+    for e in engines:
+        versions.setdefault(e.engine, []).append(f"{e.version} ({', '.join(e.devices) or 'no devices'})")
+    return "; ".join(f"{name} {', '.join(vs)}" for name, vs in versions.items()) or "-"
+
+
 def workers_table(workers: list[WorkerView]) -> Table:
-    t = Table("NAME", "READY", "GPUS", "CPUS", "MEMORY", "CAN ALSO", "ADDRESS", box=None)
+    t = Table("NAME", "READY", "GPUS", "CPUS", "MEMORY", "ENGINES", "RUNTIME", "CAN ALSO", "ADDRESS", box=None)
     for w in workers:
         gpus = ", ".join(f"{g.index}:{g.name}{' (virtual)' if g.virtual else ''}" for g in w.gpus) or "-"
         t.add_row(w.name, "yes" if w.ready else "no", gpus, str(w.cpu_count),
-                  f"{w.memory_total / (1 << 30):.1f} GiB", ", ".join(w.capabilities) or "-", w.address)
+                  f"{w.memory_total / (1 << 30):.1f} GiB", engines_summary(w.engines), w.runtime,
+                  ", ".join(w.capabilities) or "-", w.address)
     return t

@@ -181,6 +181,32 @@ class EngineInstall(Strict):
     devices: list[str] = Field(default_factory=list, description="device kinds it can use: cuda, rocm, cpu")
     location: str = Field(default="", description="where it lives on the node (environment, binary, image)")
     default: bool = Field(default=False, description="what the node runs when no --backend-version is given")
+    flags: list[str] = Field(default_factory=list, description="flags its --help lists; empty: not checked")
+
+
+DeviceKind = Literal["cpu", "cuda", "rocm"]
+
+
+class BackendInstallRequest(Strict):
+    """`gpufleet backends install ENGINE VERSION`: what to install on one worker.
+    ``device`` None: CUDA if the worker has real NVIDIA GPUs, else CPU."""
+
+    engine: str
+    version: str = Field(min_length=1, max_length=64)
+    device: DeviceKind | None = None
+
+
+class RunProgress(BaseModel):
+    """A flow run as the CLI follows it through the gpufleet server (which reaches Prefect
+    when the CLI may not): its state and its log lines from ``offset`` on."""
+
+    flow_run_id: str
+    state: str
+    final: bool
+    completed: bool
+    message: str = ""
+    logs: list[str] = Field(default_factory=list)
+    next_offset: int = 0
 
 
 class WorkerRegistration(Strict):

@@ -19,7 +19,7 @@ from gpufleet import orchestration
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable
 from gpufleet.core.schemas import RPC_CAPABILITY, GpuInfo, InstanceStateUpdate, InstanceView, WorkerRegistration
 from gpufleet.core.states import ACTIVE_ON_NODE, InstanceState
-from gpufleet.node import backends, processes
+from gpufleet.node import backends, engines, processes, runtimes
 from gpufleet.node.context import NodeContext
 from gpufleet.node.inventory import total_memory
 from gpufleet.node.log_server import create_log_app
@@ -83,6 +83,8 @@ class NodeAgent:
             ram_reserved=self.config.ram_reserved,
             vram_reserved=self.config.vram_reserved,
             capabilities=node_capabilities(),
+            engines=engines.node_engines(self.node),
+            runtime="docker" if self.node.runtime == "docker" else "process",
         )
 
     async def register(self) -> None:
@@ -103,9 +105,13 @@ class NodeAgent:
         the server no longer has are stopped, and dead ones are reported."""
         me = self.config.name
         known = {i.id: i for i in self.client.list_instances(worker=me)}  # incl. RPC parts here
+        if self.node.runtime == "docker" or any(r.runtime == "docker" for r in self.registry.all()):
+            # containers by their labels first: no duplicates, none unknown to the registry
+            for done in runtimes.get("docker").adopt(self.node, self.registry):  # type: ignore[attr-defined]
+                log.info("%s", done)
         for record in self.registry.all():
             inst = known.get(record.instance_id)
-            alive = processes.is_alive(record.pid, record.start_time)
+            alive = backends.is_alive(record)
             if inst is None or inst.deleting:
                 log.info("stopping %s of unknown/deleted instance %d (pid %d)",
                          record.describe(), record.instance_id, record.pid)
@@ -144,8 +150,8 @@ class NodeAgent:
             current = self.registry.read(record.key)
             if current is None or current.stopping or current.pid != record.pid:
                 return  # stopped on purpose, or relaunched, meanwhile
-        code = processes.exit_code(record.pid)
-        detail = f" with code {code}" if code is not None else ""
+        status = backends.exit_status(record)  # exit code (and OOM flag, for a container)
+        detail = status.describe() if status is not None else ""
         # Report first, forget after: if the server is unreachable the record stays
         # and the next supervision round reports again.
         self._report(
@@ -158,11 +164,14 @@ class NodeAgent:
             current = self.registry.read(record.key)
             if current is not None and current.pid == record.pid:
                 self.registry.remove(record)
+                backends.discard(record)  # a container goes once its exit is reported
 
     def supervise_once(self) -> None:
         for record in self.registry.all():
-            if not record.stopping and not processes.is_alive(record.pid, record.start_time):
+            if not record.stopping and not backends.is_alive(record):
                 self._report_exit(record, "exited unexpectedly")
+            elif record.runtime == "docker" and not record.stopping:
+                runtimes.get("docker").keep_logging(record)  # type: ignore[attr-defined]
         processes.reap_children()
 
     # ---------------------------------------------------------------- loops

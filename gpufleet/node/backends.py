@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import httpx
 
-from gpufleet.core.backends import llama_cpp
+from gpufleet.core.backends import llama_cpp, vllm, vox_box
 from gpufleet.core.backends import llama_rpc as llama_rpc_args
+from gpufleet.core.backends.launch import LaunchDescription
+from gpufleet.core.backends.registry import engine
 from gpufleet.core.estimation.llama_params import DEFAULT_CONTEXT
 from gpufleet.core.schemas import InstanceView, ModelMetadata
-from gpufleet.node import processes, weights
+from gpufleet.node import engines, processes, runtimes, weights
 from gpufleet.node.context import NodeContext
 from gpufleet.node.logs import tail_lines
 from gpufleet.node.registry import BackendRecord, BackendRegistry
+from gpufleet.node.runtimes import images
+from gpufleet.node.runtimes import records as runtime_records
 from gpufleet.runtimes import llama_rpc
-from gpufleet.runtimes.llama_server import llama_server_executable
 from gpufleet.sources.local import ModelSourceError, resolve_gguf_path
 
 LOG_LINES_IN_ERRORS = 15
@@ -71,50 +75,97 @@ def launch(
     metadata: ModelMetadata | None,
 ) -> BackendRecord:
     """Start the backend unless ours is already running (a retried task must not start two).
-    A distributed instance's llama-server gets the RPC servers of its devices: those its
-    part workers reported, then this node's own GPUs (served by loopback RPC servers when
-    they are virtual)."""
+    The engine module describes the launch from the placement; this node finds the
+    program for the engine version and the placement's device kind (refusing, with the
+    fix, what it cannot run) and starts it."""
     reg = registry(node)
     with reg.lock:
         existing = reg.get(instance.id)
         if existing and processes.is_alive(existing.pid, existing.start_time):
             return existing
-        placement = instance.placement
-        if placement is None:
+        if instance.placement is None:
             raise BackendFailed(f"instance {instance.id} has no placement")
-        executable, rpc_servers, local_gpus = llama_server_executable(), [], None
-        if placement.distributed:
-            executable = _rpc_llama_server(node)
-            rpc_servers, local_gpus = _rpc_devices(instance, node)
         port = processes.allocate_port(node.bind_host, reg.used_ports())
-        default_ctx = (
-            min(DEFAULT_CONTEXT, metadata.context_length) if metadata else DEFAULT_CONTEXT
-        )
-        spec = llama_cpp.build_launch(
-            instance.config,
-            model_path=str(model_path),
-            alias=instance.deployment,
-            host=node.bind_host,
-            port=port,
-            placement=placement,
-            default_context=default_ctx,
-            rpc_servers=rpc_servers,
-            local_gpus=local_gpus,
-        )
-        return _spawn(instance, node, executable + spec.args, spec.env, port, log_path(node, instance))
+        desc = describe_launch(instance, model_path, node, metadata, port)
+        device = node.device_kind(list(desc.gpu_indexes) or instance.placement.gpu_indexes)
+        try:
+            program = (_rpc_llama_server(node) if instance.placement.distributed
+                       else engines.resolve_program(desc, node, device))
+        except engines.EngineUnavailable as exc:
+            raise BackendFailed(str(exc)) from exc
+        return _spawn(instance, node, desc.command(program), desc.env, port, log_path(node, instance), desc=desc)
+
+
+def describe_launch(instance: InstanceView, model_path: Path, node: NodeContext,
+                    metadata: ModelMetadata | None, port: int) -> LaunchDescription:
+    """The engine module's launch description for this instance on this node."""
+    placement = instance.placement
+    assert placement is not None
+    config = instance.config
+    version = config.backend_version or engine(config.backend).default_version
+    if config.backend == "vllm":
+        local = placement.gpu_indexes
+        return vllm.build_launch(
+            config, metadata=metadata, placement=placement, model_path=str(model_path),
+            served_name=instance.deployment, host=node.bind_host, port=port,
+            gpu_memory={i: node.gpu_total(i) for i in local}, virtual_gpus=node.device_kind(local) == "cpu",
+            version=version)
+    if config.backend == "vox-box":
+        return vox_box.build_launch(
+            config, metadata=metadata, placement=placement, model_path=str(model_path),
+            served_name=instance.deployment, host=node.bind_host, port=port,
+            virtual_gpus=node.device_kind(placement.gpu_indexes) == "cpu", version=version,
+            data_dir=str(node.home / "vox-box"))
+    rpc_servers: list[str] = []
+    local_gpus: list[int] | None = None
+    if placement.distributed:
+        rpc_servers, local_gpus = _rpc_devices(instance, node)
+    default_ctx = min(DEFAULT_CONTEXT, metadata.context_length) if metadata else DEFAULT_CONTEXT
+    return llama_cpp.build_launch(
+        config, model_path=str(model_path), alias=instance.deployment, host=node.bind_host, port=port,
+        placement=placement, default_context=default_ctx, rpc_servers=rpc_servers, local_gpus=local_gpus)
 
 
 def _spawn(instance: InstanceView, node: NodeContext, command: list[str], env: dict[str, str], port: int,
-           log: Path, role: Literal["server", "rpc"] = "server", gpu_index: int | None = None) -> BackendRecord:
-    """Start a process and record it before returning (the caller holds the registry lock)."""
+           log: Path, role: Literal["server", "rpc"] = "server", gpu_index: int | None = None,
+           desc: LaunchDescription | None = None) -> BackendRecord:
+    """Start the backend on the node's runtime (a process, or a container: docs/runtimes.md)
+    and record it before returning (the caller holds the registry lock). A failed start
+    leaves nothing behind and says why, with the backend's last log lines."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
-        f.write(f"[gpufleet] starting on {node.name}: {' '.join(command)}\n")
-    pid, start_time = processes.spawn(command, env, log, cwd=node.home)
-    record = BackendRecord(instance_id=instance.id, instance_name=instance.name, pid=pid, start_time=start_time,
-                           port=port, log_path=str(log), command=command, role=role, gpu_index=gpu_index)
+        f.write(f"[gpufleet] starting on {node.name} ({runtime_records.node_runtime(node)}): {' '.join(command)}\n")
+    try:
+        record = runtime_records.start_record(instance, node, command, env, port, log, role, gpu_index,
+                                              desc or runtime_records.fallback_description(command, env, port))
+    except runtimes.StartFailed as exc:
+        raise BackendFailed(f"{exc}; last log lines:\n{last_log_lines_of(log)}") from exc
     registry(node).save(record)
     return record
+
+
+def is_alive(record: BackendRecord) -> bool:
+    """Whether the record's backend runs, asked of the runtime that started it."""
+    return runtime_records.runtime_of(record).is_alive(record)
+
+
+def exit_status(record: BackendRecord) -> runtimes.ExitStatus | None:
+    """Exit code and OOM flag of a backend that ended, when its runtime knows them."""
+    return runtime_records.runtime_of(record).exit_status(record)
+
+
+def discard(record: BackendRecord) -> None:
+    """After an exit was reported: remove what the runtime kept (a container)."""
+    runtime_records.runtime_of(record).discard(record)
+
+
+def pull_image(instance: InstanceView, node: NodeContext, progress: Callable[[int], None]) -> str | None:
+    """Pull the instance's image before its launch (docker runtime), with progress; a pull
+    that fails is a BackendFailed naming the image and the registry's answer."""
+    try:
+        return runtime_records.pull_image(instance, node, progress)
+    except (images.PullFailed, images.NoImage) as exc:
+        raise BackendFailed(str(exc)) from exc
 
 
 def _rpc_llama_server(node: NodeContext) -> list[str]:
@@ -151,31 +202,31 @@ def start_rpc_servers(instance: InstanceView, node: NodeContext, gpu_indexes: li
         raise BackendFailed(f"worker {node.name} cannot serve RPC for distributed instance {instance.name}: "
                             f"{llama_rpc.rpc_unavailable_reason()}")
     reg = registry(node)
-    records = []
+    started: list[BackendRecord] = []
     with reg.lock:
         for gpu in gpu_indexes:
             existing = reg.get_rpc(instance.id, gpu)
-            if existing and processes.is_alive(existing.pid, existing.start_time):
-                records.append(existing)
+            if existing and is_alive(existing):
+                started.append(existing)
                 continue
             port = processes.allocate_port(node.bind_host, reg.used_ports())
             spec = llama_rpc_args.build_rpc_server_launch(
                 host=node.bind_host, port=port, gpu_index=gpu, virtual=gpu in node.virtual_gpus,
                 cache_dir=str(node.rpc_cache_dir))
             log = node.logs_dir / f"{instance.id}-{instance.name}.rpc{gpu}.log"
-            records.append(_spawn(instance, node, executable + spec.args, spec.env, port, log, "rpc", gpu))
-    for record in records:
+            started.append(_spawn(instance, node, executable + spec.args, spec.env, port, log, "rpc", gpu, spec))
+    for record in started:
         wait_listening(record, node.bind_host, timeout)
-    return records
+    return started
 
 
 def wait_listening(record: BackendRecord, host: str, timeout: float) -> None:
     """An RPC server speaks llama.cpp's binary protocol, not HTTP: ready = accepts TCP."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not processes.is_alive(record.pid, record.start_time):
+        if not is_alive(record):
             processes.reap_children()
-            raise BackendFailed(f"{record.describe()} exited during start-up; last log lines:\n"
+            raise BackendFailed(f"{record.describe()} exited during start-up{_exit_detail(record)}; last log lines:\n"
                                 f"{last_log_lines(record)}")
         try:
             with socket.create_connection((host, record.port), timeout=1.0):
@@ -187,10 +238,19 @@ def wait_listening(record: BackendRecord, host: str, timeout: float) -> None:
 
 
 def last_log_lines(record: BackendRecord, n: int = LOG_LINES_IN_ERRORS) -> str:
+    return last_log_lines_of(Path(record.log_path), n)
+
+
+def last_log_lines_of(log: Path, n: int = LOG_LINES_IN_ERRORS) -> str:
     try:
-        return "".join(tail_lines(Path(record.log_path), n)).rstrip()
+        return "".join(tail_lines(log, n)).rstrip()
     except FileNotFoundError:
         return "(no log file)"
+
+
+def _exit_detail(record: BackendRecord) -> str:
+    status = exit_status(record)
+    return status.describe() if status is not None else ""
 
 
 def wait_healthy(
@@ -200,10 +260,10 @@ def wait_healthy(
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as http:
         while time.monotonic() < deadline:
-            if not processes.is_alive(record.pid, record.start_time):
+            if not is_alive(record):
                 processes.reap_children()
                 raise BackendFailed(
-                    f"backend exited during start-up; last log lines:\n{last_log_lines(record)}"
+                    f"backend exited during start-up{_exit_detail(record)}; last log lines:\n{last_log_lines(record)}"
                 )
             for path in paths:
                 try:
@@ -223,19 +283,20 @@ def wait_healthy(
 
 def stop(instance_id: int, node: NodeContext, grace: float = 10.0) -> bool:
     """Stop everything this node runs for the instance (its llama-server first, then
-    its RPC servers) and forget it. Returns True if a process was stopped."""
+    its RPC servers) and forget it: SIGTERM, SIGKILL after ``grace`` s; a container is
+    removed too. Returns True if a backend was running."""
     reg = registry(node)
     with reg.lock:
-        records = [r.model_copy(update={"stopping": True}) for r in reg.of_instance(instance_id)]
-        for record in records:
+        stopping = [r.model_copy(update={"stopping": True}) for r in reg.of_instance(instance_id)]
+        for record in stopping:
             reg.save(record)
     # Terminate outside the lock: stopping several backends at once must not queue up.
     was_running = False
-    for record in records:
-        was_running = processes.terminate(record.pid, record.start_time, grace) or was_running
+    for record in stopping:
+        was_running = runtime_records.runtime_of(record).stop(record, grace) or was_running
     processes.reap_children()
     with reg.lock:
-        for record in records:
+        for record in stopping:
             current = reg.read(record.key)
             if current is not None and current.pid == record.pid:
                 reg.remove(record)

@@ -30,6 +30,13 @@ class BackendRecord(BaseModel):
     stopping: bool = False  # set before a deliberate stop, so supervision does not report it
     role: Literal["server", "rpc"] = "server"  # the instance's llama-server, or an RPC server for one GPU
     gpu_index: int | None = None  # the GPU an RPC server lends
+    engine: str = "llama.cpp"
+    #: from the engine's launch description: polled in order until one answers 200
+    health_paths: list[str] = ["/health", "/v1/models"]
+    readiness_timeout_s: float = 180.0
+    #: what runs it (docs/runtimes.md): a process of the node, or a container whose main process is `pid`
+    runtime: Literal["process", "docker"] = "process"
+    container_id: str | None = None
 
     @property
     def key(self) -> str:

@@ -40,7 +40,8 @@ from gpufleet.core.states import InvalidTransition
 from gpufleet.server.controller import Controller
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
-from gpufleet.server.validation import InvalidSpec, validate_spec
+from gpufleet.server.backend_routes import NodeTrigger, add_backend_routes, prefect_node_trigger
+from gpufleet.server.validation import InvalidSpec, check_engine_on_workers, validate_spec
 from gpufleet.store import repository as repo
 from gpufleet.store.db import make_engine, migrate, session_factory
 
@@ -78,6 +79,7 @@ def create_app(
     on_startup: Callable[[], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
     run_controller: bool = True,
+    node_trigger: NodeTrigger = prefect_node_trigger,
 ) -> FastAPI:
     state = ServerState(database_url, trigger)
     controller = Controller(state, trigger)
@@ -141,9 +143,14 @@ def create_app(
             workers = repo.list_workers(s, state.worker_timeout)
         return {"status": "ok", "workers": len(workers), "ready_workers": sum(w.ready for w in workers)}
 
+    def known_workers() -> list[WorkerView]:
+        """What the engine checks of a deploy compare against (read before anything is written)."""
+        with state.session() as s:
+            return repo.list_workers(s, state.worker_timeout)
+
     @app.post("/v1/deployments", status_code=202)
     def create_deployment(spec: DeploymentSpec) -> OperationAccepted:
-        metadata, estimate = validate_spec(spec)
+        metadata, estimate = validate_spec(spec, known_workers())
         with state.session() as s:
             repo.create_deployment(s, spec, metadata, estimate)
         # What the user did not choose but should know: the file picked from a repo, an
@@ -176,7 +183,7 @@ def create_app(
                         "use edit or scale, or delete it first",
                     )
                 return existing
-        metadata, estimate = validate_spec(spec)
+        metadata, estimate = validate_spec(spec, known_workers())
         with state.session() as s:
             row = repo.create_deployment(s, spec, metadata, estimate)
             return repo.deployment_view(s, row)
@@ -195,6 +202,10 @@ def create_app(
     def edit_deployment(name: str, edit: DeploymentEdit) -> DeploymentView:
         if edit.backend_params is not None:
             llama_cpp.validate_params(edit.backend_params)
+        if edit.backend_version is not None:
+            with state.session() as s:
+                backend = repo.get_deployment(s, name).backend
+            check_engine_on_workers(backend, edit.backend_version, known_workers())
         with state.session() as s:
             row = repo.edit_deployment(s, name, edit)
             return repo.deployment_view(s, row)
@@ -336,4 +347,5 @@ def create_app(
         return {"status": "deleted"}
 
     add_placement_routes(app, state)
+    add_backend_routes(app, state, node_trigger)
     return app

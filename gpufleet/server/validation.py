@@ -7,21 +7,24 @@ A local path the server cannot see is not bad input: the workers may hold it
 (air-gapped sites copy models onto the GPU machines only). Such a deployment is
 recorded with an *unknown* estimate, and a worker that lacks the path puts its
 instance in ERROR naming worker and path.
+
+Engines are checked against what the workers reported (`WorkerView.engines`):
+a deployment whose engine no registered worker has, or whose `--backend-version`
+no ready worker has installed, would only sit PENDING or crash on a node, so it
+is refused here with what each worker has and the install command. A cluster
+with no workers at all is not checked: nodes may join later, and the instance
+waits PENDING ("no workers registered") as before.
 """
 
 from __future__ import annotations
 
 from gpufleet.core.backends import llama_cpp
 from gpufleet.core.backends.choose import NoBackend, choose_backend
+from gpufleet.core.backends.registry import engine as engine_info
 from gpufleet.core.estimation.summary import check_params, summarize
 from gpufleet.core.metadata import ModelMetadata
-from gpufleet.core.schemas import DeploymentSpec, ResourceEstimate
+from gpufleet.core.schemas import DeploymentSpec, ResourceEstimate, WorkerView
 from gpufleet.sources import ModelNotVisible, ModelSourceError, read_metadata
-
-#: Backends a gpufleet node can launch today. The others are understood by
-#: estimation and placement (`gpufleet estimate`, `gpufleet plan`) but refused
-#: at deploy time rather than placed and then failed on a node.
-RUNNABLE_BACKENDS = ("llama.cpp",)
 
 
 class InvalidSpec(ValueError):
@@ -36,28 +39,85 @@ def _check_params(spec: DeploymentSpec) -> None:
         raise InvalidSpec(str(exc)) from exc
 
 
-def _check_backend(spec: DeploymentSpec, metadata: ModelMetadata) -> None:
+def _check_backend(spec: DeploymentSpec, metadata: ModelMetadata) -> str:
     try:
-        backend = choose_backend(metadata.format, spec.category or metadata.category, spec.backend)
+        return choose_backend(metadata.format, spec.category or metadata.category, spec.backend)
     except NoBackend as exc:
         raise InvalidSpec(f"{spec.source.describe()}: {exc}") from exc
-    if backend not in RUNNABLE_BACKENDS:
-        raise InvalidSpec(
-            f"{spec.source.describe()} needs the {backend} backend, which gpufleet nodes cannot run yet "
-            f"(they run {', '.join(RUNNABLE_BACKENDS)}); `gpufleet estimate` and `gpufleet plan` "
-            "already size and place it"
-        )
 
 
-def validate_spec(spec: DeploymentSpec) -> tuple[ModelMetadata | None, ResourceEstimate]:
+def installable_version_problem(engine_name: str, version: str) -> str | None:
+    """Why ``version`` of ``engine_name`` cannot be installed by `gpufleet backends install`
+    (None when it can be tried): pip engines take PEP 440 versions; llama.cpp is built by
+    scripts/build-llama-cpp.sh, which builds one pinned, checksum-verified release."""
+    info = engine_info(engine_name)
+    if info.installer == "pip":
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            Version(version)
+        except InvalidVersion:
+            return f"{version!r} is not a {engine_name} release version (e.g. {info.default_version})"
+        return None
+    if engine_name != "llama.cpp":
+        return f"{engine_name} is not installed by gpufleet; deploy GGUF models with --backend llama.cpp"
+    if version != info.default_version:
+        return (f"scripts/build-llama-cpp.sh builds llama.cpp {info.default_version} only (pinned and "
+                f"checksum-verified); for another build, set GPUFLEET_LLAMA_SERVER on the node to its llama-server")
+    return None
+
+
+def _install_hint(engine_name: str, version: str) -> str:
+    return f"`gpufleet backends install {engine_name} {version} --node N`"
+
+
+def check_engine_on_workers(engine_name: str, version: str | None, workers: list[WorkerView]) -> None:
+    """Refuse an engine no registered worker reports, and a version no ready worker has
+    installed (any device kind: placement then picks among the workers that have it)."""
+    if not workers:
+        return
+    having = {w.name: [e for e in w.engines if e.engine == engine_name] for w in workers}
+    if not any(having.values()):
+        reported = sorted({e.engine for w in workers for e in w.engines})
+        default = engine_info(engine_name).default_version
+        if installable_version_problem(engine_name, default) is None:
+            fix = f"install it with {_install_hint(engine_name, default)}"
+        else:
+            fix = installable_version_problem(engine_name, default) or ""
+        raise InvalidSpec(f"no worker can run {engine_name}: {fix} "
+                          f"(workers report: {', '.join(reported) or 'no engines'})")
+    if version is None:
+        return
+    ready = [w for w in workers if w.ready]
+    if any(e.version == version for w in ready for e in having[w.name]):
+        return
+    available = "; ".join(
+        f"{w.name}{'' if w.ready else ' (not ready)'}: "
+        + (", ".join(f"{e.version} ({', '.join(e.devices) or 'no devices'})" for e in having[w.name]) or "none")
+        for w in workers)
+    problem = installable_version_problem(engine_name, version)
+    if problem is not None:
+        raise InvalidSpec(f"unknown {engine_name} version {version}: {problem}. Installed per worker: {available}")
+    raise InvalidSpec(f"{engine_name} {version} is not installed on any ready worker (installed per worker: "
+                      f"{available}); install it with {_install_hint(engine_name, version)}")
+
+
+def validate_spec(spec: DeploymentSpec, workers: list[WorkerView] | None = None,
+                  ) -> tuple[ModelMetadata | None, ResourceEstimate]:
     """The metadata (None when the server cannot see a local path) and the
-    estimate to record with the deployment."""
+    estimate to record with the deployment. With ``workers`` (the deploy routes),
+    the engine and its version are checked against what they reported; a dry run
+    (`plan`) passes none."""
     _check_params(spec)
     try:
         metadata = read_metadata(spec.source, spec.category)
     except ModelNotVisible as exc:
+        if workers is not None:
+            check_engine_on_workers(spec.backend, spec.backend_version, workers)
         return None, ResourceEstimate.unknown(f"{exc} on the gpufleet server; the workers may have it")
     except ModelSourceError as exc:
         raise InvalidSpec(f"{exc} (checked on the gpufleet server)") from exc
-    _check_backend(spec, metadata)
+    backend = _check_backend(spec, metadata)
+    if workers is not None:
+        check_engine_on_workers(backend, spec.backend_version, workers)
     return metadata, summarize(metadata, spec.backend, spec.backend_params)

@@ -31,6 +31,10 @@ class WorkerRow(Base):
     ram_reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     vram_reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     capabilities: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    #: EngineInstall dicts: the engine versions the node reported it can run (migration 0004)
+    engines: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
+    #: how the node runs backends: "process" or "docker"
+    runtime: Mapped[str] = mapped_column(String(16), default="process", server_default="process")
     last_heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

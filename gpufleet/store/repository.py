@@ -20,6 +20,7 @@ from gpufleet.core.schemas import (
     DeploymentEdit,
     DeploymentSpec,
     DeploymentView,
+    EngineInstall,
     InstanceStateUpdate,
     InstanceView,
     ModelMetadata,
@@ -333,11 +334,21 @@ def list_workers(session: Session, timeout: timedelta) -> list[WorkerView]:
             ram_reserved=r.ram_reserved or 0,
             vram_reserved=r.vram_reserved or 0,
             capabilities=r.capabilities or [],
+            engines=r.engines or [],
+            runtime=r.runtime or "process",
             ready=is_ready(r, now, timeout),
             last_heartbeat=r.last_heartbeat,
         )
         for r in rows
     ]
+
+
+def set_worker_engines(session: Session, name: str, engines: list[EngineInstall]) -> WorkerRow:
+    """Replace what a worker can run (after a `backends install` run on it), without
+    waiting for its next registration; the heartbeat is left as it is."""
+    row = get_worker(session, name)
+    row.engines = [e.model_dump(mode="json") for e in engines]
+    return row
 
 
 def get_worker(session: Session, name: str) -> WorkerRow:

@@ -259,3 +259,75 @@ def test_controller_replaces_pending_when_the_cluster_changes(database_url: str,
         assert calls == [("reconcile", {"name": "tiny"})]
     finally:
         state.engine.dispose()
+
+
+def test_worker_engines_and_runtime_round_trip(sessions) -> None:  # noqa: ANN001
+    """What a node reports it can run is stored and returned as reported: the server refuses
+    uninstalled `--backend-version`s from this, and `gpufleet workers` shows it."""
+    from gpufleet.core.schemas import EngineInstall
+
+    llama = EngineInstall(engine="llama.cpp", version="b11434", devices=["cpu", "cuda"],
+                          location="/opt/llama/bin/llama-server", default=True)
+    vllm = EngineInstall(engine="vllm", version="0.32.0", devices=["cpu"], location="/engines/vllm-0.32.0-cpu",
+                         default=True)
+    with sessions.begin() as session:
+        repo.register_worker(session, WorkerRegistration(
+            name="w", address="http://127.0.0.1:1", cpu_count=2, memory_total=GiB, work_queue="node-w",
+            engines=[llama], runtime="docker"))
+    with sessions.begin() as session:
+        (view,) = repo.list_workers(session, TIMEOUT)
+    assert view.engines == [llama] and view.runtime == "docker"
+
+    with sessions.begin() as session:  # after a `backends install` run: replaced, heartbeat untouched
+        beat = repo.get_worker(session, "w").last_heartbeat
+        repo.set_worker_engines(session, "w", [llama, vllm])
+    with sessions.begin() as session:
+        (view,) = repo.list_workers(session, TIMEOUT)
+        assert repo.get_worker(session, "w").last_heartbeat == beat
+    assert view.engines == [llama, vllm] and view.runtime == "docker"
+
+    with sessions.begin() as session:  # a re-registration is the node's whole truth again
+        repo.register_worker(session, WorkerRegistration(
+            name="w", address="http://127.0.0.1:1", cpu_count=2, memory_total=GiB, work_queue="node-w"))
+    with sessions.begin() as session:
+        (view,) = repo.list_workers(session, TIMEOUT)
+    assert view.engines == [] and view.runtime == "process"
+
+    with sessions.begin() as session, pytest.raises(repo.NotFound, match="worker 'ghost' is not registered"):
+        repo.set_worker_engines(session, "ghost", [llama])
+
+
+def test_migration_0004_gives_existing_workers_defaults(database_url: str) -> None:
+    """A database of revision 0003 with a registered worker upgrades in place: the worker
+    reports no engines yet (until it registers again) and runs processes, as it did."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from gpufleet.store.db import MIGRATIONS
+
+    engine = make_engine(database_url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0003")
+        with engine.begin() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("workers")}
+            assert "engines" not in columns and "runtime" not in columns
+            conn.execute(sa.text(
+                "INSERT INTO workers (name, address, work_queue, labels, gpus, cpu_count, memory_total, "
+                "ram_reserved, vram_reserved, capabilities, registered_at) VALUES ('old', 'http://127.0.0.1:1', "
+                "'node-old', '{}', '[]', 2, 1024, 0, 0, '[]', CURRENT_TIMESTAMP)"))
+        migrate(engine)
+        with session_factory(engine).begin() as session:
+            (view,) = repo.list_workers(session, TIMEOUT)
+        assert (view.name, view.engines, view.runtime) == ("old", [], "process")
+        with engine.begin() as conn:  # and back: the downgrade drops both columns
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0003")
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("workers")}
+        assert "engines" not in columns and "runtime" not in columns
+    finally:
+        engine.dispose()

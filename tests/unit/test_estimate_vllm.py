@@ -107,3 +107,14 @@ def test_gpu_count_must_match_parallelism() -> None:
     e = estimate(model("LlamaForCausalLM", 1, 2, 1, 64),
                  EstimateOptions(backend="vllm", backend_params=("-tp=2",), gpu_memory=(GiB,)))
     assert not e.known and "--tensor-parallel-size" in (e.reason or "")
+
+
+def test_tensor_parallel_follows_the_placed_gpus_unless_the_user_sets_it() -> None:
+    """gpufleet launches vLLM with --tensor-parallel-size = GPUs placed on, so the estimate
+    must assume it too: 2 GPUs without a user TP → TP 2 (weights halved per GPU), not unknown."""
+    from gpufleet.core.estimation.vllm import VllmConfig, with_tensor_parallel
+
+    assert with_tensor_parallel(VllmConfig(), 2).tp == 2        # 2 GPUs / pp 1
+    assert with_tensor_parallel(VllmConfig(pp=2), 4).tp == 2    # 4 GPUs / pp 2
+    assert with_tensor_parallel(VllmConfig(), 0).tp == 1        # no GPUs given (summary, CLI)
+    assert with_tensor_parallel(VllmConfig(tp=4), 2).tp == 4    # the user's wins (and is checked elsewhere)

@@ -320,3 +320,21 @@ def test_distributed_part_on_unified_memory_must_fit_that_workers_ram() -> None:
          "gpus": [{"index": 0, "memory_total": 144 * GiB, "vendor": "apple", "unified_memory": True}]}]})
     p = placed(place(snap, req(model(40, 1), distributed=True), linear_estimator))
     assert (p.worker, p.stage) == ("a", "cpu")
+
+
+def test_extended_kv_cache_claims_its_ram_and_needs_gpu_workers() -> None:
+    """--kv-cache-cpu-gib 8 with vLLM: the worker's RAM claim grows by 8 GiB (LMCache's CPU
+    chunks); the Apple host (unified memory, no CUDA/ROCm) is refused with the matrix."""
+    from gpufleet.core.estimation import estimate
+
+    meta = ModelMetadata(format="safetensors", architecture="LlamaForCausalLM", file_size=2 * GiB,
+                         tensor_bytes=2 * GiB, n_layers=16, n_heads=32, n_kv_heads=8, head_dim_k=64,
+                         head_dim_v=64, context_length=4096, torch_dtype="bfloat16")
+    plain = placed(place(cluster("8xH100-80G"), req(meta, backend="vllm"), estimate))
+    with_cache = PlacementRequest(deployment="d", metadata=meta, backend="vllm", spec=PlacementSpec(),
+                                  source="model-d", kv_cache_cpu_bytes=8 * GiB)
+    cached = placed(place(cluster("8xH100-80G"), with_cache, estimate))
+    assert cached.ram_claim - plain.ram_claim == 8 * GiB
+    refused = place(cluster("apple-m2-ultra"), with_cache, estimate)
+    assert isinstance(refused, Unplaceable)
+    assert "extended KV cache (LMCache) does not run with vllm on cpu workers" in refused.message()

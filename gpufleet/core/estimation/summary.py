@@ -98,7 +98,7 @@ def summarize(
         return ResourceEstimate.unknown("model metadata could not be read on the server")
     gpu_required = backend == "vllm"
     vllm = _vllm_config(params) if gpu_required else None
-    world = vllm.tp * vllm.pp if vllm else 1
+    world = (vllm.tp or 1) * vllm.pp if vllm else 1
     on_gpu = estimate(meta, EstimateOptions(backend=backend, backend_params=params,
                                             gpu_memory=(_REFERENCE_GPU,) * world))
     if not on_gpu.known:

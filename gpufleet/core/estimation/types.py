@@ -24,7 +24,9 @@ class EstimateOptions:
     (None: what the backend params say, else all layers). For llama.cpp it
     counts the output layer as one more layer, as llama.cpp does: a model of
     N blocks has ``total_layers = N + 1``, ``gpu_layers = N`` leaves the output
-    layer on the CPU, and 0 keeps everything on the CPU.
+    layer on the CPU, and 0 keeps everything on the CPU. ``kv_cache_cpu_bytes``
+    is the host RAM of vLLM's extended KV cache (LMCache, ``cpu_gib x 2^30``),
+    added to the host usage so placement claims it; 0 without one.
     """
 
     backend: str = "llama.cpp"
@@ -32,6 +34,7 @@ class EstimateOptions:
     gpu_memory: tuple[int, ...] = ()
     tensor_split: tuple[float, ...] | None = None
     gpu_layers: int | None = None
+    kv_cache_cpu_bytes: int = 0
 
 
 @dataclass(frozen=True)

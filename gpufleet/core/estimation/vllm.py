@@ -35,7 +35,7 @@ short inputs and gpufleet launches them with a utilization that fits the need.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from gpufleet.core.backends.params import BackendParamError, parse_param
@@ -48,6 +48,8 @@ ACTIVATION_GIB = {"dense": 5.5, "moe": 8.0, "multimodal": 2.5}
 ACTIVATION_BY_FAMILY_GIB = {"llama": 4.8, "qwen2": 5.6, "qwen3": 5.6}
 NON_TORCH_GIB = (0.15, 0.6)  # TP 1, TP >= 2
 HOST_RAM = 2 * GiB  # assumption: the vLLM process (torch + CUDA runtime); not measured here
+#: --max-model-len when neither the user nor config.json gives a context length
+DEFAULT_MAX_MODEL_LEN = 4096
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2,
                "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_inc": 1, "int8": 1}
 CLAIMLESS = ("embedding", "reranker")
@@ -61,7 +63,7 @@ class VllmParamError(ValueError):
 class VllmConfig:
     max_model_len: int | None = None
     utilization: float = DEFAULT_UTILIZATION
-    tp: int = 1
+    tp: int | None = None  # None: one per placed GPU (placement decides tensor parallelism)
     pp: int = 1
     kv_cache_dtype: str = "auto"
     kv_cache_memory: int | None = None
@@ -129,24 +131,42 @@ def kv_bytes_per_token(meta: ModelMetadata, cfg: VllmConfig) -> int:
     size = kv_dtype_bytes(meta, cfg)
     if meta.kv_lora_rank:
         return layers * (meta.kv_lora_rank + meta.rope_head_dim) * size
-    heads = max(1, -(-meta.n_kv_heads // cfg.tp))
+    heads = max(1, -(-meta.n_kv_heads // (cfg.tp or 1)))
     return layers * heads * (meta.head_dim_k + meta.head_dim_v) * size
+
+
+def context_length(meta: ModelMetadata, cfg: VllmConfig) -> int:
+    """The ``--max-model-len`` the KV cache is sized for: the user's, else the model's context,
+    else :data:`DEFAULT_MAX_MODEL_LEN`. The vLLM launch passes the same value, so vLLM checks
+    what the estimate assumed."""
+    return cfg.max_model_len or meta.context_length or DEFAULT_MAX_MODEL_LEN
+
+
+def with_tensor_parallel(cfg: VllmConfig, n_gpus: int) -> VllmConfig:
+    """The user's ``--tensor-parallel-size``, else one rank per GPU placed on (over the
+    pipeline stages): gpufleet's vLLM launch passes ``--tensor-parallel-size`` = the
+    number of GPUs it was placed on, so the estimate must assume the same."""
+    if cfg.tp is not None:
+        return cfg
+    tp = n_gpus // cfg.pp if n_gpus and n_gpus % cfg.pp == 0 else 1
+    return replace(cfg, tp=max(1, tp))
 
 
 def estimate_vllm(meta: ModelMetadata, options: EstimateOptions) -> Estimate:
     backend = options.backend
     try:
-        cfg = parse_vllm_params(tuple(options.backend_params))
+        cfg = with_tensor_parallel(parse_vllm_params(tuple(options.backend_params)), len(options.gpu_memory))
         per_token = kv_bytes_per_token(meta, cfg)
     except VllmParamError as exc:
         return Estimate.unknown(backend, f"invalid backend parameter: {exc}")
+    assert cfg.tp is not None
     if meta.n_layers <= 0 or not (meta.n_kv_heads or meta.kv_lora_rank) or not meta.tensor_bytes:
         return Estimate.unknown(backend, f"{meta.architecture}: config.json lacks layers, KV heads or weights")
     world = cfg.tp * cfg.pp
     if options.gpu_memory and len(options.gpu_memory) != world:
         return Estimate.unknown(backend, f"vLLM runs on tensor_parallel x pipeline_parallel = {world} GPUs, "
                                          f"{len(options.gpu_memory)} given; set --tensor-parallel-size")
-    max_len = cfg.max_model_len or meta.context_length or 4096
+    max_len = context_length(meta, cfg)
     fixed = meta.tensor_bytes // world + activation_bytes(meta) + int(NON_TORCH_GIB[cfg.tp > 1] * GiB)
     one_request = max_len * per_token
     gpus, claims, available = [], [], []
@@ -160,6 +180,10 @@ def estimate_vllm(meta: ModelMetadata, options: EstimateOptions) -> Estimate:
         claims.append(max(claim, need.total))
         available.append(cfg.kv_cache_memory or (int(cfg.utilization * card) - fixed if card else one_request))
     notes = (f"vLLM claims {cfg.utilization:g} x each GPU's memory; KV for {max_len} tokens is the minimum",)
+    if options.kv_cache_cpu_bytes:
+        notes += (f"extended KV cache (LMCache): {options.kv_cache_cpu_bytes / GiB:g} GiB of host RAM",)
+    # the extended KV cache (LMCache) keeps evicted KV blocks in host RAM: placement claims it there
+    host = DeviceUsage("cpu", kv_cache=options.kv_cache_cpu_bytes, overhead=HOST_RAM)
     return Estimate(known=True, backend=backend, notes=notes, context_size=max_len, total_layers=meta.n_layers,
-                    gpu_layers=meta.n_layers, host=DeviceUsage("cpu", overhead=HOST_RAM), gpus=tuple(gpus),
+                    gpu_layers=meta.n_layers, host=host, gpus=tuple(gpus),
                     claims=tuple(claims), kv_cache_available=tuple(available))

