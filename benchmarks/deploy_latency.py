@@ -148,5 +148,7 @@ def run(args: argparse.Namespace, prefect_db: str) -> None:
 
 
 if __name__ == "__main__":
+    # the process path is what this measures (a node picks docker wherever a Docker engine answers)
+    os.environ.setdefault("GPUFLEET_RUNTIME", "process")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
     sys.exit(main())

@@ -53,7 +53,8 @@ say "gpufleet GPU check in $PWD, results in $OUT"
   echo "## nvcc"; nvcc --version 2>&1 || echo "(no nvcc)"
   echo "## cmake / ninja / g++"; cmake --version 2>&1 | head -1; ninja --version 2>&1; g++ --version 2>&1 | head -1
   echo "## python"; command -v "$PY"; "$PY" -VV 2>&1
-  "$PY" -c 'import site, sys; print("prefix", sys.prefix, "base", sys.base_prefix); print("site", site.getsitepackages())' 2>&1
+  "$PY" -c 'import site, sys; print("prefix", sys.prefix, "base", sys.base_prefix)
+print("site", site.getsitepackages())' 2>&1
   echo "## nproc / memory / disk"; nproc; free -m; df -h /tmp | tail -1
 } >"$OUT/env.txt" 2>&1
 say "machine: $(nvidia-smi -L 2>/dev/null | head -2 | tr '\n' ' ')$(nproc) cores, $("$PY" -V 2>&1)"
@@ -122,6 +123,11 @@ fi
 cat "$LLAMA_HOME/BUILD_INFO"
 say "build done"
 
+# --- 3b. the node's engine choice for a GPU placement (a few seconds) -----------------------------
+say "engine choice for a placement on GPU 0"
+GPUFLEET_LLAMA_SERVER="$LLAMA_HOME/bin/llama-server" PYTHONPATH="$PYPATH" timeout 90 "$VPY" -u \
+  benchmarks/gpu_engine_choice.py | tee "$OUT/engine-choice.json" || say "engine choice check failed"
+
 # --- 4. the benchmark ---------------------------------------------------------------------------
 LEFT=$((LIMIT_S - (SECONDS - START)))
 BUDGET=$((LEFT - 40))
@@ -129,7 +135,8 @@ BUDGET=$((LEFT - 40))
 [ "$BUDGET" -ge 30 ] || fail "only $LEFT s left of $LIMIT_S: no time for the benchmark"
 say "benchmark (budget ${BUDGET} s, hard limit $((LEFT - 10)) s)"
 GPUFLEET_LLAMA_SERVER="$LLAMA_HOME/bin/llama-server" PYTHONPATH="$PYPATH" \
-  timeout -k 5 $((LEFT - 10)) "$VPY" -u benchmarks/gpu_llama_cpp.py --out "$OUT" --budget-s "$BUDGET" ${GPUFLEET_CHECK_BENCH_ARGS:-}
+  timeout -k 5 $((LEFT - 10)) "$VPY" -u benchmarks/gpu_llama_cpp.py --out "$OUT" --budget-s "$BUDGET" \
+  ${GPUFLEET_CHECK_BENCH_ARGS:-}
 BENCH_RC=$?
 say "benchmark exit $BENCH_RC; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 return "$BENCH_RC"

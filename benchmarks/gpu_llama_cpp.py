@@ -58,7 +58,14 @@ from gpufleet.core.estimation.llama_params import DEFAULT_CONTEXT  # noqa: E402
 from gpufleet.core.schemas import DeploymentConfig, GpuInfo, ModelMetadata, ModelSource, Placement  # noqa: E402
 from gpufleet.node.inventory import detect_nvidia_gpus  # noqa: E402
 from gpufleet.node.processes import allocate_port, spawn, terminate  # noqa: E402
-from tests.support.synthetic_models import F16, Q8_0, LlamaShape, gguf_header, llama_metadata, llama_tensors  # noqa: E402
+from tests.support.synthetic_models import (  # noqa: E402
+    F16,
+    Q8_0,
+    LlamaShape,
+    gguf_header,
+    llama_metadata,
+    llama_tensors,
+)
 
 MiB = 1 << 20
 HOST = "127.0.0.1"

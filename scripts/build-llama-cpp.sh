@@ -92,7 +92,8 @@ cuda_archs() {
   archs="${archs//,/;}"
   local valid='^[A-Za-z0-9_;-]+$'
   [[ "$archs" =~ $valid ]] \
-    || die "GPUFLEET_LLAMA_CPP_CUDA_ARCHS must be CUDA architectures like 90, 90-real, \"80;90\", native or all (got '$archs')"
+    || die "GPUFLEET_LLAMA_CPP_CUDA_ARCHS must be CUDA architectures like 90, 90-real, \"80;90\", native, all" \
+           "(got '$archs')"
   echo "$archs"
 }
 

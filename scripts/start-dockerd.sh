@@ -36,6 +36,12 @@ if ! docker_up; then
 fi
 echo "Docker engine $(docker -H "$sock" version --format '{{.Server.Version}}') on $sock"
 
-# The base image of the host-runtime mode (docs/runtimes.md), cached by content hash.
+# The base image of the host-runtime mode (docs/runtimes.md), cached by content hash. Before
+# scripts/setup.sh made the virtual environment there is no gpufleet to build it with; the docker
+# tests build it themselves then (the same function, the same tag).
 python="${GPUFLEET_PYTHON:-.venv/bin/python}"
-"$python" -m gpufleet.node.runtimes.host_image
+if [ -x "$python" ] && "$python" -c "import docker, gpufleet" 2>/dev/null; then
+  "$python" -m gpufleet.node.runtimes.host_image
+else
+  echo "no gpufleet environment yet ($python): the host-runtime image is built by the tests"
+fi

@@ -45,7 +45,17 @@ def rpc_binaries() -> tuple[list[str], list[str]]:
     return ensure_rpc_binaries()
 
 
+#: Tests that wait for a heavy install `scripts/test.sh` starts in the background, in the order they run
+#: at the end of the suite: the llama.cpp build (rpc), then the vLLM engine environment (vllm).
+#: The e2e journeys of an engine also add nodes to the session's cluster, which must not change
+#: where the other journeys' models are placed: one more reason to run them last.
+LATE_MARKERS = ("rpc", "vllm")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the `rpc` tests last (otherwise in collection order), so the llama.cpp build that
-    scripts/test.sh starts in the background has the whole suite's duration to finish."""
-    items[:] = sorted(items, key=lambda item: item.get_closest_marker("rpc") is not None)
+    """Run the tests that need a background install last (otherwise in collection order), so each
+    install has the whole suite's duration to finish."""
+    def rank(item: pytest.Item) -> int:
+        return next((i + 1 for i, m in enumerate(LATE_MARKERS) if item.get_closest_marker(m)), 0)
+
+    items[:] = sorted(items, key=rank)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -30,7 +30,7 @@ backends_app = typer.Typer(help="Engine versions on the nodes: list and install.
 NodeOpt = Annotated[Optional[str], typer.Option("--node", help="worker name (default: the only worker)")]
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -78,7 +78,6 @@ def _resolve_node(c: GpufleetClient, node: str | None) -> str:
     if not names:
         _fail("no workers are registered; start one with `gpufleet node` (or `gpufleet up`)")
     _fail(f"{len(names)} workers are registered; choose one with --node ({', '.join(names)})", 2)
-    raise AssertionError("unreachable")
 
 
 def follow_run(c: GpufleetClient, run_id: str, what: str, timeout: float) -> RunProgress:

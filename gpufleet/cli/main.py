@@ -226,6 +226,7 @@ def node(
     reserved_ram: Annotated[str, typer.Option(help="RAM placement leaves free on this node, e.g. 2G")] = "0",
     reserved_vram: Annotated[str, typer.Option(help="VRAM placement leaves free on each GPU, e.g. 1G")] = "0",
     runtime: Annotated[Optional[str], typer.Option(
+        envvar="GPUFLEET_RUNTIME",
         help="how backends run: docker (a container each) or process; default: docker when a Docker engine "
              "answers here, else process (docs/runtimes.md)")] = None,
     image: Annotated[Optional[list[str]], typer.Option(

@@ -96,6 +96,8 @@ class DeploymentConfig(Strict):
 
     @model_validator(mode="after")
     def _placement_fits_backend(self) -> DeploymentConfig:
+        if "backend" not in self.model_fields_set:
+            return self  # chosen from the model on the server, which validates again with it
         caps = engine(self.backend)
         if self.placement.cpu_offloading and not caps.cpu_offloading:
             raise ValueError(

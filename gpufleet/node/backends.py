@@ -89,11 +89,27 @@ def launch(
         desc = describe_launch(instance, model_path, node, metadata, port)
         device = node.device_kind(list(desc.gpu_indexes) or instance.placement.gpu_indexes)
         try:
-            program = (_rpc_llama_server(node) if instance.placement.distributed
-                       else engines.resolve_program(desc, node, device))
+            program = _program(instance, desc, node, device)
         except engines.EngineUnavailable as exc:
             raise BackendFailed(str(exc)) from exc
         return _spawn(instance, node, desc.command(program), desc.env, port, log_path(node, instance), desc=desc)
+
+
+def _program(instance: InstanceView, desc: LaunchDescription, node: NodeContext, device: str) -> list[str]:
+    """The program on this node, unless an engine image brings its own (docker runtime with
+    the deployment's, the node's or the table's image): then the node needs no install."""
+    assert instance.placement is not None
+    if instance.placement.distributed:
+        return _rpc_llama_server(node)
+    if node.runtime == "docker":
+        try:
+            choice = images.choose_image(desc, device, deployment_image=instance.config.image,
+                                         node_images=dict(node.images), host_runtime_image=node.host_runtime_image)
+        except images.NoImage:
+            choice = None
+        if choice is not None and choice.mode == "image":
+            return [desc.program.name]  # the runtime runs images.in_image_command(desc) inside it
+    return engines.resolve_program(desc, node, device)
 
 
 def describe_launch(instance: InstanceView, model_path: Path, node: NodeContext,

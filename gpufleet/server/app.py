@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpufleet import orchestration
-from gpufleet.core.backends import llama_cpp
 from gpufleet.core.backends.params import BackendParamError
 from gpufleet.core.schemas import (
     RpcServerInfo,
@@ -41,7 +40,13 @@ from gpufleet.server.controller import Controller
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
 from gpufleet.server.backend_routes import NodeTrigger, add_backend_routes, prefect_node_trigger
-from gpufleet.server.validation import InvalidSpec, check_engine_on_workers, validate_spec
+from gpufleet.server.validation import (
+    InvalidSpec,
+    check_engine_on_workers,
+    check_flags_known,
+    engine_params,
+    validate_spec,
+)
 from gpufleet.store import repository as repo
 from gpufleet.store.db import make_engine, migrate, session_factory
 
@@ -150,7 +155,7 @@ def create_app(
 
     @app.post("/v1/deployments", status_code=202)
     def create_deployment(spec: DeploymentSpec) -> OperationAccepted:
-        metadata, estimate = validate_spec(spec, known_workers())
+        spec, metadata, estimate = validate_spec(spec, known_workers())
         with state.session() as s:
             repo.create_deployment(s, spec, metadata, estimate)
         # What the user did not choose but should know: the file picked from a repo, an
@@ -183,7 +188,7 @@ def create_app(
                         "use edit or scale, or delete it first",
                     )
                 return existing
-        metadata, estimate = validate_spec(spec, known_workers())
+        spec, metadata, estimate = validate_spec(spec, known_workers())
         with state.session() as s:
             row = repo.create_deployment(s, spec, metadata, estimate)
             return repo.deployment_view(s, row)
@@ -200,12 +205,14 @@ def create_app(
 
     @app.patch("/v1/deployments/{name}")
     def edit_deployment(name: str, edit: DeploymentEdit) -> DeploymentView:
+        with state.session() as s:
+            current = repo.get_deployment(s, name)
+        workers = known_workers()
         if edit.backend_params is not None:
-            llama_cpp.validate_params(edit.backend_params)
+            params = engine_params(current.backend, edit.backend_params, kv_cache=current.kv_cache is not None)
+            check_flags_known(current.backend, edit.backend_version or current.backend_version, params, workers)
         if edit.backend_version is not None:
-            with state.session() as s:
-                backend = repo.get_deployment(s, name).backend
-            check_engine_on_workers(backend, edit.backend_version, known_workers())
+            check_engine_on_workers(current.backend, edit.backend_version, workers)
         with state.session() as s:
             row = repo.edit_deployment(s, name, edit)
             return repo.deployment_view(s, row)

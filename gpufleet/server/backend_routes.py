@@ -84,19 +84,21 @@ def read_run(flow_run_id: str, offset: int) -> RunProgress:
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     try:
         run_id = UUID(flow_run_id)
     except ValueError:
         raise HTTPException(400, f"{flow_run_id!r} is not a flow run id") from None
-    with get_client(sync_client=True) as client:
-        try:
+    try:
+        with get_client(sync_client=True) as client:
             run = client.read_flow_run(run_id)
-        except ObjectNotFound:
-            raise HTTPException(404, f"flow run {flow_run_id} not found in Prefect") from None
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
-                                offset=offset, limit=LOG_PAGE, sort=LogSort.TIMESTAMP_ASC)
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                                    offset=offset, limit=LOG_PAGE, sort=LogSort.TIMESTAMP_ASC)
+    except ObjectNotFound:
+        raise HTTPException(404, f"flow run {flow_run_id} not found in Prefect") from None
+    except (PrefectHTTPStatusError, httpx.HTTPError) as exc:
+        raise HTTPException(502, f"cannot read flow run {flow_run_id} from Prefect: {exc}") from exc
     st = run.state
     return RunProgress(
         flow_run_id=flow_run_id,

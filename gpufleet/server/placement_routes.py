@@ -72,6 +72,6 @@ def add_placement_routes(app: FastAPI, state: ServerState) -> None:
             body = PlanRequest.model_validate(raw)
         except ValidationError as exc:
             raise HTTPException(400, validation_message(exc)) from exc
-        metadata, _ = validate_spec(body.spec)
+        spec, metadata, _ = validate_spec(body.spec)
         with state.session() as s:
-            return repo.plan_spec(s, body.spec, metadata, state.worker_timeout, body.cluster)
+            return repo.plan_spec(s, spec, metadata, state.worker_timeout, body.cluster)

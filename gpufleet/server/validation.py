@@ -18,12 +18,18 @@ waits PENDING ("no workers registered") as before.
 
 from __future__ import annotations
 
-from gpufleet.core.backends import llama_cpp
+from pydantic import ValidationError
+
+from gpufleet.core.backends import llama_cpp, vllm, vox_box
 from gpufleet.core.backends.choose import NoBackend, choose_backend
+from gpufleet.core.backends.flags import check_known_flags
+from gpufleet.core.backends.params import BackendParam
+from gpufleet.core.backends.registry import LLAMA_ENGINES
 from gpufleet.core.backends.registry import engine as engine_info
 from gpufleet.core.estimation.summary import check_params, summarize
 from gpufleet.core.metadata import ModelMetadata
 from gpufleet.core.schemas import DeploymentSpec, ResourceEstimate, WorkerView
+from gpufleet.core.validation_rules import tensor_parallel_problems
 from gpufleet.sources import ModelNotVisible, ModelSourceError, read_metadata
 
 
@@ -31,19 +37,59 @@ class InvalidSpec(ValueError):
     """The spec cannot be deployed as given; the message says why and how to fix it."""
 
 
-def _check_params(spec: DeploymentSpec) -> None:
+def engine_params(backend: str, raw: list[str], *, kv_cache: bool = False) -> list[BackendParam]:
+    """Parse and check parameters with the engine's own rules (its managed flags are refused)."""
     try:
-        llama_cpp.validate_params(spec.backend_params)
-        check_params(spec.backend, spec.backend_params)
+        if backend in LLAMA_ENGINES:
+            params = llama_cpp.validate_params(raw)
+        elif backend == "vllm":
+            params = vllm.validate_params(raw, kv_cache=kv_cache)
+        else:
+            params = vox_box.validate_params(raw)
+        check_params(backend, raw)
     except ValueError as exc:  # BackendParamError is a ValueError too
+        raise InvalidSpec(str(exc)) from exc
+    return params
+
+
+def check_flags_known(backend: str, version: str | None, params: list[BackendParam],
+                      workers: list[WorkerView]) -> None:
+    """Refuse a flag none of the workers' installs of this engine (version) lists in its --help."""
+    installs = [e for w in workers for e in w.engines if e.engine == backend and e.flags
+                and (version is None or e.version == version)]
+    if not installs:
+        return
+    known = {f for e in installs for f in e.flags}
+    try:
+        check_known_flags(params, known, backend, version or installs[0].version)
+    except ValueError as exc:
         raise InvalidSpec(str(exc)) from exc
 
 
-def _check_backend(spec: DeploymentSpec, metadata: ModelMetadata) -> str:
+def _choose(spec: DeploymentSpec, metadata: ModelMetadata | None) -> str:
+    """The user's backend, else the one for the model's format and category. A local path the
+    server cannot see is judged by its name: a `.gguf` file is llama.cpp's, a directory a
+    safetensors checkpoint (vLLM)."""
+    requested = spec.backend if "backend" in spec.model_fields_set else None
+    if metadata is None:
+        if requested:
+            return requested
+        path = (spec.source.local_path or spec.source.file or "").lower()
+        return "llama.cpp" if path.endswith(".gguf") or spec.source.kind != "local_path" else "vllm"
     try:
-        return choose_backend(metadata.format, spec.category or metadata.category, spec.backend)
+        return choose_backend(metadata.format, spec.category or metadata.category, requested)
     except NoBackend as exc:
         raise InvalidSpec(f"{spec.source.describe()}: {exc}") from exc
+
+
+def _with_backend(spec: DeploymentSpec, backend: str) -> DeploymentSpec:
+    """The spec with its backend decided, validated again: the backend's capabilities
+    (offloading, distributed, extended KV cache) are checked for the chosen one."""
+    try:
+        return DeploymentSpec.model_validate({**spec.model_dump(), "backend": backend})
+    except ValidationError as exc:
+        raise InvalidSpec("; ".join(str(e.get("msg", "")).removeprefix("Value error, ")
+                                    for e in exc.errors())) from exc
 
 
 def installable_version_problem(engine_name: str, version: str) -> str | None:
@@ -103,21 +149,26 @@ def check_engine_on_workers(engine_name: str, version: str | None, workers: list
 
 
 def validate_spec(spec: DeploymentSpec, workers: list[WorkerView] | None = None,
-                  ) -> tuple[ModelMetadata | None, ResourceEstimate]:
-    """The metadata (None when the server cannot see a local path) and the
-    estimate to record with the deployment. With ``workers`` (the deploy routes),
-    the engine and its version are checked against what they reported; a dry run
-    (`plan`) passes none."""
-    _check_params(spec)
+                  ) -> tuple[DeploymentSpec, ModelMetadata | None, ResourceEstimate]:
+    """The spec with its backend decided, the metadata (None when the server cannot see
+    a local path) and the estimate to record with the deployment. With ``workers`` (the
+    deploy routes), the engine, its version and its flags are checked against what they
+    reported; a dry run (`plan`) passes none."""
     try:
-        metadata = read_metadata(spec.source, spec.category)
+        metadata: ModelMetadata | None = read_metadata(spec.source, spec.category)
+        unseen = None
     except ModelNotVisible as exc:
-        if workers is not None:
-            check_engine_on_workers(spec.backend, spec.backend_version, workers)
-        return None, ResourceEstimate.unknown(f"{exc} on the gpufleet server; the workers may have it")
+        metadata, unseen = None, exc
     except ModelSourceError as exc:
         raise InvalidSpec(f"{exc} (checked on the gpufleet server)") from exc
-    backend = _check_backend(spec, metadata)
+    spec = _with_backend(spec, _choose(spec, metadata))
+    params = engine_params(spec.backend, spec.backend_params, kv_cache=spec.kv_cache is not None)
+    problems = tensor_parallel_problems(spec.config(), metadata)
+    if problems:
+        raise InvalidSpec("; ".join(problems))
     if workers is not None:
-        check_engine_on_workers(backend, spec.backend_version, workers)
-    return metadata, summarize(metadata, spec.backend, spec.backend_params)
+        check_engine_on_workers(spec.backend, spec.backend_version, workers)
+        check_flags_known(spec.backend, spec.backend_version, params, workers)
+    if metadata is None:
+        return spec, None, ResourceEstimate.unknown(f"{unseen} on the gpufleet server; the workers may have it")
+    return spec, metadata, summarize(metadata, spec.backend, spec.backend_params)

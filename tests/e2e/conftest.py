@@ -54,12 +54,15 @@ class E2ECluster:
     def node_home(self, node: str) -> Path:
         return self.home / "nodes" / node
 
-    def start_node(self, name: str, virtual_gpus: str | None = None) -> Child:
+    def start_node(self, name: str, virtual_gpus: str | None = None, labels: dict[str, str] | None = None,
+                   env: dict[str, str] | None = None) -> Child:
         args = [sys.executable, "-m", "gpufleet.cli.main", "node", "--name", name, "--server", self.api_url,
                 "--stop-backends-on-exit"]
         if virtual_gpus:
             args += ["--virtual-gpus", virtual_gpus]
-        child = _spawn(f"node-{name}", args, self.env, self.home / "logs")
+        for key, value in (labels or {}).items():
+            args += ["--label", f"{key}={value}"]
+        child = _spawn(f"node-{name}", args, {**self.env, **(env or {})}, self.home / "logs")
         _wait_for_worker(self.api_url, name, child, 60)
         self.children.append(child)
         return child
@@ -70,7 +73,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
     home = tmp_path_factory.mktemp("gpufleet-home")
     saved = {k: os.environ.pop(k) for k in ("PREFECT_API_URL", "GPUFLEET_SERVER_URL") if k in os.environ}
     # Short heartbeats so that a lost node is noticed within seconds in the tests.
-    fast = {"GPUFLEET_HEARTBEAT_INTERVAL": "1", "GPUFLEET_WORKER_TIMEOUT": "5"}
+    fast = {"GPUFLEET_HEARTBEAT_INTERVAL": "1", "GPUFLEET_WORKER_TIMEOUT": "5",
+            # these journeys check processes (/proc cmdlines, environments): their nodes run the process
+            # runtime even where a Docker engine answers; the docker journey asks for --runtime docker
+            "GPUFLEET_RUNTIME": "process"}
     saved.update({k: os.environ[k] for k in fast if k in os.environ})
     os.environ.update(fast)
     try:

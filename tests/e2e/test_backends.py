@@ -92,7 +92,7 @@ def test_install_vllm_through_a_flow_run_on_the_node(cluster: E2ECluster, engine
     assert any(e["engine"] == "vllm" and e["version"] == "0.32.0" for e in workers[NODE]["engines"])
     table = cluster.cli("workers").stdout
     row = next(line for line in table.splitlines() if line.split() and line.split()[0] == NODE)
-    assert "vllm 0.32.0 (cpu)" in row and "process" in row
+    assert "vllm 0.32.0 (cpu)" in row and f" {workers[NODE]['runtime']} " in row  # as the node reported it
 
 
 def test_deploy_checks_the_version_against_the_nodes(cluster: E2ECluster, engines_node: Path,

@@ -16,6 +16,9 @@ from tests.e2e.conftest import free_port, pid_alive, wait_until
 def test_up_demo_then_down_stops_everything(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GPUFLEET_"))}
     env["GPUFLEET_HOME"] = str(tmp_path / "home")
+    # the process runtime even where the docker tests started a Docker engine: with no registry
+    # here, a docker node could not pull llama.cpp's image (test_docker_journey covers containers)
+    env["GPUFLEET_RUNTIME"] = "process"
     port, prefect_port = free_port(), free_port()
     log = tmp_path / "up.log"
     with log.open("w") as out:

@@ -69,7 +69,7 @@ def test_place_ignores_the_callers_estimate(api: TestClient, tiny_gguf: Path) ->
     from gpufleet.store import repository as repo
 
     s = DeploymentSpec.model_validate(spec(tiny_gguf))
-    meta, est = validate_spec(s)
+    s, meta, est = validate_spec(s)
     with state.session() as session:
         repo.create_deployment(session, s, meta, est)
         ids = repo.reconcile_replicas(session, "t").created
@@ -88,7 +88,7 @@ def test_place_many_in_one_transaction(api: TestClient, tiny_gguf: Path) -> None
     from gpufleet.store import repository as repo
 
     s = DeploymentSpec.model_validate({**spec(tiny_gguf), "replicas": 4})
-    meta, est = validate_spec(s)
+    s, meta, est = validate_spec(s)
     with state.session() as session:
         repo.create_deployment(session, s, meta, est)
         ids = repo.reconcile_replicas(session, "t").created

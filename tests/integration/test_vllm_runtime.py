@@ -47,6 +47,9 @@ GiB = 1 << 30
 BACKEND_PARAMS = ["--max-model-len=256", "--enforce-eager"]
 LOG_TAIL_LINES = 40
 STOP_GRACE_S = 30.0
+# A cold install is ~85 s here (pip, then the first import compiling vLLM's bytecode); a background
+# one on a busy machine, or a slow mirror, may take many times that, but not forever.
+INSTALL_WAIT_S = 1800.0
 
 
 @dataclass
@@ -67,9 +70,8 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def vllm_engine_root() -> Path:
     """The machine's engine root with vLLM's CPU build installed in it (waiting for, or doing, the install)."""
     root = environments.machine_cache_root()
-    output: list[str] = []
     try:
-        environments.install("vllm", VERSION, DEVICE, root, progress=output.append)
+        environments.install("vllm", VERSION, DEVICE, root, lock_timeout=INSTALL_WAIT_S)
     except Exception as exc:  # noqa: BLE001 - every failure is reported with its logs
         background = Path(f"{root}.background.log")
         pytest.fail(f"installing vllm {VERSION} ({DEVICE}) into {root} failed: {exc}\n"
@@ -117,35 +119,51 @@ def vllm_servers(vllm_engine_root: Path, tmp_path_factory: pytest.TempPathFactor
                     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=env, cwd=work, start_new_session=True)
                 procs[name] = (proc, desc, log, time.monotonic())
-            served = {name: _wait_healthy(name, *entry) for name, entry in procs.items()}
-            reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-            for s in served.values():
-                line = f"vLLM {VERSION} (CPU) {s.name}: launch -> healthy {s.healthy_after_s:.1f} s (concurrent start)"
-                print(line)
-                if reporter is not None:
-                    reporter.write_line(line)
+            served = _wait_all_healthy(procs)
+            _report(pytestconfig, [f"vLLM {VERSION} (CPU) {s.name}: launch -> healthy {s.healthy_after_s:.1f} s "
+                                   "(both servers started at once)" for s in served.values()])
             yield served
         finally:
             for proc, *_ in procs.values():
                 _stop(proc)
 
 
-def _wait_healthy(name: str, proc: subprocess.Popen[bytes], desc: LaunchDescription, log: Path,
-                  started: float) -> Served:
-    """Poll the launch's health path until 200; fail with the server's log if it exits or times out."""
-    url = f"http://127.0.0.1:{desc.port}"
-    deadline = started + desc.readiness_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM server {name} exited with status {proc.returncode} before it was healthy\n"
-                        f"{_tail(log)}", pytrace=False)
-        try:
-            if httpx.get(url + desc.health_paths[0], timeout=2.0).status_code == 200:
-                return Served(name, url, log, time.monotonic() - started)
-        except httpx.TransportError:
-            pass
+def _report(config: pytest.Config, lines: list[str]) -> None:
+    """Show the measured start-up times in the run's output, not only on failure."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if capture is None or reporter is None:
+        print("\n".join(lines))
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        for line in lines:
+            reporter.write_line(line)
+
+
+def _wait_all_healthy(procs: dict[str, tuple[subprocess.Popen[bytes], LaunchDescription, Path, float]]
+                      ) -> dict[str, Served]:
+    """Poll every launch's health path until it answers 200, all at once, so each server's own
+    launch-to-healthy time is measured; fail with a server's log if it exits or times out."""
+    served: dict[str, Served] = {}
+    while len(served) < len(procs):
+        for name, (proc, desc, log, started) in procs.items():
+            if name in served:
+                continue
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server {name} exited with status {proc.returncode} before it was healthy\n"
+                            f"{_tail(log)}", pytrace=False)
+            if time.monotonic() - started > desc.readiness_timeout_s:
+                pytest.fail(f"vLLM server {name} not healthy after {desc.readiness_timeout_s:.0f} s\n{_tail(log)}",
+                            pytrace=False)
+            url = f"http://127.0.0.1:{desc.port}"
+            try:
+                if httpx.get(url + desc.health_paths[0], timeout=2.0).status_code == 200:
+                    served[name] = Served(name, url, log, time.monotonic() - started)
+            except httpx.TransportError:
+                pass
         time.sleep(0.5)
-    pytest.fail(f"vLLM server {name} not healthy after {desc.readiness_timeout_s:.0f} s\n{_tail(log)}", pytrace=False)
+    return served
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

