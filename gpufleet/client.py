@@ -106,7 +106,7 @@ class GpufleetClient:
         return self._request("GET", "/v1/health")
 
     def create_deployment(self, spec: DeploymentSpec) -> OperationAccepted:
-        data = self._request("POST", "/v1/deployments", json=spec.model_dump(mode="json"))
+        data = self._request("POST", "/v1/deployments", json=_spec_json(spec))
         return OperationAccepted.model_validate(data)
 
     def register_deployment(self, spec: DeploymentSpec) -> DeploymentView:
@@ -196,7 +196,7 @@ class GpufleetClient:
         return ClusterSnapshot.model_validate(self._request("GET", "/v1/cluster/snapshot"))
 
     def plan(self, spec: DeploymentSpec, cluster: ClusterSnapshot | None = None) -> PlanResult:
-        body = {"spec": spec.model_dump(mode="json"),
+        body = {"spec": _spec_json(spec),
                 "cluster": cluster.model_dump(mode="json") if cluster is not None else None}
         return PlanResult.model_validate(self._request("POST", "/v1/plan", json=body))
 
@@ -242,3 +242,12 @@ class GpufleetClient:
 
     def run_progress(self, flow_run_id: str, offset: int = 0) -> RunProgress:
         return RunProgress.model_validate(self._request("GET", f"/v1/runs/{flow_run_id}", params={"offset": offset}))
+
+
+def _spec_json(spec: DeploymentSpec) -> dict[str, object]:
+    """The spec as the server should read it: a backend the user did not choose is left out,
+    so the server picks it from the model (its default would otherwise read as a choice)."""
+    data = spec.model_dump(mode="json")
+    if "backend" not in spec.model_fields_set:
+        data.pop("backend", None)
+    return data

@@ -13,6 +13,9 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${GPUFLEET_TES
   fi
 fi
 
+# A Docker engine for the `docker` tests (installs docker.io once, starts dockerd if nothing answers).
+scripts/start-dockerd.sh
+
 # llama.cpp's rpc-server and an RPC llama-server for the `rpc` tests: built in the background on
 # idle CPU while setup and the suite run (those tests run last and wait for it through the
 # script's lock; an installed build makes this return at once). Started after the apt-get above,
@@ -24,17 +27,28 @@ setsid nice -n 19 scripts/build-llama-cpp.sh >"$build_log" 2>&1 </dev/null &
 build_pid=$!
 echo "building llama.cpp RPC binaries in the background (log: $build_log)"
 
-# A run that ends before the build (a subset of tests, Ctrl-C) stops it rather than leave it behind.
-stop_build() {
-  if kill -0 "$build_pid" 2>/dev/null; then
-    echo "stopping the unfinished background llama.cpp build (log: $build_log)"
-    kill -TERM -- "-$build_pid" 2>/dev/null || true
-    wait "$build_pid" 2>/dev/null || true
-  fi
+# A run that ends before the background installs (a subset of tests, Ctrl-C) stops them rather
+# than leave them behind; each is idempotent and resumes from scratch next time.
+stop_background() {
+  for pid in "$build_pid" "${engines_pid:-}"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      echo "stopping an unfinished background install (pid $pid; logs: $build_log ${engines_log:-})"
+      kill -TERM -- "-$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
 }
-trap stop_build EXIT
+trap stop_background EXIT
 
 scripts/setup.sh --test
+
+# vLLM's CPU build in an engine environment for the `vllm` tests, installed in the background
+# (it needs .venv, hence after setup.sh); those tests run last and wait for it on its lock.
+engines_log="$(scripts/install-engines.sh --print-root).background.log"
+mkdir -p "$(dirname "$engines_log")"
+setsid nice -n 10 scripts/install-engines.sh >"$engines_log" 2>&1 </dev/null &
+engines_pid=$!
+echo "installing engine environments in the background (log: $engines_log)"
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

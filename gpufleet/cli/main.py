@@ -42,8 +42,7 @@ from gpufleet.cli.source_options import (
 )
 from gpufleet.cli.wait import WaitFailed, wait_for_deployment
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable, server_url
-from gpufleet.core.backends.llama_cpp import validate_params
-from gpufleet.core.backends.params import BackendParamError
+from gpufleet.core.backends.params import BackendParamError, parse_param
 from gpufleet.core.schemas import DeploymentEdit, DeploymentSpec, ModelSource
 from gpufleet.settings import DEFAULT_PORT, database_url, home
 
@@ -90,9 +89,12 @@ def _parse_env(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _params(raw: list[str] | None) -> list[str]:
+    """Each parameter's shape is checked here; the server checks them against the engine it
+    picks for the model (its managed flags and the flags its --help lists)."""
     params = list(raw or [])
     try:
-        validate_params(params)
+        for param in params:
+            parse_param(param)
     except BackendParamError as exc:
         fail(str(exc), 2)
     return params

@@ -6,10 +6,15 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 PORT_RANGE = (40000, 41000)
+# A port handed out is claimed machine-wide for this long: the time between choosing a port and
+# the backend binding it (engine probes, a container start) during which another node agent on
+# the same host could otherwise choose it too. After it, the bound socket itself says "taken".
+PORT_CLAIM_S = 120.0
 
 
 def process_start_time(pid: int) -> int | None:
@@ -62,9 +67,38 @@ def port_is_free(host: str, port: int) -> bool:
         return True
 
 
-def allocate_port(host: str, taken: set[int], port_range: tuple[int, int] = PORT_RANGE) -> int:
+def port_claims_dir() -> Path:
+    """Shared by every node agent of this user on this machine, whatever their homes."""
+    return Path(tempfile.gettempdir()) / f"gpufleet-port-claims-{os.getuid()}"
+
+
+def _claim(claims: Path, host: str, port: int, now: float) -> bool:
+    """Atomically claim (host, port) unless another agent claimed it less than PORT_CLAIM_S ago."""
+    marker = claims / f"{host}-{port}"
+    try:
+        if now - marker.stat().st_mtime < PORT_CLAIM_S:
+            return False
+        marker.unlink()
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False  # another agent claimed it between our check and now
+    os.close(fd)
+    return True
+
+
+def allocate_port(host: str, taken: set[int], port_range: tuple[int, int] = PORT_RANGE,
+                  claims: Path | None = None) -> int:
+    """A port in ``port_range`` that is free on ``host``, not in ``taken`` (this node's own
+    backends) and not handed out by another node agent on this machine in the last
+    PORT_CLAIM_S seconds (two agents on one host would otherwise race for the lowest port)."""
+    claims = claims or port_claims_dir()
+    claims.mkdir(parents=True, exist_ok=True)
+    now = time.time()
     for port in range(*port_range):
-        if port not in taken and port_is_free(host, port):
+        if port not in taken and port_is_free(host, port) and _claim(claims, host, port, now):
             return port
     raise RuntimeError(f"no free port in {port_range[0]}-{port_range[1]} on {host}")
 

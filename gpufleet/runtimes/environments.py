@@ -182,7 +182,7 @@ def install(engine: str, version: str, device: str, root: Path, progress: Progre
             say(f"{engine} {version} ({device}) already installed in {env_dir}")
             return _entry(env_dir, engine, version, device)
         if env_dir.exists():
-            say(f"removing the incomplete environment {env_dir}")
+            say(f"removing the {_why_not_complete(env_dir)} environment {env_dir}")
             shutil.rmtree(env_dir)
         try:
             reported = _build(env_dir, recipe, base_python, say)
@@ -360,6 +360,13 @@ def _is_complete(env_dir: Path, engine: str, version: str, device: str, recipe: 
     return (stamp is not None and _python(env_dir).exists()
             and (stamp["engine"], stamp["version"], stamp["device"]) == (engine, version, device)
             and stamp.get("packages") == list(recipe.requirements))
+
+
+def _why_not_complete(env_dir: Path) -> str:
+    stamp = _read_stamp(env_dir)
+    if stamp is None:
+        return "incomplete"
+    return f"stamped for {stamp.get('engine')} {stamp.get('version')} with packages {stamp.get('packages')}"
 
 
 def _write_stamp(env_dir: Path, engine: str, version: str, device: str, recipe: Recipe, reported: str) -> None:

@@ -77,7 +77,7 @@ def test_a_real_gpu_placement_is_refused_on_cpu_only_llama_cpp(
     message = str(refused.value)
     assert "no CUDA support" in message
     assert "scripts/build-llama-cpp.sh" in message and "GPUFLEET_LLAMA_SERVER" in message
-    assert "xllamacpp wheel (cpu)" in message  # every server it checked is named with its devices
+    assert "xllamacpp wheel (CPU build) (cpu)" in message  # every server it checked is named with its devices
     assert "gpu-node" in message
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,5 +83,19 @@ def test_terminate_escalates_to_sigkill(tmp_path: Path) -> None:
 
 
 def test_allocate_port_skips_taken(tmp_path: Path) -> None:
-    port = processes.allocate_port("127.0.0.1", taken={40000, 40001}, port_range=(40000, 40100))
+    port = processes.allocate_port("127.0.0.1", taken={40000, 40001}, port_range=(40000, 40100), claims=tmp_path)
     assert port >= 40002
+
+
+def test_two_agents_on_one_host_never_get_the_same_port(tmp_path: Path) -> None:
+    # Neither port is bound yet (the backends are still starting): the claim is what separates them.
+    first = processes.allocate_port("127.0.0.1", taken=set(), port_range=(40500, 40600), claims=tmp_path)
+    second = processes.allocate_port("127.0.0.1", taken=set(), port_range=(40500, 40600), claims=tmp_path)
+    assert first != second
+
+
+def test_a_stale_claim_is_reused(tmp_path: Path) -> None:
+    first = processes.allocate_port("127.0.0.1", taken=set(), port_range=(40600, 40700), claims=tmp_path)
+    old = time.time() - processes.PORT_CLAIM_S - 1  # claimed more than PORT_CLAIM_S ago, never bound
+    os.utime(tmp_path / f"127.0.0.1-{first}", (old, old))
+    assert processes.allocate_port("127.0.0.1", taken=set(), port_range=(40600, 40700), claims=tmp_path) == first
