@@ -49,7 +49,7 @@ def rpc_binaries() -> tuple[list[str], list[str]]:
 #: at the end of the suite: the llama.cpp build (rpc), then the vLLM engine environment (vllm).
 #: The e2e journeys of an engine also add nodes to the session's cluster, which must not change
 #: where the other journeys' models are placed: one more reason to run them last.
-LATE_MARKERS = ("rpc", "vllm")
+LATE_MARKERS = ("rpc", "vllm", "voxbox")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,7 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-ModelFormat = Literal["gguf", "safetensors"]
+# ctranslate2: a CTranslate2 model directory (model.bin beside its config and vocabulary), the
+# format of faster-whisper's speech-to-text models, which vox-box serves.
+ModelFormat = Literal["gguf", "safetensors", "ctranslate2"]
 Category = Literal["llm", "embedding", "reranker", "image", "speech-to-text", "text-to-speech"]
 CATEGORIES: tuple[str, ...] = ("llm", "embedding", "reranker", "image", "speech-to-text", "text-to-speech")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from gpufleet.core.gguf import GGUFHeader, GGUFStringArray, TensorInfo
-from gpufleet.core.metadata import ModelMetadata
+from gpufleet.core.metadata import Category, ModelMetadata, WeightFile
 
 #: llama.cpp's ``llama_ftype`` ids (``general.file_type``) -> the names its quantize tool uses.
 FILE_TYPE_NAMES: dict[int, str] = {
@@ -165,3 +165,14 @@ def metadata_from_gguf(header: GGUFHeader, file_size: int) -> ModelMetadata:
         expert_feed_forward_length=optional("expert_feed_forward_length", 0),
         n_shared_experts=optional("expert_shared_count", 0),
     )
+
+
+def metadata_from_ctranslate2(weights: list[WeightFile], category: Category | None = None) -> ModelMetadata:
+    """A CTranslate2 directory: only the weight size is known (``model.bin`` is CTranslate2's own
+    format, and its ``config.json`` holds decoding settings, not the architecture). vox-box serves
+    such directories with faster-whisper, so the category is speech-to-text unless the user says
+    otherwise; the audio estimate needs only the size."""
+    size = sum(w.size for w in weights)
+    return ModelMetadata(format="ctranslate2", architecture="whisper (CTranslate2)",
+                         category=category or "speech-to-text", files=weights, file_size=size, tensor_bytes=size,
+                         notes=["CTranslate2 model (faster-whisper format): served by vox-box"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,10 +37,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gpufleet.core.backends.flags import parse_help_flags
 from gpufleet.core.backends.registry import UnknownEngine, engine as registry_engine
 from gpufleet.core.schemas import EngineInstall
 
 Progress = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 ENGINES_HOME_ENV = "GPUFLEET_ENGINES_HOME"
 STAMP = "gpufleet-engine.json"
@@ -61,12 +64,36 @@ PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Text models need none of them.
 CPU_REMOVALS: tuple[str, ...] = ("torchvision", "torchaudio", "torchcodec")
 
+# vox-box 0.0.21 declares `torch` unpinned and `torchaudio>=2.5.1,<3`, and each torchaudio release
+# needs its own torch: left to itself pip takes the newest torch the machine allows and then
+# backtracks through torchaudio releases for many minutes. The pair is pinned to the newest
+# torchaudio on PyPI (2.11.0) and its torch. `huggingface-hub<1.0` is what its transformers<5
+# accepts, stated so the resolver does not try the 1.x line first. (PyPI's torch 2.11.0 is a CUDA
+# build; it runs on CPU, and there is no `+cpu` 2.11 wheel on PyPI: the environment is ~6.9 GB.)
+VOX_BOX_PINS: dict[str, tuple[str, ...]] = {
+    "0.0.21": ("torch==2.11.0", "torchaudio==2.11.0", "huggingface-hub<1.0"),
+}
+# openai-whisper (a vox-box dependency) is an sdist whose setup.py imports pkg_resources, which
+# setuptools 81 removed; its isolated build environment must get an older setuptools. Only the
+# PIP_CONSTRAINT environment variable reaches the pip that installs build dependencies.
+VOX_BOX_BUILD_CONSTRAINTS: tuple[str, ...] = ("setuptools<81",)
+
 # The first import of vLLM compiles its bytecode: ~80 s on 2 cores; later ones take ~3 s.
 CHECK_TIMEOUT_S = 900.0
 TAIL_LINES = 40
 # Lines of this machine's pip configuration that say nothing about the install (kept out of tails).
 _NOISE = re.compile(r"^WARNING: Location '.*' is ignored")
 _NO_DISTRIBUTION = re.compile(r"No matching distribution found for ([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?(\S*)")
+
+
+# How each engine lists its flags, for the deploy-time check of backend parameters. vLLM's plain
+# `--help` lists only some groups ("--help=all" lists them all: ~320 flags, ~8 s on 2 cores);
+# vox-box's `start --help` is its whole surface. Read once and kept in the stamp.
+HELP_ARGS: dict[str, tuple[str, ...]] = {
+    "vllm": ("-m", "vllm.entrypoints.openai.api_server", "--help=all"),
+    "vox-box": ("-m", "vox_box.main", "start", "--help"),
+}
+HELP_TIMEOUT_S = 300.0
 
 
 class EngineInstallError(RuntimeError):
@@ -78,6 +105,8 @@ class Recipe:
     """How one engine version is installed and checked in its environment.
 
     ``requirements`` go to one `pip install`; ``remove`` is uninstalled afterwards;
+    ``build_constraints`` also bind the isolated environments in which pip builds sdists (they
+    are passed through PIP_CONSTRAINT, merged with the machine's own configured constraints);
     ``check`` is Python code run by the environment's interpreter that must print the engine's
     version (the install is complete only once the engine imports); when ``expect_version`` is
     set, that version (less a local label such as ``+cpu``) must be the one printed, so a resolver
@@ -90,6 +119,7 @@ class Recipe:
     remove: tuple[str, ...] = ()
     extra_pip_args: tuple[str, ...] = field(default=())
     expect_version: str | None = None
+    build_constraints: tuple[str, ...] = ()
 
 
 def recipe_for(engine: str, version: str, device: str) -> Recipe:
@@ -108,11 +138,14 @@ def recipe_for(engine: str, version: str, device: str) -> Recipe:
             expect_version=version,
         )
     module = spec.name.replace("-", "_")
-    return Recipe(
-        requirements=(package,),
-        check=f"import importlib.metadata, {module}; print(importlib.metadata.version({_dist_name(package)!r}))",
-        expect_version=version,
-    )
+    check = f"import importlib.metadata, {module}; print(importlib.metadata.version({_dist_name(package)!r}))"
+    if engine == "vox-box":
+        # The server's model module imports every speech stack vox-box has (whisper, funasr,
+        # CosyVoice's deps): importing only the top package would pass a broken environment.
+        check = f"import vox_box.server.model; {check}"
+        return Recipe(requirements=(*VOX_BOX_PINS.get(version, ()), package), check=check,
+                      expect_version=version, build_constraints=VOX_BOX_BUILD_CONSTRAINTS)
+    return Recipe(requirements=(package,), check=check, expect_version=version)
 
 
 def engines_root(node_home: Path) -> Path:
@@ -160,7 +193,7 @@ def installed(root: Path) -> list[EngineInstall]:
         if stamp is None or not _python(env_dir).exists():
             continue
         found.append(EngineInstall(engine=stamp["engine"], version=stamp["version"], devices=[stamp["device"]],
-                                   location=str(env_dir)))
+                                   location=str(env_dir), flags=engine_flags(env_dir)))
     return found
 
 
@@ -191,6 +224,7 @@ def install(engine: str, version: str, device: str, root: Path, progress: Progre
             shutil.rmtree(env_dir, ignore_errors=True)
             raise
         _write_stamp(env_dir, engine, version, device, recipe, reported)
+        engine_flags(env_dir, say)
         say(f"installed {engine} {version} ({device}) in {env_dir}")
     return _entry(env_dir, engine, version, device)
 
@@ -219,8 +253,9 @@ def _build(env_dir: Path, recipe: Recipe, base_python: str, say: Progress) -> st
 def _pip_install(python: str, recipe: Recipe, say: Progress) -> None:
     base = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
             *recipe.extra_pip_args]
+    env = _constraint_env(python, recipe, say)
     try:
-        _run([*base, *recipe.requirements], say, "pip install")
+        _run([*base, *recipe.requirements], say, "pip install", env=env)
         return
     except EngineInstallError as exc:
         missing = _missing_distribution(str(exc))
@@ -231,12 +266,45 @@ def _pip_install(python: str, recipe: Recipe, say: Progress) -> None:
             # Not on this machine's indexes: the CPU builds of torch are published by PyTorch.
             say(f"torch{spec} is not on this machine's package indexes; retrying with {PYTORCH_CPU_INDEX}")
             try:
-                _run([*base, "--extra-index-url", PYTORCH_CPU_INDEX, *recipe.requirements], say, "pip install")
+                _run([*base, "--extra-index-url", PYTORCH_CPU_INDEX, *recipe.requirements], say, "pip install",
+                     env=env)
                 return
             except EngineInstallError as retry:
                 raise EngineInstallError(f"{retry}\n(vLLM's CPU build needs torch{spec}: put its wheel in "
                                          f"pip's find-links or make {PYTORCH_CPU_INDEX} reachable)") from None
         raise EngineInstallError(f"pip found no {name}{spec}; {_versions_hint(python, name)}\n{exc}") from None
+
+
+def _constraint_env(python: str, recipe: Recipe, say: Progress) -> dict[str, str]:
+    """PIP_CONSTRAINT for a recipe with build constraints: a file beside the environment with the
+    recipe's lines and those of the constraint files pip is already configured with (setting the
+    variable replaces pip's configured `constraint`, which must keep applying)."""
+    if not recipe.build_constraints:
+        return {}
+    lines = list(recipe.build_constraints)
+    for configured in _configured_constraint_files(python):
+        try:
+            lines += Path(configured).read_text().splitlines()
+        except OSError as exc:
+            say(f"pip's configured constraint file {configured} is unreadable ({exc}); leaving it out")
+    path = Path(python).parent.parent / "gpufleet-constraints.txt"
+    path.write_text("\n".join(lines) + "\n")
+    say(f"pip constraints (also for building sdists): {path}")
+    return {"PIP_CONSTRAINT": str(path)}
+
+
+def _configured_constraint_files(python: str) -> list[str]:
+    """The constraint files of PIP_CONSTRAINT or pip's configuration (`pip config list`)."""
+    if os.environ.get("PIP_CONSTRAINT"):
+        return os.environ["PIP_CONSTRAINT"].split()
+    result = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    files: list[str] = []
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith(".constraint"):
+            files += value.strip().strip("'\"").split()
+    return files
 
 
 def _missing_distribution(message: str) -> tuple[str, str] | None:
@@ -257,11 +325,13 @@ def _versions_hint(python: str, name: str) -> str:
     return f"pip lists no versions of {name}: {_tail(result.stdout + result.stderr, 5)}"
 
 
-def _run(argv: Sequence[str], say: Progress, what: str, timeout: float | None = None) -> list[str]:
-    """Run ``argv``, passing every output line to ``say``; raise with the tail when it fails."""
+def _run(argv: Sequence[str], say: Progress, what: str, timeout: float | None = None,
+         env: dict[str, str] | None = None) -> list[str]:
+    """Run ``argv`` (with ``env`` added to this process's environment), passing every output line
+    to ``say``; raise with the tail when it fails."""
     lines: deque[str] = deque(maxlen=TAIL_LINES)
     output: list[str] = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("PYTHONPATH", None)  # the engine's environment must not see gpufleet's packages
     try:
         proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -375,13 +445,43 @@ def _write_stamp(env_dir: Path, engine: str, version: str, device: str, recipe: 
         "removed": list(recipe.remove), "reported_version": reported, "python": str(_python(env_dir)),
         "installed_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    tmp = env_dir / f".{STAMP}.tmp.{os.getpid()}"
+    _save_stamp(env_dir, stamp)
+
+
+def _save_stamp(env_dir: Path, stamp: dict[str, object]) -> None:
+    """Written whole and renamed into place: a reader never sees half a stamp."""
+    tmp = env_dir / f".{STAMP}.tmp.{os.getpid()}.{threading.get_ident()}"
     tmp.write_text(json.dumps(stamp, indent=2) + "\n")
     os.replace(tmp, env_dir / STAMP)
 
 
 def _entry(env_dir: Path, engine: str, version: str, device: str) -> EngineInstall:
-    return EngineInstall(engine=engine, version=version, devices=[device], location=str(env_dir))
+    return EngineInstall(engine=engine, version=version, devices=[device], location=str(env_dir),
+                         flags=engine_flags(env_dir))
+
+
+def engine_flags(env_dir: Path, say: Progress | None = None) -> list[str]:
+    """The flags the environment's engine lists in its help (empty: unknown, so not checked).
+
+    Read once per environment and kept in its stamp; environments stamped before the flags were
+    recorded get them on first use."""
+    stamp = _read_stamp(env_dir)
+    if stamp is None:
+        return []
+    if isinstance(stamp.get("flags"), list):
+        return [str(f) for f in stamp["flags"]]  # type: ignore[union-attr]
+    help_args = HELP_ARGS.get(str(stamp["engine"]))
+    if help_args is None or not _python(env_dir).exists():
+        return []
+    try:
+        output = _run([str(_python(env_dir)), *help_args], say or (lambda _line: None), "the engine's --help",
+                      timeout=HELP_TIMEOUT_S)
+    except EngineInstallError as exc:
+        logger.warning("could not list the flags of %s: %s", env_dir, exc)
+        return []
+    flags = parse_help_flags("\n".join(output))
+    _save_stamp(env_dir, {**stamp, "flags": flags})
+    return flags
 
 
 def _dist_name(requirement: str) -> str:

@@ -33,7 +33,7 @@ from gpufleet.core.model_files import (
     group_files,
     safetensors_weights,
 )
-from gpufleet.core.model_metadata import metadata_from_gguf
+from gpufleet.core.model_metadata import metadata_from_ctranslate2, metadata_from_gguf
 from gpufleet.core.safetensors import SafetensorsError, parse_safetensors_index
 from gpufleet.core.schemas import ModelSource
 from gpufleet.sources.credentials import hub_settings
@@ -122,12 +122,29 @@ def choose_files(store: FileStore, pattern: str | None) -> FileChoice:
             return FileChoice("safetensors", weights, extras, note="", config_name="config.json")
     except (FileChoiceError, SafetensorsError) as exc:
         raise FileNotInRepo(f"{store.name}: {exc}") from exc
+    if not pattern and _is_ctranslate2(names):
+        return _ctranslate2_choice(files)
     if pattern:
         raise FileNotInRepo(f"{store.name}: no model file matches {pattern!r}")
     raise NotAModel(
         f"{store.name} holds no GGUF or safetensors model "
         f"({len(files)} files{': ' + ', '.join(sorted(names)[:5]) if names else ''})"
     )
+
+
+# A CTranslate2 model: `model.bin` (its own binary format, not torch's `pytorch_model.bin`) with
+# `config.json` and a vocabulary (`vocabulary.json`/`.txt`, or `tokenizer.json` for Whisper).
+_CT2_VOCABULARIES = ("vocabulary.json", "vocabulary.txt", "tokenizer.json")
+
+
+def _is_ctranslate2(names: set[str]) -> bool:
+    return {"model.bin", "config.json"} <= names and any(v in names for v in _CT2_VOCABULARIES)
+
+
+def _ctranslate2_choice(files: list[RepoFile]) -> FileChoice:
+    weights = [f for f in files if f.path == "model.bin"]
+    extras = [f for f in files if "/" not in f.path and f.path.endswith(_SIDE_EXTENSIONS)]
+    return FileChoice("ctranslate2", weights, extras, config_name="config.json")
 
 
 def _diffusers_choice(files: list[RepoFile]) -> FileChoice:
@@ -171,6 +188,8 @@ def clear_cache() -> None:
 def _read_model(store: FileStore, choice: FileChoice, label: str, category: Category | None) -> ModelMetadata:
     if choice.format == "gguf":
         return _gguf_metadata(store, choice, label, category)
+    if choice.format == "ctranslate2":
+        return metadata_from_ctranslate2([WeightFile(path=f.path, size=f.size) for f in choice.weights], category)
     if choice.config_name == "model_index.json":
         return _diffusers_metadata(store, choice)
     return _safetensors_metadata(store, choice, label, category)

@@ -105,3 +105,18 @@ def test_embedding_model_on_vllm(cluster: E2ECluster, vllm_node: str, vllm_engin
     assert len(vectors) == 2 and all(len(v) == EMBEDDING_HIDDEN for v in vectors)
     assert vectors[0] != vectors[1]
     cluster.cli("rm", "embed-v")
+
+
+def test_a_misspelt_vllm_flag_is_refused_at_deploy(cluster: E2ECluster, vllm_node: str,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    # The node read vLLM's `--help=all` once and reported its flags with the engine; the server
+    # checks the parameters against them before anything is created.
+    [worker] = [w for w in cluster.cli_json("workers") if w["name"] == vllm_node]
+    [vllm] = [e for e in worker["engines"] if e["engine"] == "vllm"]
+    assert {"--max-model-len", "--enforce-eager", "--gpu-memory-utilization"} <= set(vllm["flags"])
+    model = tmp_path / "on-the-workers-only"  # a path the server cannot see: the check does not need the model
+    out = cluster.cli("deploy", "--name", "typo-v", "--local-path", str(model), "--backend", "vllm",
+                      "--worker-selector", "pool=vllm", "--backend-param=--max-model-lenn=256", check=False)
+    assert out.returncode != 0
+    assert "--max-model-lenn is not a vllm" in out.stderr and "did you mean --max-model-len" in out.stderr
+    assert "typo-v" not in [d["name"] for d in cluster.cli_json("ls")]  # nothing half-created

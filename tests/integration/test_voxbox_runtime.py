@@ -44,7 +44,7 @@ DEVICE = "cpu"
 REQUEST_TIMEOUT_S = 120.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def voxbox_python() -> Path:
     """The interpreter of vox-box's environment in the machine cache (installed on first use)."""
     root = environments.machine_cache_root()

@@ -57,7 +57,10 @@ def test_recipes_come_from_the_registry() -> None:
     cuda = envs.recipe_for("vllm", "0.32.0", "cuda")
     assert cuda.requirements == ("vllm==0.32.0",) and cuda.remove == ()
     assert cpu.expect_version == "0.32.0"
-    assert envs.recipe_for("vox-box", "0.0.21", "cpu").requirements == ("vox-box==0.0.21",)
+    vox = envs.recipe_for("vox-box", "0.0.21", "cpu")
+    # torchaudio pins its torch; vox-box pins neither: both are stated so pip does not backtrack
+    assert vox.requirements == ("torch==2.11.0", "torchaudio==2.11.0", "huggingface-hub<1.0", "vox-box==0.0.21")
+    assert vox.build_constraints == ("setuptools<81",) and vox.check.startswith("import vox_box.server.model;")
     with pytest.raises(envs.EngineInstallError, match="build-llama-cpp.sh"):
         envs.recipe_for("llama.cpp", "b11434", "cpu")
     with pytest.raises(UnknownEngine):
@@ -175,3 +178,12 @@ def test_cli_refuses_engines_not_installed_with_pip(tmp_path: Path, capsys: pyte
     assert envs.main(["install", "nope", "1", "cpu", "--root", str(tmp_path)]) == 1
     assert "unknown backend 'nope'" in capsys.readouterr().err
     assert envs.main(["list", "--root", str(tmp_path)]) == 0
+
+
+def test_build_constraints_reach_pip_with_the_machine_ones(tmp_path: Path) -> None:
+    # six 1.16.0 is asked for; the build constraint "six<1.16" must reach pip (through PIP_CONSTRAINT)
+    # and make it refuse, which it can only do if the constraint file was written and passed on.
+    recipe = envs.Recipe(requirements=("six==1.16.0",), check=RECIPE.check, build_constraints=("six<1.16",))
+    with pytest.raises(envs.EngineInstallError, match="six"):
+        envs.install(ENGINE, VERSION, DEVICE, tmp_path, recipe=recipe)
+    assert not envs.environment_dir(tmp_path, ENGINE, VERSION, DEVICE).exists()  # nothing half-made is left

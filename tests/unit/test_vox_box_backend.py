@@ -47,7 +47,8 @@ def test_golden_launch(meta: ModelMetadata, placement: Placement, virtual: bool,
                                 host="127.0.0.1", port=40001, data_dir="/n/vox", virtual_gpus=virtual)
     assert spec.program.kind == "python-module" and spec.program.name == "vox_box.main"
     assert spec.args == base(device)
-    assert spec.env == {"A": "1", "CUDA_VISIBLE_DEVICES": visible}
+    # IS_FASTER_WHISPER=false: vox-box must not rewrite CUDA_VISIBLE_DEVICES for paths named *faster*whisper*
+    assert spec.env == {"IS_FASTER_WHISPER": "false", "A": "1", "CUDA_VISIBLE_DEVICES": visible}
     assert spec.gpu_indexes == gpus
     assert (spec.engine, spec.version, spec.port) == ("vox-box", "0.0.21", 40001)
     assert spec.health_paths == ("/health", "/v1/models")

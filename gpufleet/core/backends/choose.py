@@ -2,8 +2,8 @@
 
 GGUF is llama.cpp's format, so GGUF → llama.cpp (llama-box is the same engine
 with GPUStack's extras; users pick it explicitly). Safetensors checkpoints of
-LLMs, embedding and reranker models → vLLM. Audio models → vox-box (GPUStack's
-speech server). Diffusers pipelines have no backend in gpufleet yet: that is an
+LLMs, embedding and reranker models → vLLM. Audio models, and CTranslate2
+directories (faster-whisper's format) → vox-box (GPUStack's speech server). Diffusers pipelines have no backend in gpufleet yet: that is an
 error, not a silent pick.
 """
 
@@ -30,11 +30,13 @@ def choose_backend(fmt: ModelFormat, category: Category, requested: str | None =
             readers = [n for n, e in ENGINES.items() if fmt in e.formats]
             if fmt == "gguf":
                 raise NoBackend(f"{requested} cannot serve GGUF files; use {' or '.join(readers)}")
+            if "gguf" not in ENGINES[requested].formats:
+                raise NoBackend(f"{requested} cannot serve {fmt} models; use {' or '.join(readers)}")
             raise NoBackend(f"{requested} needs a GGUF file; deploy a GGUF variant or use {' or '.join(readers)}")
         return requested
     if fmt == "gguf":
         return "llama.cpp"
-    if category in _AUDIO:
+    if fmt == "ctranslate2" or category in _AUDIO:
         return "vox-box"
     if category == "image":
         raise NoBackend("image (diffusers) models have no backend in gpufleet yet")

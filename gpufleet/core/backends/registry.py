@@ -74,7 +74,7 @@ VLLM = Engine(
     kv_cache_extension=True, exclusive_gpus=True,
 )
 VOX_BOX = Engine(
-    name="vox-box", formats=("safetensors",), categories=(*_AUDIO,), default_version="0.0.21", installer="pip",
+    name="vox-box", formats=("safetensors", "ctranslate2"), categories=(*_AUDIO,), default_version="0.0.21", installer="pip",
     packages=(("cuda", "vox-box=={version}"), ("cpu", "vox-box=={version}")),
 )
 

@@ -19,7 +19,12 @@ manylinux2014_x86_64.whl``):
   process only its placed GPU (``CUDA_VISIBLE_DEVICES=N``) and passes
   ``cuda:0``, except for CosyVoice, which gets ``cuda:N`` so its rewrite
   leaves the same GPU visible. A virtual or CPU placement runs ``--device cpu``
-  with no GPU visible. vox-box drives one device: an instance placed on
+  with no GPU visible. vox-box itself sets ``CUDA_VISIBLE_DEVICES`` to the
+  ``--device`` index for a model whose path matches ``faster.*whisper`` unless
+  ``IS_FASTER_WHISPER`` says otherwise (``vox_box/utils/model.py``,
+  ``preconfigure_faster_whisper_env``): that would turn our ``2`` into ``0``,
+  so the node sets ``IS_FASTER_WHISPER=false`` (a user's value stands).
+  vox-box drives one device: an instance placed on
   several GPUs uses the first (the estimate claims nothing on the others).
 - readiness: ``start`` loads the model *before* uvicorn binds the port
   (``run_model_instance`` then ``run_server``), so the first answer of
@@ -116,7 +121,7 @@ def build_launch(
             "--device", device_arg(gpu, metadata)]
     for p in params:
         args += p.as_args()
-    env = dict(config.env)
+    env = {"IS_FASTER_WHISPER": "false", **config.env}
     env["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
     return LaunchDescription(engine=NAME, version=version, program=PROGRAM, args=args, env=env, port=port,
                              health_paths=HEALTH_PATHS, readiness_timeout_s=READINESS_S,
