@@ -21,7 +21,7 @@ from pathlib import Path
 from gpufleet.core.schemas import DeploymentSpec, GpuInfo, ModelSource, ResourceEstimate, WorkerRegistration
 from gpufleet.demo.tiny_model import write_tiny_llama_gguf
 from gpufleet.sources import read_local_metadata
-from gpufleet.store import repository as repo
+from gpufleet.store import plan_apply, repository as repo
 from gpufleet.store.db import make_engine, migrate, session_factory
 
 GiB = 1 << 30
@@ -49,9 +49,9 @@ def main() -> None:
                     gpus=[GpuInfo(index=j, name="H100-80G", memory_total=80 * GiB, virtual=True) for j in range(8)]))
             spec = DeploymentSpec(name="bench", replicas=args.replicas, source=ModelSource(local_path=str(model)))
             repo.create_deployment(s, spec, meta, ResourceEstimate.unknown("unused"))
-            ids = repo.reconcile_replicas(s, "bench").created
+            ids = plan_apply.create_missing(s, "bench")
             repo.create_deployment(s, spec.model_copy(update={"name": "batch"}), meta, ResourceEstimate.unknown("-"))
-            batch_ids = repo.reconcile_replicas(s, "batch").created
+            batch_ids = plan_apply.create_missing(s, "batch")
         times = []
         for iid in ids:
             start = time.perf_counter()

@@ -5,15 +5,14 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._converge import ConvergeReport, converge
-from tasks.server import mark_deployment_deleting, mark_removing, remove_deployment_record
+from tasks.server import mark_deployment_deleting, mark_removing
 
 
 @flow(name="delete")
 def delete(name: str) -> ConvergeReport:
+    """Every instance is stopped and forgotten, then the deployment itself (by the plan)."""
     mark_deployment_deleting(name)
-    report = converge(name)
-    remove_deployment_record(name)
-    return report
+    return converge(name)
 
 
 @flow(name="delete-instance")

@@ -9,17 +9,19 @@ instances; each instance succeeds or fails on its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 
-from gpufleet.core.schemas import DeviceKind, EngineInstall, InstanceView, ModelMetadata
+from gpufleet.core.schemas import DeviceKind, EngineInstall, InstanceStateUpdate, InstanceView, ModelMetadata
 from gpufleet.core.states import InstanceState
 from gpufleet.node import backends, engines
 from gpufleet.node.context import current_node
 from tasks.node import health_check, install_backend, launch_instance, pull_weights, start_rpc_servers, stop_instance
-from tasks.server import read_instance, report_engines, report_state
+from gpufleet.node.registry import BackendRecord
+from tasks.server import read_instances, report_engines, report_state, report_states
 
 T = TypeVar("T")
 
@@ -40,33 +42,34 @@ def _settle(inst: InstanceView, future: PrefectFuture[T]) -> T | None:
     return None
 
 
+def report_phase(records: dict[int, BackendRecord], state: InstanceState,
+                 message: Callable[[BackendRecord], str]) -> None:
+    """One request for every instance that reached ``state`` in this phase."""
+    if records:
+        report_states({iid: InstanceStateUpdate(state=state, message=message(r), port=r.port, pid=r.pid)
+                       for iid, r in records.items()})
+
+
 @flow(name="serve-instances")
 def serve_instances(instance_ids: list[int], metadata: ModelMetadata | None = None) -> list[int]:
     """pull weights → launch → health check → RUNNING, for all instances at once.
     A failure puts that instance in ERROR with what failed, where, and the backend's
     last log lines; the run fails (after reporting) if any instance failed."""
     node = current_node().name
-    instances = [i for i in map(read_instance, instance_ids) if i is not None and not i.deleting]
+    instances = [i for i in read_instances(instance_ids) if not i.deleting]
 
     pulls = {i.id: pull_weights.submit(i) for i in instances}
     launches = {}
     for inst in instances:
         if (path := _settle(inst, pulls[inst.id])) is not None:
             launches[inst.id] = launch_instance.submit(inst, path, metadata)
-    checks = {}
-    for inst in instances:
-        if inst.id in launches and (record := _settle(inst, launches[inst.id])) is not None:
-            report_state(inst.id, InstanceState.STARTING,
-                         f"backend started on {node} (pid {record.pid}, port {record.port}); waiting for health",
-                         port=record.port, pid=record.pid)
-            checks[inst.id] = (record, health_check.submit(record))
-    running = []
-    for inst in instances:
-        if inst.id in checks and _settle(inst, checks[inst.id][1]) is not None:
-            record = checks[inst.id][0]
-            report_state(inst.id, InstanceState.RUNNING, f"serving on {node}:{record.port}",
-                         port=record.port, pid=record.pid)
-            running.append(inst.id)
+    records = {i.id: record for i in instances if i.id in launches and (record := _settle(i, launches[i.id])) is not None}
+    report_phase(records, InstanceState.STARTING,
+                 lambda r: f"backend started on {node} (pid {r.pid}, port {r.port}); waiting for health")
+    checks = {iid: health_check.submit(record) for iid, record in records.items()}
+    healthy = {i.id: records[i.id] for i in instances if i.id in checks and _settle(i, checks[i.id]) is not None}
+    report_phase(healthy, InstanceState.RUNNING, lambda r: f"serving on {node}:{r.port}")
+    running = list(healthy)
     failed = [i.id for i in instances if i.id not in running]
     if failed:
         raise RuntimeError(f"instances {failed} failed on {node}; see their state messages")
@@ -80,7 +83,7 @@ def serve_rpc_servers(instance_ids: list[int]) -> dict[int, int]:
     per GPU and report them, so the main worker's llama-server can use them. A failure
     puts that instance in ERROR (naming this worker) and fails the run."""
     node = current_node().name
-    instances = [i for i in map(read_instance, instance_ids) if i is not None and not i.deleting]
+    instances = [i for i in read_instances(instance_ids) if not i.deleting]
     futures = {i.id: start_rpc_servers.submit(i) for i in instances}
     started = {i.id: len(servers) for i in instances if (servers := _settle(i, futures[i.id])) is not None}
     failed = [i.id for i in instances if i.id not in started]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._converge import dispatch, serve
+from gpufleet.core.schemas import AppliedPlan, NodeAction
 from gpufleet.core.states import InstanceState
 from tasks.dispatch import wait_for_node_runs
-from tasks.server import read_deployment, read_instance, report_state
+from tasks.server import read_deployment, read_instance, report_state, worker_addresses
 
 
 @flow(name="restart")
@@ -18,9 +19,17 @@ def restart(instance_id: int) -> dict[str, str]:
     if inst.worker is None:
         raise ValueError(f"instance {instance_id} is not placed yet; nothing to restart")
     attempt = inst.restart_count + 1
-    wait_for_node_runs(dispatch("stop-instances", [inst], workers="all"), timeout=120)
+    parts = inst.placement.workers()[1:] if inst.placement else []
+    addresses = worker_addresses()
+    why = f"restart {attempt}"
+    stops = [NodeAction(kind="stop", instance=inst.id, worker=w, reason=why) for w in [inst.worker, *parts]]
+    wait_for_node_runs(dispatch("stop", stops, {inst.id: inst}, addresses), timeout=120)
     report_state(instance_id, InstanceState.STARTING, f"restarting (attempt {attempt})", restart_count=attempt)
-    metadata = read_deployment(inst.deployment).metadata
     restarted = inst.model_copy(update={"restart_count": attempt})
-    meta = {"metadata": metadata.model_dump(mode="json") if metadata else None}
-    return wait_for_node_runs(serve([restarted], meta))
+    plan = AppliedPlan(
+        deployment=inst.deployment, exists=True, instances=[restarted], worker_addresses=addresses,
+        metadata=read_deployment(inst.deployment).metadata,
+        node_actions=[*(NodeAction(kind="serve-rpc", instance=inst.id, worker=w, reason=why) for w in parts),
+                      NodeAction(kind="serve", instance=inst.id, worker=inst.worker, reason=why)],
+    )
+    return wait_for_node_runs(serve(plan))

@@ -21,7 +21,9 @@ from gpufleet.core.schemas import (
     InstanceStateUpdate,
     InstanceView,
     OperationAccepted,
-    ReplicaPlanView,
+    AppliedPlan,
+    ReconcileRequest,
+    StateReportsResult,
     WorkerRegistration,
     WorkerView,
 )
@@ -142,9 +144,11 @@ class GpufleetClient:
 
     # -- instances
     def list_instances(
-        self, deployment: str | None = None, worker: str | None = None
+        self, deployment: str | None = None, worker: str | None = None, ids: list[int] | None = None
     ) -> list[InstanceView]:
-        params = {k: v for k, v in {"deployment": deployment, "worker": worker}.items() if v}
+        params: dict[str, Any] = {k: v for k, v in {"deployment": deployment, "worker": worker}.items() if v}
+        if ids:
+            params["id"] = ids
         data = self._request("GET", "/v1/instances", params=params)
         return [InstanceView.model_validate(i) for i in data]
 
@@ -175,9 +179,15 @@ class GpufleetClient:
             raise ServerUnavailable(f"lost the log stream from {self.base_url}: {exc}") from exc
 
     # -- internal: used by flows and node agents
-    def reconcile(self, name: str) -> ReplicaPlanView:
-        data = self._request("POST", f"/v1/internal/deployments/{name}/reconcile")
-        return ReplicaPlanView.model_validate(data)
+    def reconcile(self, name: str, stopped: list[int] | None = None, retry_unplaced: bool = True) -> AppliedPlan:
+        """Apply the deployment's plan on the server; returns the node actions left."""
+        body = ReconcileRequest(stopped=stopped or [], retry_unplaced=retry_unplaced)
+        data = self._request("POST", f"/v1/internal/deployments/{name}/reconcile", json=body.model_dump())
+        return AppliedPlan.model_validate(data)
+
+    def report_states(self, reports: dict[int, InstanceStateUpdate]) -> StateReportsResult:
+        body = {"reports": {str(k): v.model_dump(mode="json", exclude_none=True) for k, v in reports.items()}}
+        return StateReportsResult.model_validate(self._request("PUT", "/v1/internal/instances/states", json=body))
 
     def mark_deployment_deleting(self, name: str) -> None:
         self._request("POST", f"/v1/internal/deployments/{name}/deleting")
@@ -185,11 +195,6 @@ class GpufleetClient:
     def mark_deleting(self, instance_id: int) -> InstanceView:
         data = self._request("POST", f"/v1/internal/instances/{instance_id}/deleting")
         return InstanceView.model_validate(data)
-
-    def place_many(self, instance_ids: list[int]) -> list[InstanceView]:
-        """Place several instances in one server transaction, in order."""
-        data = self._request("POST", "/v1/internal/place", json={"instance_ids": instance_ids})
-        return [InstanceView.model_validate(i) for i in data]
 
     # -- placement: snapshot and dry run
     def cluster_snapshot(self) -> ClusterSnapshot:

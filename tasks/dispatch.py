@@ -12,18 +12,18 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
-from gpufleet.client import ApiError, ServerUnavailable
 from gpufleet.orchestration import deployment_name, node_queue
-from tasks._connection import connect
 from tasks._retry import NETWORK_TASK
 
 NODE_RUN_TIMEOUT_S = 900.0
 
 
 @task(name="run-on-node", **NETWORK_TASK)
-def run_on_node(flow_name: str, worker: str, parameters: dict[str, Any], idempotency_key: str) -> UUID:
+def run_on_node(flow_name: str, worker: str, parameters: dict[str, Any], idempotency_key: str,
+                address: str | None = None) -> UUID:
     """Start `flow_name` on `worker`'s queue; the idempotency key makes a retried
-    task find the run it already created instead of starting a second one."""
+    task find the run it already created instead of starting a second one. With the
+    node's ``address``, its worker is told to poll at once."""
     run: FlowRun = run_deployment(  # type: ignore[assignment]
         deployment_name(flow_name),
         parameters=parameters,
@@ -31,18 +31,16 @@ def run_on_node(flow_name: str, worker: str, parameters: dict[str, Any], idempot
         timeout=0,
         idempotency_key=idempotency_key,
     )
-    poke_node(worker)
+    if address:
+        poke_node(address)
     return run.id
 
 
-def poke_node(worker: str) -> None:
+def poke_node(address: str) -> None:
     """Tell the node's worker to poll now (best effort: its regular poll is the fallback)."""
     try:
-        with connect() as c:
-            address = next((w.address for w in c.list_workers() if w.name == worker), None)
-        if address:
-            httpx.post(f"{address}/v1/poke", timeout=2)
-    except (httpx.HTTPError, ApiError, ServerUnavailable):
+        httpx.post(f"{address}/v1/poke", timeout=2)
+    except httpx.HTTPError:
         pass
 
 

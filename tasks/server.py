@@ -14,13 +14,14 @@ from prefect import task
 from gpufleet.client import ApiError
 from tasks._connection import connect
 from gpufleet.core.schemas import (
+    AppliedPlan,
     RpcServerInfo,
     DeploymentSpec,
     DeploymentView,
     EngineInstall,
     InstanceStateUpdate,
     InstanceView,
-    ReplicaPlanView,
+    StateReportsResult,
 )
 from gpufleet.core.states import InstanceState
 from tasks._retry import NETWORK_TASK
@@ -43,11 +44,32 @@ def set_replicas(name: str, replicas: int) -> None:
         c.scale(name, replicas, trigger=False)
 
 
-@task(name="plan-replicas", **NETWORK_TASK)
-def plan_replicas(name: str) -> ReplicaPlanView:
-    """Ask the server to create missing instances / pick surplus ones, atomically."""
+@task(name="apply-plan", **NETWORK_TASK)
+def apply_plan(name: str, stopped: list[int] | None = None) -> AppliedPlan:
+    """The server plans the deployment and applies the database part in one transaction
+    (create, mark for removal, forget, place); the node actions come back."""
     with connect() as c:
-        return c.reconcile(name)
+        return c.reconcile(name, stopped=stopped)
+
+
+def read_instances(instance_ids: list[int]) -> list[InstanceView]:
+    """One request for any number of instances (those deleted meanwhile are absent)."""
+    if not instance_ids:
+        return []
+    with connect() as c:
+        return c.list_instances(ids=instance_ids)
+
+
+def worker_addresses() -> dict[str, str]:
+    """Each worker's node agent address (to tell its Prefect worker to poll at once)."""
+    with connect() as c:
+        return {w.name: w.address for w in c.list_workers() if w.address}
+
+
+def report_states(reports: dict[int, InstanceStateUpdate]) -> StateReportsResult:
+    """A phase of several instances in one request; each report stands on its own."""
+    with connect() as c:
+        return c.report_states(reports)
 
 
 def read_instance(instance_id: int) -> InstanceView | None:
@@ -101,23 +123,6 @@ def mark_removing(instance_id: int) -> InstanceView | None:
             if exc.status == 404:
                 return None
             raise
-
-
-@task(name="remove-instance-record", **NETWORK_TASK)
-def remove_instance_record(instance_id: int) -> None:
-    """Deleting the record releases the instance's claims."""
-    with connect() as c:
-        try:
-            c.remove_instance_record(instance_id)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-
-
-@task(name="remove-deployment-record", **NETWORK_TASK)
-def remove_deployment_record(name: str) -> None:
-    with connect() as c:
-        c.remove_deployment_record(name)
 
 
 @task(name="mark-deployment-deleting", **NETWORK_TASK)

@@ -285,15 +285,51 @@ class InstanceStateUpdate(Strict):
     restart_count: int | None = None
 
 
-class ReplicaPlanView(BaseModel):
-    """What the server decided when asked to reconcile a deployment: the instances
-    it created, every instance still waiting for a placement (new or earlier), and
-    every instance marked for removal (new or earlier)."""
+class ReconcileRequest(Strict):
+    """Ask the server to apply a deployment's plan. ``stopped``: instances marked for removal
+    whose backends the reconcile flow stopped (their records go, releasing claims)."""
+
+    stopped: list[int] = Field(default_factory=list)
+    retry_unplaced: bool = True
+
+
+class StateReports(Strict):
+    """Several instances' state reports in one request (a node run reports a phase at once)."""
+
+    reports: dict[int, InstanceStateUpdate]
+
+
+class StateReportsResult(BaseModel):
+    applied: list[int] = Field(default_factory=list)
+    missing: list[int] = Field(default_factory=list, description="deleted meanwhile")
+    refused: dict[int, str] = Field(default_factory=dict, description="instance id -> why (a transition not allowed)")
+
+
+class NodeAction(BaseModel):
+    """A step of the reconcile plan that runs on a node (see :mod:`gpufleet.core.plan`)."""
+
+    kind: Literal["stop", "serve-rpc", "serve", "restart"]
+    instance: int
+    worker: str
+    reason: str
+
+
+class AppliedPlan(BaseModel):
+    """The server's answer to "reconcile this deployment": what it changed in its database
+    under the placement ledger, and the node actions left for the reconcile flow, with the
+    instances they name and their workers' addresses (so the flow reads nothing else)."""
 
     deployment: str
-    created: list[int]
-    to_place: list[int]
-    removing: list[int]
+    exists: bool = Field(description="False once the plan forgot the deployment (deleted)")
+    created: list[int] = Field(default_factory=list)
+    placed: dict[int, str] = Field(default_factory=dict, description="instance id -> worker")
+    unplaced: dict[int, str] = Field(default_factory=dict, description="instance id -> reason")
+    forgotten: list[int] = Field(default_factory=list)
+    unreachable: list[int] = Field(default_factory=list)
+    node_actions: list[NodeAction] = Field(default_factory=list)
+    instances: list[InstanceView] = Field(default_factory=list)
+    worker_addresses: dict[str, str] = Field(default_factory=dict)
+    metadata: ModelMetadata | None = None
 
 
 class OperationAccepted(BaseModel):

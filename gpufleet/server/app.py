@@ -30,7 +30,10 @@ from gpufleet.core.schemas import (
     InstanceStateUpdate,
     InstanceView,
     OperationAccepted,
-    ReplicaPlanView,
+    AppliedPlan,
+    ReconcileRequest,
+    StateReports,
+    StateReportsResult,
     ScaleRequest,
     WorkerRegistration,
     WorkerView,
@@ -47,7 +50,7 @@ from gpufleet.server.validation import (
     engine_params,
     validate_spec,
 )
-from gpufleet.store import repository as repo
+from gpufleet.store import plan_apply, repository as repo
 from gpufleet.store.db import make_engine, migrate, session_factory
 
 log = logging.getLogger(__name__)
@@ -232,9 +235,10 @@ def create_app(
         return start_flow("delete", {"name": name})
 
     @app.get("/v1/instances")
-    def list_instances(deployment: str | None = None, worker: str | None = None) -> list[InstanceView]:
+    def list_instances(deployment: str | None = None, worker: str | None = None,
+                       id: list[int] | None = Query(default=None)) -> list[InstanceView]:  # noqa: A002 - the query name
         with state.session() as s:
-            return repo.list_instances(s, deployment, worker)
+            return repo.list_instances(s, deployment, worker, ids=id)
 
     @app.get("/v1/instances/{instance_id}")
     def get_instance(instance_id: int) -> InstanceView:
@@ -315,9 +319,16 @@ def create_app(
     # ------------------------------------------------------------ internal API (flows, nodes)
 
     @app.post("/v1/internal/deployments/{name}/reconcile")
-    def reconcile(name: str) -> ReplicaPlanView:
-        with state.placement_lock, state.session() as s:
-            return repo.reconcile_replicas(s, name)
+    def reconcile(name: str, body: ReconcileRequest | None = None) -> AppliedPlan:
+        """Apply the deployment's plan to the database in one transaction under the ledger;
+        answer the node actions left (see gpufleet.core.plan)."""
+        body = body or ReconcileRequest()
+        try:
+            with state.placement_lock, state.session() as s:
+                return plan_apply.apply_plan(s, name, state.worker_timeout, stopped=body.stopped,
+                                             retry_unplaced=body.retry_unplaced)
+        except plan_apply.UnknownDeployment as exc:
+            raise repo.NotFound(str(exc)) from exc
 
     @app.post("/v1/internal/deployments/{name}/deleting")
     def deployment_deleting(name: str) -> dict[str, str]:
@@ -330,6 +341,13 @@ def create_app(
         with state.placement_lock, state.session() as s:
             repo.delete_deployment_row(s, name)
         return {"status": "deleted"}
+
+    @app.put("/v1/internal/instances/states")
+    def report_states(body: StateReports) -> StateReportsResult:
+        """A node run's phase (STARTING, RUNNING, ERROR …) for all its instances in one request;
+        each report stands alone: one refused or missing instance does not refuse the others."""
+        with state.session() as s:
+            return repo.update_instance_states(s, body.reports)
 
     @app.put("/v1/internal/instances/{instance_id}/state")
     def report_state(instance_id: int, update: InstanceStateUpdate) -> InstanceView:

@@ -1,17 +1,16 @@
-"""The server's control loop: what no user operation triggers.
+"""The server's control loop: what no user operation triggers, decided by the same plan as
+every operation (:mod:`gpufleet.core.plan`), read from the database every INTERVAL_S.
 
-- Instances on a worker whose heartbeats stopped become UNREACHABLE (the node
-  re-reports them when it is back).
-- Failed instances are restarted after an exponential backoff: 10 s × 2^restarts,
-  capped at 5 minutes (`gpufleet.core.reconcile.restart_delay_seconds`), each
-  restart a `restart` flow run.
-- PENDING instances that did not fit are placed again as soon as the cluster
-  changes — a worker registers, comes back or leaves, or claims are released —
-  by a `reconcile` flow run of their deployment, found within one INTERVAL_S
-  round (not on the 30 s re-drive timer).
-- A deployment that stays unconverged (an operation's flow run failed half-way,
-  e.g. because Prefect refused a request) is converged again by a `reconcile`
-  (or, while deleting, `delete`) flow run, at most every REDRIVE_AFTER seconds.
+- MARK_UNREACHABLE is applied at once: instances on a worker whose heartbeats stopped
+  become UNREACHABLE (the node re-reports them when it is back).
+- RESTART starts a `restart` flow run, once per failure, after the plan's back-off
+  (10 s × 2^restarts, capped at 5 minutes).
+- PENDING instances that did not fit are planned for placement again only when the cluster
+  changed (a worker registers, returns or leaves, claims are released): a `reconcile` run
+  of their deployment within one round.
+- Any other action left in a plan whose deployment and instances have been idle for
+  REDRIVE_AFTER_S means an operation's flow run stopped half-way (e.g. Prefect refused a
+  request): a `reconcile` (or, while deleting, `delete`) run, at most every REDRIVE_AFTER_S.
 """
 
 from __future__ import annotations
@@ -23,18 +22,18 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from gpufleet.core.reconcile import restart_delay_seconds
-from gpufleet.core.states import InstanceState
+from gpufleet.core.plan import RETRY_UNPLACED, ActionKind, Plan, PlanOptions
 from gpufleet.store import repository as repo
-from gpufleet.store.ledger import UNPLACED_PREFIX
 from gpufleet.store.models import DeploymentRow, InstanceRow
+from gpufleet.store.plan_apply import mark_unreachable, plan_for
 
 log = logging.getLogger("gpufleet.controller")
 INTERVAL_S = 2.0
 REDRIVE_AFTER_S = 30.0
-IN_PROGRESS = (InstanceState.PENDING, InstanceState.ANALYZING, InstanceState.SCHEDULED)
-WATCHED = (InstanceState.DOWNLOADING, InstanceState.STARTING, InstanceState.RUNNING)
+#: Left to the controller itself (applied here, or a run of their own), never a re-drive.
+OWN_ACTIONS = frozenset({ActionKind.MARK_UNREACHABLE, ActionKind.RESTART})
 
 
 def _aware(ts: datetime) -> datetime:
@@ -67,25 +66,54 @@ class Controller:
 
     def run_once(self, now: datetime | None = None) -> None:
         now = _aware(now or datetime.now(timezone.utc))
-        self.mark_unreachable()
-        for name in self.replace_pending():
-            log.info("cluster changed; placing the pending instances of %s again", name)
-            self.trigger("reconcile", {"name": name})
-            self._last_redrive[name] = now
-        for instance_id, attempt in self.due_restarts(now):
-            key = (instance_id, attempt)
+        options = PlanOptions(retry_unplaced=self.cluster_changed())
+        with self.state.session() as s:
+            for dep in s.scalars(select(DeploymentRow).order_by(DeploymentRow.name)).all():
+                plan = plan_for(s, dep, now, self.state.worker_timeout, options)
+                if not plan.empty:
+                    self.act(s, dep, plan, now)
+
+    def act(self, session: Session, dep: DeploymentRow, plan: Plan, now: datetime) -> None:
+        for action in plan.of(ActionKind.MARK_UNREACHABLE):
+            row = session.get(InstanceRow, action.instance)
+            if row is not None:
+                log.info("instance %s: %s", row.name, action.reason)
+                mark_unreachable(row, action)
+        self.restart(session, plan)
+        rest = [a for a in plan.actions if a.kind not in OWN_ACTIONS]
+        if not rest:
+            return
+        replace_pending = any(a.kind == ActionKind.PLACE and a.reason == RETRY_UNPLACED for a in rest)
+        if replace_pending or self.stalled(session, dep, rest, now):
+            operation = "delete" if dep.deleting else "reconcile"
+            log.info("deployment %s: %s (%s)", dep.name, operation, "; ".join(sorted({a.reason for a in rest})))
+            self.trigger(operation, {"name": dep.name})
+            self._last_redrive[dep.name] = now
+
+    def restart(self, session: Session, plan: Plan) -> None:
+        for action in plan.of(ActionKind.RESTART):
+            row = session.get(InstanceRow, action.instance)
+            key = (action.instance, row.restart_count if row is not None else 0)
             if key in self._restarts_started:
                 continue
-            log.info("restarting instance %d (restart %d)", instance_id, attempt + 1)
-            self.trigger("restart", {"instance_id": instance_id})
+            log.info("instance %d: %s", action.instance, action.reason)
+            self.trigger("restart", {"instance_id": action.instance})
             self._restarts_started.add(key)
-        for name, deleting in self.unconverged(now):
-            last = self._last_redrive.get(name)
-            if last is not None and (now - last).total_seconds() < REDRIVE_AFTER_S:
-                continue
-            log.info("deployment %s is not converging; running %s again", name, "delete" if deleting else "reconcile")
-            self.trigger("delete" if deleting else "reconcile", {"name": name})
-            self._last_redrive[name] = now
+
+    def stalled(self, session: Session, dep: DeploymentRow, actions: list, now: datetime) -> bool:
+        """The deployment and every instance the actions name untouched for REDRIVE_AFTER_S,
+        and no re-drive of it within REDRIVE_AFTER_S."""
+        idle = timedelta(seconds=REDRIVE_AFTER_S)
+        last = self._last_redrive.get(dep.name)
+        if last is not None and now - last < idle:
+            return False
+        if now - _aware(dep.updated_at) < idle:
+            return False
+        for action in actions:
+            row = session.get(InstanceRow, action.instance) if action.instance is not None else None
+            if row is not None and now - _aware(row.updated_at) < idle:
+                return False
+        return True
 
     def cluster_fingerprint(self) -> tuple[object, ...]:
         """What placement depends on besides the instance itself: which workers are
@@ -96,82 +124,9 @@ class Controller:
         return (version, tuple((w.name, w.ready, len(w.gpus), w.memory_total, tuple(sorted(w.labels.items())))
                                for w in workers))
 
-    def replace_pending(self) -> list[str]:
-        """Deployments with instances that did not fit, when the cluster changed since the last round."""
+    def cluster_changed(self) -> bool:
+        """Since the last round (the first round only records the cluster)."""
         seen = self.cluster_fingerprint()
         changed = self._cluster_seen is not None and seen != self._cluster_seen
         self._cluster_seen = seen
-        if not changed:
-            return []
-        with self.state.session() as s:
-            names = s.scalars(
-                select(DeploymentRow.name)
-                .join(InstanceRow, InstanceRow.deployment_id == DeploymentRow.id)
-                .where(
-                    InstanceRow.state == str(InstanceState.PENDING),
-                    InstanceRow.placement.is_(None),
-                    InstanceRow.deleting.is_(False),
-                    InstanceRow.state_message.startswith(UNPLACED_PREFIX),
-                    DeploymentRow.deleting.is_(False),
-                )
-                .distinct()
-            ).all()
-        return sorted(names)
-
-    def unconverged(self, now: datetime) -> list[tuple[str, bool]]:
-        """Deployments untouched for REDRIVE_AFTER_S whose instances still do not match."""
-        now = _aware(now)
-        stale = timedelta(seconds=REDRIVE_AFTER_S)
-        result = []
-        with self.state.session() as s:
-            for dep in s.scalars(select(DeploymentRow)):
-                if now - _aware(dep.updated_at) < stale:
-                    continue
-                rows = s.scalars(select(InstanceRow).where(InstanceRow.deployment_id == dep.id)).all()
-                live = [r for r in rows if not r.deleting]
-                stuck = any(
-                    now - _aware(r.updated_at) >= stale
-                    for r in rows
-                    if r.deleting or r.state in [str(x) for x in IN_PROGRESS]
-                )
-                if len(live) != dep.replicas or stuck or (dep.deleting and not rows):
-                    result.append((dep.name, dep.deleting))
-        return result
-
-    def mark_unreachable(self) -> None:
-        with self.state.session() as s:
-            ready = {w.name: w for w in repo.list_workers(s, self.state.worker_timeout)}
-            rows = s.scalars(
-                select(InstanceRow).where(
-                    InstanceRow.state.in_([str(x) for x in WATCHED]), InstanceRow.deleting.is_(False)
-                )
-            ).all()
-            for row in rows:
-                # the main worker, then the RPC part workers of a distributed instance
-                parts = (row.placement or {}).get("parts", ())
-                for role, name in [("worker", row.worker_name or ""), *(("part worker", p["worker"]) for p in parts)]:
-                    worker = ready.get(name)
-                    if worker is not None and not worker.ready:
-                        seen = worker.last_heartbeat.isoformat(timespec="seconds") if worker.last_heartbeat else "never"
-                        row.state = InstanceState.UNREACHABLE
-                        row.state_message = f"{role} {name} stopped sending heartbeats (last {seen})"
-                        break
-
-    def due_restarts(self, now: datetime) -> list[tuple[int, int]]:
-        now = _aware(now)
-        with self.state.session() as s:
-            rows = s.execute(
-                select(InstanceRow.id, InstanceRow.restart_count, InstanceRow.updated_at)
-                .join(DeploymentRow, InstanceRow.deployment_id == DeploymentRow.id)
-                .where(
-                    InstanceRow.state == str(InstanceState.ERROR),
-                    InstanceRow.deleting.is_(False),
-                    InstanceRow.worker_name.is_not(None),
-                    DeploymentRow.deleting.is_(False),
-                )
-            ).all()
-        return [
-            (iid, restarts)
-            for iid, restarts, updated in rows
-            if now - _aware(updated) >= timedelta(seconds=restart_delay_seconds(restarts))
-        ]
+        return changed

@@ -8,13 +8,11 @@ requests cannot both see the same free memory.
 
 from __future__ import annotations
 
-import secrets
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpufleet.core.reconcile import InstanceSummary, plan_replicas
 from gpufleet.core.schemas import (
     DeploymentConfig,
     DeploymentEdit,
@@ -25,13 +23,13 @@ from gpufleet.core.schemas import (
     InstanceView,
     ModelMetadata,
     Placement,
-    ReplicaPlanView,
     ResourceEstimate,
     RpcServerInfo,
+    StateReportsResult,
     WorkerRegistration,
     WorkerView,
 )
-from gpufleet.core.states import InstanceState, check_transition, summarize
+from gpufleet.core.states import InstanceState, InvalidTransition, check_transition, summarize
 from gpufleet.store import ledger
 from gpufleet.store.models import DeploymentRow, InstanceRow, WorkerRow, utcnow
 from gpufleet.store.workers import is_ready
@@ -181,9 +179,11 @@ def get_instance(session: Session, instance_id: int) -> InstanceView:
 
 
 def list_instances(
-    session: Session, deployment: str | None = None, worker: str | None = None
+    session: Session, deployment: str | None = None, worker: str | None = None, ids: list[int] | None = None
 ) -> list[InstanceView]:
     query = select(InstanceRow).order_by(InstanceRow.id)
+    if ids:
+        query = query.where(InstanceRow.id.in_(ids))
     if deployment is not None:
         query = query.where(InstanceRow.deployment_id == _deployment(session, deployment).id)
     rows = session.scalars(query).all()
@@ -215,52 +215,6 @@ def report_rpc_servers(session: Session, instance_id: int, worker: str, servers:
     return row
 
 
-def _summary(row: InstanceRow) -> InstanceSummary:
-    """What scale-down ranks an instance by: health, offload, placement score."""
-    placement = row.placement or {}
-    return InstanceSummary(
-        row.id, InstanceState(row.state), row.deleting,
-        placed=row.placement is not None,
-        offloaded=bool(placement.get("offloaded")),
-        score=float(placement.get("score", 0.0)),
-    )
-
-
-def reconcile_replicas(session: Session, name: str) -> ReplicaPlanView:
-    """Create PENDING instances or mark surplus ones for deletion, per the plan.
-    Call under the placement lock: the plan is only valid until the next change."""
-    dep = _deployment(session, name)
-    rows = session.scalars(select(InstanceRow).where(InstanceRow.deployment_id == dep.id)).all()
-    plan = plan_replicas(
-        dep.replicas, [_summary(r) for r in rows]
-    )
-    created = []
-    for _ in range(plan.create):
-        inst = InstanceRow(
-            name=f"{dep.name}-{secrets.token_hex(3)}",
-            deployment_id=dep.id,
-            state=InstanceState.PENDING,
-            state_message="waiting to be analyzed and placed",
-            config=dep.config,
-            generation=dep.generation,
-        )
-        session.add(inst)
-        session.flush()
-        created.append(inst.id)
-    for row in rows:
-        if row.id in plan.remove:
-            row.deleting = True
-            row.updated_at = utcnow()
-    session.flush()
-    rows = session.scalars(select(InstanceRow).where(InstanceRow.deployment_id == dep.id)).all()
-    return ReplicaPlanView(
-        deployment=name,
-        created=created,
-        to_place=[r.id for r in rows if not r.deleting and r.placement is None],
-        removing=[r.id for r in rows if r.deleting],
-    )
-
-
 def mark_instance_deleting(session: Session, instance_id: int) -> InstanceRow:
     row = _instance(session, instance_id)
     row.deleting = True
@@ -283,6 +237,24 @@ def update_instance_state(
         row.restart_count = update.restart_count
     row.updated_at = utcnow()
     return row
+
+
+def update_instance_states(session: Session, reports: dict[int, InstanceStateUpdate]) -> StateReportsResult:
+    """Each report stands alone: one refused transition or a deleted instance leaves the
+    others' reports standing (each is checked before anything is written)."""
+    result = StateReportsResult()
+    for iid, update in reports.items():
+        row = session.get(InstanceRow, iid)
+        if row is None:
+            result.missing.append(iid)
+            continue
+        try:
+            update_instance_state(session, iid, update)
+        except InvalidTransition as exc:  # raised by the check, before the row changed
+            result.refused[iid] = str(exc)
+            continue
+        result.applied.append(iid)
+    return result
 
 
 def delete_instance_row(session: Session, instance_id: int) -> None:

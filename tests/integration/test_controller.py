@@ -18,7 +18,7 @@ from gpufleet.server.app import ServerState
 from gpufleet.server.controller import Controller
 from gpufleet.sources import read_local_metadata
 from gpufleet.core.estimation.summary import summarize
-from gpufleet.store import repository as repo
+from gpufleet.store import plan_apply, repository as repo
 from gpufleet.store.models import InstanceRow, WorkerRow, utcnow
 
 
@@ -33,7 +33,7 @@ def setup(database_url: str, tiny_gguf: Path):  # noqa: ANN201
             gpus=[GpuInfo(index=0, name="T4", memory_total=1 << 30, virtual=True)]))
         repo.create_deployment(s, DeploymentSpec(name="d", replicas=1, source=ModelSource(local_path=str(tiny_gguf))),
                                meta, summarize(meta, "llama.cpp"))
-        iid = repo.reconcile_replicas(s, "d").created[0]
+        iid = plan_apply.create_missing(s, "d")[0]
         repo.place_instance(s, iid, timedelta(seconds=60))
     yield state, Controller(state, lambda op, params: calls.append((op, params)) or "run"), iid, calls
     state.engine.dispose()

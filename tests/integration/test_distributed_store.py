@@ -20,7 +20,7 @@ from gpufleet.core.schemas import (
     WorkerRegistration,
 )
 from gpufleet.core.states import InstanceState
-from gpufleet.store import repository as repo
+from gpufleet.store import plan_apply, repository as repo
 from gpufleet.store.db import make_engine, migrate, session_factory
 from gpufleet.store.ledger import cluster_snapshot
 from gpufleet.store.models import InstanceRow
@@ -54,7 +54,7 @@ def place_big(sessions: sessionmaker[Session]) -> InstanceRow:
     with sessions.begin() as s:
         repo.create_deployment(s, spec, meta, summarize(meta, "llama.cpp"))
     with sessions.begin() as s:
-        [iid] = repo.reconcile_replicas(s, "big").to_place
+        [iid] = plan_apply.create_missing(s, "big")
         [row] = repo.place_instances(s, [iid], TIMEOUT)
         s.expunge(row)
     return row

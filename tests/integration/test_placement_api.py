@@ -66,13 +66,13 @@ def test_place_ignores_the_callers_estimate(api: TestClient, tiny_gguf: Path) ->
     state = api.app.state.gpufleet  # type: ignore[attr-defined]
     from gpufleet.core.schemas import DeploymentSpec
     from gpufleet.server.validation import validate_spec
-    from gpufleet.store import repository as repo
+    from gpufleet.store import plan_apply, repository as repo
 
     s = DeploymentSpec.model_validate(spec(tiny_gguf))
     s, meta, est = validate_spec(s)
     with state.session() as session:
         repo.create_deployment(session, s, meta, est)
-        ids = repo.reconcile_replicas(session, "t").created
+        ids = plan_apply.create_missing(session, "t")
     huge = {"gpu_vram": 79 * GiB, "gpu_ram": 0, "cpu_ram": 0}
     placed = [api.post(f"/v1/internal/instances/{iid}/place", json=huge).json() for iid in ids[:2]]
     assert [p["worker"] for p in placed] == ["gpu", "gpu"]
@@ -85,13 +85,13 @@ def test_place_many_in_one_transaction(api: TestClient, tiny_gguf: Path) -> None
     state = api.app.state.gpufleet  # type: ignore[attr-defined]
     from gpufleet.core.schemas import DeploymentSpec
     from gpufleet.server.validation import validate_spec
-    from gpufleet.store import repository as repo
+    from gpufleet.store import plan_apply, repository as repo
 
     s = DeploymentSpec.model_validate({**spec(tiny_gguf), "replicas": 4})
     s, meta, est = validate_spec(s)
     with state.session() as session:
         repo.create_deployment(session, s, meta, est)
-        ids = repo.reconcile_replicas(session, "t").created
+        ids = plan_apply.create_missing(session, "t")
     placed = api.post("/v1/internal/place", json={"instance_ids": ids}).json()
     assert [p["id"] for p in placed] == ids
     assert all(p["state"] == "SCHEDULED" and p["worker"] == "gpu" for p in placed)

@@ -20,7 +20,7 @@ from gpufleet.core.schemas import DeploymentSpec, GpuInfo, ModelSource, Resource
 from gpufleet.core.states import InstanceState
 from gpufleet.server.app import ServerState
 from gpufleet.sources import read_local_metadata
-from gpufleet.store import repository as repo
+from gpufleet.store import plan_apply, repository as repo
 
 GiB = 1 << 30
 TIMEOUT = timedelta(seconds=60)
@@ -48,7 +48,7 @@ def test_fifty_concurrent_placements_never_overcommit(database_url: str, tiny_gg
             for d in range(5):
                 spec = DeploymentSpec(name=f"d{d}", replicas=10, source=ModelSource(local_path=str(tiny_gguf)))
                 repo.create_deployment(s, spec, meta, ResourceEstimate.unknown("unused"))
-                ids += repo.reconcile_replicas(s, spec.name).created
+                ids += plan_apply.create_missing(s, spec.name)
         assert len(ids) == 50
 
         def place(i_and_id: tuple[int, int]) -> str:

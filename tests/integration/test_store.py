@@ -20,7 +20,7 @@ from gpufleet.core.schemas import (
 )
 from gpufleet.core.states import InstanceState, InvalidTransition
 from gpufleet.sources import read_local_metadata
-from gpufleet.store import repository as repo
+from gpufleet.store import plan_apply, repository as repo
 from gpufleet.store.db import make_engine, migrate, session_factory
 from gpufleet.store.models import InstanceRow
 
@@ -71,27 +71,13 @@ def test_unknown_deployment(sessions) -> None:  # noqa: ANN001
         repo.get_deployment(session, "nope")
 
 
-def test_reconcile_creates_and_removes(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
-    create(sessions, tiny_gguf, replicas=2)
-    with sessions.begin() as session:
-        plan = repo.reconcile_replicas(session, "tiny")
-    assert len(plan.created) == 2 and plan.to_place == plan.created and plan.removing == []
-    with sessions.begin() as session:  # converged: nothing to do
-        again = repo.reconcile_replicas(session, "tiny")
-    assert again.created == [] and again.to_place == plan.created
-    with sessions.begin() as session:
-        repo.set_replicas(session, "tiny", 1)
-        down = repo.reconcile_replicas(session, "tiny")
-    assert down.removing == [max(plan.created)]  # newest of two PENDING goes first
-
-
 def test_edit_applies_to_new_instances_only(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
     create(sessions, tiny_gguf, replicas=1)
     with sessions.begin() as session:
-        first = repo.reconcile_replicas(session, "tiny").created[0]
+        first = plan_apply.create_missing(session, "tiny")[0]
         repo.edit_deployment(session, "tiny", DeploymentEdit(backend_params=["--ctx-size=256"]))
         repo.set_replicas(session, "tiny", 2)
-        second = repo.reconcile_replicas(session, "tiny").created[0]
+        second = plan_apply.create_missing(session, "tiny")[0]
     with sessions.begin() as session:
         assert repo.get_instance(session, first).config.backend_params == []
         assert repo.get_instance(session, second).config.backend_params == ["--ctx-size=256"]
@@ -101,7 +87,7 @@ def test_edit_applies_to_new_instances_only(sessions, tiny_gguf: Path) -> None: 
 def test_state_transitions_enforced(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
     create(sessions, tiny_gguf, replicas=1)
     with sessions.begin() as session:
-        iid = repo.reconcile_replicas(session, "tiny").created[0]
+        iid = plan_apply.create_missing(session, "tiny")[0]
     with sessions.begin() as session, pytest.raises(InvalidTransition):
         repo.update_instance_state(session, iid, InstanceStateUpdate(state=InstanceState.RUNNING))
     with sessions.begin() as session:
@@ -124,7 +110,7 @@ def test_placement_claims_and_release(sessions, tiny_gguf: Path) -> None:  # noq
     fit = GiB // claim
     create(sessions, tiny_gguf, replicas=fit + 1)
     with sessions.begin() as session:
-        ids = repo.reconcile_replicas(session, "tiny").created
+        ids = plan_apply.create_missing(session, "tiny")
     placed = []
     for iid in ids:
         with sessions.begin() as session:
@@ -154,7 +140,7 @@ def test_reserved_memory_is_left_free(sessions, tiny_gguf: Path) -> None:  # noq
             vram_reserved=GiB - claim + 1, ram_reserved=GiB))
     create(sessions, tiny_gguf, replicas=1)
     with sessions.begin() as session:
-        iid = repo.reconcile_replicas(session, "tiny").created[0]
+        iid = plan_apply.create_missing(session, "tiny")[0]
         row = repo.place_instance(session, iid, TIMEOUT)
         assert (row.worker_name, row.placement["gpu_indexes"]) == ("g", [])
         [w] = repo.cluster_snapshot(session, TIMEOUT).workers
@@ -167,7 +153,7 @@ def test_unknown_metadata_still_places(sessions, tiny_gguf: Path) -> None:  # no
     register(sessions, "a")
     with sessions.begin() as session:
         repo.create_deployment(session, spec(tiny_gguf), None, ResourceEstimate.unknown("not readable"))
-        iid = repo.reconcile_replicas(session, "tiny").created[0]
+        iid = plan_apply.create_missing(session, "tiny")[0]
         row = repo.place_instance(session, iid, TIMEOUT)
     assert row.state == InstanceState.SCHEDULED and row.worker_name == "a"
     assert "estimate unknown" in row.state_message and "nothing claimed" in row.state_message
@@ -189,19 +175,19 @@ def test_scale_down_removes_offloaded_before_full_gpu(sessions, tiny_gguf: Path)
     register(sessions, "a")
     create(sessions, tiny_gguf, replicas=2)
     with sessions.begin() as session:
-        first, second = repo.reconcile_replicas(session, "tiny").created
+        first, second = plan_apply.create_missing(session, "tiny")
         for iid in (first, second):
             repo.place_instance(session, iid, TIMEOUT)
         session.get(InstanceRow, first).placement = {**session.get(InstanceRow, first).placement, "offloaded": True}
         repo.set_replicas(session, "tiny", 1)
-        plan = repo.reconcile_replicas(session, "tiny")
-    assert plan.removing == [first]  # older, but partially offloaded
+        applied = plan_apply.apply_plan(session, "tiny", TIMEOUT)
+    assert [(a.kind, a.instance) for a in applied.node_actions] == [("stop", first)]  # older, but partially offloaded
 
 
 def test_unplaceable_stays_pending_with_reason(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
     create(sessions, tiny_gguf, replicas=1)
     with sessions.begin() as session:
-        iid = repo.reconcile_replicas(session, "tiny").created[0]
+        iid = plan_apply.create_missing(session, "tiny")[0]
         row = repo.place_instance(session, iid, TIMEOUT)
     assert row.state == InstanceState.PENDING
     assert "no workers registered" in row.state_message
@@ -210,7 +196,7 @@ def test_unplaceable_stays_pending_with_reason(sessions, tiny_gguf: Path) -> Non
 def test_delete_deployment_needs_no_instances(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
     create(sessions, tiny_gguf, replicas=1)
     with sessions.begin() as session:
-        iid = repo.reconcile_replicas(session, "tiny").created[0]
+        iid = plan_apply.create_missing(session, "tiny")[0]
     with sessions.begin() as session, pytest.raises(repo.Conflict, match="still has instances"):
         repo.delete_deployment_row(session, "tiny")
     with sessions.begin() as session:
@@ -224,11 +210,11 @@ def test_ids_are_never_reused(sessions, tiny_gguf: Path) -> None:  # noqa: ANN00
     """Instance ids name log files and flow-run keys: a new instance must not inherit an old id."""
     create(sessions, tiny_gguf, replicas=1)
     with sessions.begin() as session:
-        first = repo.reconcile_replicas(session, "tiny").created[0]
+        first = plan_apply.create_missing(session, "tiny")[0]
     with sessions.begin() as session:
         repo.delete_instance_row(session, first)
     with sessions.begin() as session:
-        second = repo.reconcile_replicas(session, "tiny").created[0]
+        second = plan_apply.create_missing(session, "tiny")[0]
     assert second > first
 
 
@@ -245,7 +231,7 @@ def test_controller_replaces_pending_when_the_cluster_changes(database_url: str,
         _, meta = read_local_metadata(str(tiny_gguf))
         with state.session() as s:
             repo.create_deployment(s, spec(tiny_gguf, replicas=1), meta, summarize(meta, "llama.cpp"))
-            iid = repo.reconcile_replicas(s, "tiny").created[0]
+            iid = plan_apply.create_missing(s, "tiny")[0]
         with state.session() as s:
             row = repo.place_instance(s, iid, TIMEOUT)
             assert row.state == InstanceState.PENDING and "no workers registered" in row.state_message
