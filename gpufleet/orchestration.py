@@ -8,13 +8,14 @@ all run the same thing.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from gpufleet.prefect_layer import prefect_layer
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,7 @@ class DeclaredDeployment:
     tags: list[str]
 
     def load_flow(self) -> Any:
-        path, _, attr = self.entrypoint.partition(":")
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-        return getattr(module, attr)
+        return prefect_layer().load_flow(self.entrypoint)
 
 
 def declared_deployments(path: Path = PREFECT_YAML) -> list[DeclaredDeployment]:
@@ -68,14 +67,12 @@ async def ensure_pool(client: Any) -> None:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
-    from workers.inprocess import GpufleetWorker
-
     try:
         await client.create_work_pool(
             WorkPoolCreate(
                 name=POOL,
                 type=WORKER_TYPE,
-                base_job_template=GpufleetWorker.get_default_base_job_template(),
+                base_job_template=prefect_layer().worker_class.get_default_base_job_template(),
             )
         )
     except ObjectAlreadyExists:
@@ -94,12 +91,9 @@ async def ensure_queue(client: Any, queue: str) -> None:
 async def apply_deployments(client: Any) -> list[str]:
     """Create or update every deployment of prefect.yaml, with typed parameter schemas,
     and register gpufleet's block types so they show in the UI."""
-    from blocks.gpufleet_server import GpufleetServer
-    from blocks.hub_credentials import HubCredentials
-
     await ensure_pool(client)
-    await GpufleetServer.aregister_type_and_schema(client=client)
-    await HubCredentials.aregister_type_and_schema(client=client)
+    for block_type in prefect_layer().block_types:
+        await block_type.aregister_type_and_schema(client=client)
     names = []
     for decl in declared_deployments():
         fl = decl.load_flow()

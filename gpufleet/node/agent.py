@@ -24,6 +24,7 @@ from gpufleet.node.context import NodeContext
 from gpufleet.node.inventory import total_memory
 from gpufleet.node.log_server import create_log_app
 from gpufleet.node.registry import BackendRecord
+from gpufleet.prefect_layer import prefect_layer
 from gpufleet.runtimes import llama_rpc
 from gpufleet.settings import HEARTBEAT_INTERVAL_S
 
@@ -67,7 +68,7 @@ class NodeAgent:
         self.client = GpufleetClient(config.server_url)
         self.api_port = config.api_port or free_port(self.node.bind_host)
         self._stop = asyncio.Event()
-        self._worker: object | None = None
+        self._prefect_worker: object | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -206,24 +207,22 @@ class NodeAgent:
     async def worker_loop(self) -> None:
         from prefect.client.orchestration import get_client
 
-        from workers.inprocess import GpufleetWorker
-
         queue = orchestration.node_queue(self.config.name)
         async with get_client() as prefect:
             await orchestration.ensure_pool(prefect)
             await orchestration.ensure_queue(prefect, queue)
-        worker = GpufleetWorker(
+        prefect_worker = prefect_layer().worker_class(
             work_pool_name=orchestration.POOL,
             work_queues=[queue],
             name=f"node-{self.config.name}",
             limit=None,
         )
-        self._worker = worker
-        await worker.start(printer=log.info)
+        self._prefect_worker = prefect_worker
+        await prefect_worker.start(printer=log.info)
 
     def poke(self) -> None:
-        if self._worker is not None:
-            self._worker.poke()  # type: ignore[attr-defined]
+        if self._prefect_worker is not None:
+            self._prefect_worker.poke()  # type: ignore[attr-defined]
 
     def start_api(self) -> uvicorn.Server:
         app = create_log_app(self.node, self.registry, poke=self.poke)

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import threading
 
+from gpufleet.prefect_layer import prefect_layer
+
 log = logging.getLogger(__name__)
 
 
@@ -16,7 +18,7 @@ class ControlWorker:
         self._task: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=self._main, name="gpufleet-control-worker", daemon=True)
         self._started = threading.Event()
-        self._worker: object | None = None
+        self._prefect_worker: object | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -26,25 +28,23 @@ class ControlWorker:
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
-        from workers.inprocess import GpufleetWorker
-
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._started.set()
         try:
-            worker = GpufleetWorker(
+            prefect_worker = prefect_layer().worker_class(
                 work_pool_name=self.pool, work_queues=[self.queue], name=self.name, limit=None
             )
-            self._worker = worker
-            await worker.start(printer=log.info)
+            self._prefect_worker = prefect_worker
+            await prefect_worker.start(printer=log.info)
         except asyncio.CancelledError:
             pass
 
     def poke(self) -> None:
         """A control flow run was just created: pick it up now rather than at the next poll."""
-        worker = self._worker
-        if worker is not None:
-            worker.poke()  # type: ignore[attr-defined]
+        prefect_worker = self._prefect_worker
+        if prefect_worker is not None:
+            prefect_worker.poke()  # type: ignore[attr-defined]
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._loop and self._task:

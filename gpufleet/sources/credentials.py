@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import SecretStr
 
+from gpufleet.prefect_layer import prefect_layer
 from gpufleet.sources.hub import HubSettings
 
 HubKind = Literal["huggingface", "modelscope"]
@@ -36,10 +37,8 @@ def _block() -> object | None:
     if _block_cache and now - _block_cache[0] < _BLOCK_TTL_S:
         return _block_cache[1]
     try:
-        from blocks.hub_credentials import BLOCK_NAME, HubCredentials
-
-        block: object | None = HubCredentials.load(BLOCK_NAME)
-    except Exception:  # noqa: BLE001 - no block saved (ValueError) or API down: use the environment
+        block: object | None = prefect_layer().load_hub_credentials()
+    except Exception:  # noqa: BLE001 - API down: use the environment
         block = None
     _block_cache = (now, block)
     return block

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from gpufleet.core.backends.registry import LLAMA_ENGINES
 from gpufleet.core.estimation.llama_params import EstimateInputError, parse_llama_params
 from gpufleet.core.estimation.types import DeviceUsage, Estimate, EstimateOptions
 from gpufleet.core.estimation.vllm import VllmConfig, VllmParamError, parse_vllm_params
@@ -75,7 +76,7 @@ def check_params(backend: str, backend_params: list[str]) -> None:
     """Raise ``ValueError`` with a fix-it message when a memory-relevant
     backend parameter is malformed (e.g. ``--cache-type-k=q9``)."""
     try:
-        if backend in ("llama.cpp", "llama-box"):
+        if backend in LLAMA_ENGINES:
             parse_llama_params(tuple(backend_params))
         elif backend == "vllm":
             parse_vllm_params(tuple(backend_params))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gpufleet.core.backends.kv_cache import ram_claim_bytes
+from gpufleet.core.backends.registry import with_capability
 from gpufleet.core.estimation import Estimate, EstimateOptions, estimate
 from gpufleet.core.metadata import ModelMetadata
 from gpufleet.core.placement_spec import PlacementSpec
@@ -20,11 +21,11 @@ from gpufleet.core.schemas import DeploymentConfig, ModelSource
 from gpufleet.core.selectors import GpuRef, WorkerSelector, parse_gpus
 
 #: Backends that can run without a GPU (pure CPU or partially offloaded).
-CPU_CAPABLE = frozenset({"llama.cpp", "llama-box"})
+CPU_CAPABLE = frozenset(with_capability("cpu_offloading"))
 #: Backends whose LLMs pre-allocate a fraction of each card: their GPUs are not shared.
-EXCLUSIVE_GPU = frozenset({"vllm"})
+EXCLUSIVE_GPU = frozenset(with_capability("exclusive_gpus"))
 #: Backends that can split one instance across workers (llama.cpp RPC servers).
-DISTRIBUTABLE = frozenset({"llama.cpp", "llama-box"})
+DISTRIBUTABLE = frozenset(with_capability("distributed"))
 
 Estimator = Callable[[ModelMetadata | None, EstimateOptions], Estimate]
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gpufleet.core.backends.launch import LaunchDescription
+from gpufleet.core.backends.registry import LLAMA_ENGINES
 
 ImageMode = Literal["image", "host-runtime"]
 ProgressFn = Callable[[int], None]
@@ -75,7 +76,7 @@ def table_key(desc: LaunchDescription) -> str:
     """llama-box is started as llama.cpp's server; an RPC server needs a `full` image."""
     if desc.program.name == "rpc-server":
         return "llama.cpp-rpc"
-    return "llama.cpp" if desc.engine in ("llama.cpp", "llama-box") else desc.engine
+    return "llama.cpp" if desc.engine in LLAMA_ENGINES else desc.engine
 
 
 def upstream_image(desc: LaunchDescription, device: str) -> str:

@@ -16,7 +16,7 @@ from typing import Literal
 
 from gpufleet.core.backends import llama_cpp, vllm, vox_box
 from gpufleet.core.backends.launch import LaunchDescription, Program
-from gpufleet.core.backends.registry import engine
+from gpufleet.core.backends.registry import LLAMA_ENGINES, engine
 from gpufleet.core.schemas import InstanceView
 from gpufleet.node.context import NodeContext
 from gpufleet.node.registry import BackendRecord
@@ -25,7 +25,7 @@ from gpufleet.node.runtimes import Runtime, RuntimeName, StartRequest, get, imag
 GiB = 1 << 30
 #: engines whose RAM use the estimate bounds (llama.cpp loads weights it does not offload into
 #: RAM, and nothing else); vLLM and vox-box use host memory the estimate does not model
-MEMORY_LIMITED_ENGINES = ("llama.cpp", "llama-box")
+MEMORY_LIMITED_ENGINES = LLAMA_ENGINES
 #: limit = max(claim × factor, claim + headroom); factor 0 turns limits off (GPUFLEET_CONTAINER_MEMORY_FACTOR)
 DEFAULT_MEMORY_FACTOR = 2.0
 MEMORY_HEADROOM = 1 * GiB
