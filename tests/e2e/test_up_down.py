@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from gpufleet.cli import prefect_postgres
 from tests.e2e.conftest import free_port, pid_alive, wait_until
 
 
@@ -34,6 +35,10 @@ def test_up_demo_then_down_stops_everything(tmp_path: Path) -> None:
         assert up.poll() is None, text
         assert f"gpufleet API: http://127.0.0.1:{port}" in text
         assert f"Prefect UI:   http://127.0.0.1:{prefect_port}" in text
+        # Prefect on the embedded PostgreSQL (see gpufleet/cli/prefect_postgres.py), not on SQLite
+        assert "starting PostgreSQL for Prefect on 127.0.0.1:" in text, text
+        pg_port = int(text.split("starting PostgreSQL for Prefect on 127.0.0.1:")[1].split()[0])
+        assert prefect_database_pid(tmp_path / "home") is not None
         [inst] = httpx.get(f"http://127.0.0.1:{port}/v1/instances").json()
         assert inst["state"] == "RUNNING" and pid_alive(inst["pid"])
 
@@ -52,3 +57,20 @@ def test_up_demo_then_down_stops_everything(tmp_path: Path) -> None:
             continue
         raise AssertionError(f"something still listens on port {p}")
     assert not (tmp_path / "home" / "up.pid").exists()
+    try:
+        httpx.get(f"http://127.0.0.1:{pg_port}/", timeout=1)
+    except httpx.TransportError:
+        pass
+    else:
+        raise AssertionError("Prefect's PostgreSQL still listens")
+    assert prefect_database_pid(tmp_path / "home") is None  # stopped cleanly: no postmaster.pid left
+    prefect_postgres.discard(tmp_path / "home")
+
+
+def prefect_database_pid(home: Path) -> int | None:
+    """The embedded PostgreSQL's postmaster.pid (its data is in the home, or outside it as root)."""
+    data = prefect_postgres.root_data_dir(home) / "data" if os.geteuid() == 0 else home / "prefect" / "postgres" / "data"
+    try:
+        return int((data / "postmaster.pid").read_text().split()[0])
+    except FileNotFoundError:
+        return None

@@ -100,3 +100,12 @@ def test_place_many_in_one_transaction(api: TestClient, tiny_gguf: Path) -> None
     again = api.post("/v1/internal/place", json={"instance_ids": ids}).json()  # idempotent
     assert [p["placement"] for p in again] == [p["placement"] for p in placed]
     assert api.post("/v1/internal/place", json={"instance_ids": [99999]}).status_code == 404
+
+
+def test_metrics_count_requests_by_route_template(api: TestClient) -> None:
+    api.get("/v1/instances/41")  # 404, counted under its template, not its id
+    api.get("/v1/instances/42")
+    api.get("/v1/workers")
+    text = api.get("/metrics").text
+    assert 'gpufleet_http_requests_total{method="GET",route="/v1/instances/{instance_id}",status="404"} 2.0' in text
+    assert 'gpufleet_http_requests_total{method="GET",route="/v1/workers",status="200"} 1.0' in text
