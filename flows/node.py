@@ -1,45 +1,45 @@
 """Node-local flows, routed to `node-<worker>` queues: serve and stop instances,
 install engine versions.
 
-One run per node and operation, whatever the number of instances: each Prefect
-flow run costs the Prefect server a dozen writes, so ten replicas on one node
-are ten task chains in one run, not ten runs. Steps run concurrently across
-instances; each instance succeeds or fails on its own.
+One run per node and operation, and one task run per step, whatever the number of
+instances: each Prefect flow or task run costs the Prefect server several writes, so ten
+replicas on one node are one run of three tasks (pull, launch, health check), each handling
+the ten concurrently. Each instance succeeds or fails on its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
 
-from gpufleet.core.schemas import DeviceKind, EngineInstall, InstanceStateUpdate, InstanceView, ModelMetadata
+from gpufleet.core.schemas import DeviceKind, EngineInstall, InstanceStateUpdate, ModelMetadata
 from gpufleet.core.states import InstanceState
 from gpufleet.node import backends, engines
 from gpufleet.node.context import current_node
-from tasks.node import health_check, install_backend, launch_instance, pull_weights, start_rpc_servers, stop_instance
 from gpufleet.node.registry import BackendRecord
-from tasks.server import read_instances, report_engines, report_state, report_states
+from tasks.node import (
+    Failed,
+    health_check,
+    install_backend,
+    launch_backends,
+    pull_weights,
+    start_rpc_servers,
+    stop_backends,
+)
+from tasks.server import read_instances, report_engines, report_states
 
-T = TypeVar("T")
 
-
-def _fail(inst: InstanceView, exc: BaseException) -> None:
-    """Record what failed and where; stop whatever was started."""
-    backends.stop(inst.id, current_node(), grace=5)
-    message = str(exc) if isinstance(exc, backends.BackendFailed) else f"{type(exc).__name__}: {exc}"
-    report_state(inst.id, InstanceState.ERROR, message)
-
-
-def _settle(inst: InstanceView, future: PrefectFuture[T]) -> T | None:
-    """Wait for one instance's step; if it failed, put the instance in ERROR and return None."""
-    future.wait()
-    if future.state.is_completed():
-        return future.result()
-    _fail(inst, future.result(raise_on_failure=False))  # type: ignore[arg-type]
-    return None
+def _fail(outcomes: dict[int, object]) -> set[int]:
+    """Put the instances whose step failed in ERROR (one request), with what failed and where;
+    stop whatever of them was started. Returns their ids."""
+    failed = {iid: o.message for iid, o in outcomes.items() if isinstance(o, Failed)}
+    node = current_node()
+    for iid in failed:
+        backends.stop(iid, node, grace=5)
+    if failed:
+        report_states({iid: InstanceStateUpdate(state=InstanceState.ERROR, message=m) for iid, m in failed.items()})
+    return set(failed)
 
 
 def report_phase(records: dict[int, BackendRecord], state: InstanceState,
@@ -52,29 +52,28 @@ def report_phase(records: dict[int, BackendRecord], state: InstanceState,
 
 @flow(name="serve-instances")
 def serve_instances(instance_ids: list[int], metadata: ModelMetadata | None = None) -> list[int]:
-    """pull weights → launch → health check → RUNNING, for all instances at once.
-    A failure puts that instance in ERROR with what failed, where, and the backend's
-    last log lines; the run fails (after reporting) if any instance failed."""
+    """pull weights → launch → health check → RUNNING, each step for all instances at once.
+    A failure puts that instance in ERROR with what failed, where, and the backend's last
+    log lines; the run fails (after reporting) if any instance failed."""
     node = current_node().name
     instances = [i for i in read_instances(instance_ids) if not i.deleting]
 
-    pulls = {i.id: pull_weights.submit(i) for i in instances}
-    launches = {}
-    for inst in instances:
-        if (path := _settle(inst, pulls[inst.id])) is not None:
-            launches[inst.id] = launch_instance.submit(inst, path, metadata)
-    records = {i.id: record for i in instances if i.id in launches and (record := _settle(i, launches[i.id])) is not None}
+    paths = pull_weights(instances)
+    failed = _fail(paths)
+    pulled = [i for i in instances if i.id not in failed]
+    launched = launch_backends(pulled, {i.id: paths[i.id] for i in pulled}, metadata)
+    failed |= _fail(launched)
+    records = {iid: r for iid, r in launched.items() if not isinstance(r, Failed)}
     report_phase(records, InstanceState.STARTING,
                  lambda r: f"backend started on {node} (pid {r.pid}, port {r.port}); waiting for health")
-    checks = {iid: health_check.submit(record) for iid, record in records.items()}
-    healthy = {i.id: records[i.id] for i in instances if i.id in checks and _settle(i, checks[i.id]) is not None}
+    checks = health_check(list(records.values()))
+    failed |= _fail(checks)
+    healthy = {iid: records[iid] for iid, c in checks.items() if not isinstance(c, Failed)}
     report_phase(healthy, InstanceState.RUNNING, lambda r: f"serving on {node}:{r.port}")
-    running = list(healthy)
-    failed = [i.id for i in instances if i.id not in running]
     if failed:
-        raise RuntimeError(f"instances {failed} failed on {node}; see their state messages")
-    get_run_logger().info("serving on %s: %s", node, running)
-    return running
+        raise RuntimeError(f"instances {sorted(failed)} failed on {node}; see their state messages")
+    get_run_logger().info("serving on %s: %s", node, sorted(healthy))
+    return sorted(healthy)
 
 
 @flow(name="serve-rpc-servers")
@@ -84,9 +83,9 @@ def serve_rpc_servers(instance_ids: list[int]) -> dict[int, int]:
     puts that instance in ERROR (naming this worker) and fails the run."""
     node = current_node().name
     instances = [i for i in read_instances(instance_ids) if not i.deleting]
-    futures = {i.id: start_rpc_servers.submit(i) for i in instances}
-    started = {i.id: len(servers) for i in instances if (servers := _settle(i, futures[i.id])) is not None}
-    failed = [i.id for i in instances if i.id not in started]
+    outcomes = start_rpc_servers(instances)
+    failed = sorted(_fail(outcomes))
+    started = {iid: len(servers) for iid, servers in outcomes.items() if not isinstance(servers, Failed)}
     if failed:
         raise RuntimeError(f"RPC servers of instances {failed} failed on {node}; see their state messages")
     return started
@@ -95,8 +94,11 @@ def serve_rpc_servers(instance_ids: list[int]) -> dict[int, int]:
 @flow(name="stop-instances")
 def stop_instances(instance_ids: list[int]) -> dict[int, bool]:
     """Stop these instances' backends on this node, all at once."""
-    futures = {iid: stop_instance.submit(iid) for iid in instance_ids}
-    return {iid: f.result() for iid, f in futures.items()}
+    outcomes = stop_backends(instance_ids)
+    failed = {iid: o.message for iid, o in outcomes.items() if isinstance(o, Failed)}
+    if failed:
+        raise RuntimeError(f"could not stop on {current_node().name}: {failed}")
+    return {iid: bool(o) for iid, o in outcomes.items()}
 
 
 @flow(name="install-backend")
