@@ -244,10 +244,19 @@ export function openDeployDialog({ onDeployed }) {
     return src;
   }
 
-  /** What gpufleet reads from the model: shown, and used for the Auto labels. */
-  async function inspect() {
+  /** What gpufleet reads from the model: shown, and used for the Auto labels. Leaving the path
+   * field by pressing Save starts two inspections of one source at once: they share a request. */
+  function inspect() {
     const src = source();
-    if ((src.kind === "local_path" && !src.local_path) || (src.kind !== "local_path" && !src.repo)) return null;
+    if ((src.kind === "local_path" && !src.local_path) || (src.kind !== "local_path" && !src.repo)) return Promise.resolve(null);
+    const key = JSON.stringify([src, category.value]);
+    if (state.inspecting && state.inspecting.key === key) return state.inspecting.promise;
+    const promise = inspectNow(src).finally(() => { if (state.inspecting && state.inspecting.promise === promise) state.inspecting = null; });
+    state.inspecting = { key, promise };
+    return promise;
+  }
+
+  async function inspectNow(src) {
     clearFieldError("source");
     state.unseenPath = null;
     try {

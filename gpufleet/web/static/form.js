@@ -38,6 +38,7 @@ export function showErrors(form, fields) {
     if (!target) target = form.querySelector('.field-error[data-error-for=""]');
     const details = target.closest("details");
     if (details) details.open = true;
+    if (target.textContent.includes(message)) continue;  // the same answer twice (two checks of one input)
     target.textContent = target.textContent ? `${target.textContent}; ${message}` : message;
     target.hidden = false;
     target.setAttribute("role", "alert");
