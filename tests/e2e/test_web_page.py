@@ -7,8 +7,11 @@ browser console shows an error other than the HTTP errors it provokes on purpose
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import httpx
 import pytest
 from selenium.webdriver.common.keys import Keys
 
+from gpufleet.demo.tiny_model import TinyModelShape, write_tiny_llama_gguf
 from tests.e2e.conftest import E2ECluster, chat
 from tests.support.browser import Browser
 from tests.support.fake_hub import FakeHub
@@ -268,11 +272,15 @@ def test_bad_input_is_shown_next_to_its_field(cluster: E2ECluster, browser: Brow
                                            ("/v1/models/inspect", 400), ("/v1/deployments", 400)]) == []
 
 
-def test_hub_journey(cluster: E2ECluster, browser: Browser, e2e_hub: FakeHub, tiny_gguf: Path) -> None:
+def test_hub_journey(cluster: E2ECluster, browser: Browser, e2e_hub: FakeHub, tmp_path: Path) -> None:
     b = browser
-    tiny = tiny_gguf.read_bytes()
-    # Two quantizations of one model: Q8_0 is the default gpufleet picks, F32 the one chosen here.
-    e2e_hub.add_repo("org/webmodel-GGUF", {"webmodel-Q8_0.gguf": tiny, "webmodel-F32.gguf": tiny,
+    # Two quantizations of one small real model: Q8_0 is the default gpufleet picks, F32 (about
+    # 5 MiB, several of the stand-in's 1 MiB chunks, so its download shows progress) is chosen here.
+    shape = TinyModelShape(n_layers=4, hidden=128, ffn=512)
+    q8 = write_tiny_llama_gguf(tmp_path / "q8.gguf", dataclasses.replace(shape, dtype="q8_0")).read_bytes()
+    f32 = write_tiny_llama_gguf(tmp_path / "f32.gguf", shape).read_bytes()
+    assert len(f32) > 3 << 20
+    e2e_hub.add_repo("org/webmodel-GGUF", {"webmodel-Q8_0.gguf": q8, "webmodel-F32.gguf": f32,
                                           "README.md": b"tiny"}, downloads=10)
     e2e_hub.add_repo("org/webmodel-base", {"config.json": b"{}"}, downloads=99)
     b.open("/")
@@ -290,7 +298,7 @@ def test_hub_journey(cluster: E2ECluster, browser: Browser, e2e_hub: FakeHub, ti
     options = {o.find_element("css selector", "input").get_attribute("value"): o.text
                for o in b.find_all("#deploy-files label.file-option")}
     assert "Q8_0" in options["webmodel-Q8_0.gguf"] and "default" in options["webmodel-Q8_0.gguf"]
-    assert "KiB" in options["webmodel-F32.gguf"]  # sizes shown
+    assert "MiB" in options["webmodel-F32.gguf"]  # sizes shown
     assert b.find('#deploy-files input[value="webmodel-Q8_0.gguf"]').is_selected()  # the default preselected
     assert b.find("#deploy-name").get_attribute("value") == "webmodel"
     b.click('#deploy-files input[value="webmodel-F32.gguf"]')
@@ -301,6 +309,20 @@ def test_hub_journey(cluster: E2ECluster, browser: Browser, e2e_hub: FakeHub, ti
     b.click("#deploy-save")
     b.wait(lambda: not b.find_all("#deploy-form"), 60, "the deploy dialog to close")
     expand(b, "webhub")
+    # the download, slowed down by the stand-in, shows its progress live in the instance's state
+    e2e_hub.bytes_per_second = 512 * 1024
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 120
+        while not any(re.fullmatch(r"DOWNLOADING \d+ %", st) for st in seen):
+            assert time.monotonic() < deadline, f"no DOWNLOADING n % in the instance row; states seen: {seen}"
+            for st in (r["state"] for r in page_instances(b, "webhub")):
+                if not seen or seen[-1] != st:
+                    seen.append(st)
+            time.sleep(0.2)
+        b.screenshot("downloading")
+    finally:
+        e2e_hub.bytes_per_second = None
     [inst] = wait_running(b, "webhub", 1)
     assert b.text(f"{row('webhub')} td.source") == "hf:org/webmodel-GGUF/webmodel-F32.gguf"
     [truth] = api(cluster, "/v1/instances?deployment=webhub")
