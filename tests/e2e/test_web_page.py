@@ -21,7 +21,7 @@ import pytest
 from selenium.webdriver.common.keys import Keys
 
 from gpufleet.demo.tiny_model import TinyModelShape, write_tiny_llama_gguf
-from tests.e2e.conftest import E2ECluster, chat
+from tests.e2e.conftest import E2ECluster, chat, cmdline
 from tests.support.browser import Browser
 from tests.support.fake_hub import FakeHub
 
@@ -209,6 +209,16 @@ def test_local_path_journey(cluster: E2ECluster, browser: Browser, tiny_gguf: Pa
     [running] = api(cluster, f"/v1/instances?deployment={name}")
     assert running["id"] == replaced["id"] and running["config"]["backend_params"] == []
 
+    # ... until the edit dialog is asked to replace the running instances
+    b.click(f'{row(name)} button[data-action="edit"]')
+    b.click("#edit-replace")
+    b.click("#edit-save")
+    renewed = b.wait(lambda: (rows := page_instances(b, name)) and len(rows) == 1 and rows[0]["id"] != running["id"]
+                     and rows[0]["state"] == "RUNNING" and rows[0], 180, "the instance replaced by the edit")
+    [running] = api(cluster, f"/v1/instances?deployment={name}")
+    assert running["id"] == renewed["id"] and running["config"]["backend_params"] == ["--ctx-size=256"]
+    assert "--ctx-size 256" in " ".join(cmdline(running["pid"]))
+
     # the Workers page: both nodes, and the GPU memory this deployment claims on node-b
     b.click("#nav-workers")
     b.wait_text("#workers", r"node-a[\s\S]*node-b|node-b[\s\S]*node-a")
@@ -236,7 +246,18 @@ def test_bad_input_is_shown_next_to_its_field(cluster: E2ECluster, browser: Brow
     b = browser
     before = sorted(d["name"] for d in api(cluster, "/v1/deployments"))
     b.open("/")
-    b.click("#deploy-model")
+    # keyboard: Enter opens the dialog with the focus inside it, Escape closes it and gives the focus back
+    b.find("#deploy-model").send_keys(Keys.ENTER)
+    b.wait(lambda: b.driver.switch_to.active_element.get_attribute("id") == "deploy-search", 10, "focus in the dialog")
+    b.driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+    b.wait(lambda: not b.find_all("#deploy-form") and b.driver.switch_to.active_element.get_attribute("id")
+           == "deploy-model", 10, "the dialog closed and the focus back on Deploy Model")
+    b.find("#deploy-model").send_keys(Keys.ENTER)
+    b.find("#deploy-advanced summary").click()
+    unlabelled = b.driver.execute_script(
+        "return [...document.querySelectorAll('#deploy-form input, #deploy-form select, #deploy-form textarea')]"
+        ".filter(el => !el.labels.length && !el.getAttribute('aria-label')).map(el => el.id || el.outerHTML)")
+    assert unlabelled == []  # every control has a label a screen reader reads out
     b.click("#deploy-kind-local_path")
     b.type("#deploy-path", str(tiny_gguf))
     b.type("#deploy-name", "webbad")

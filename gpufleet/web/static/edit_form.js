@@ -76,7 +76,7 @@ export function openEditDialog(dep, instances, { onSaved }) {
       close();
       notice(`${dep.name}: ${[changed ? "configuration saved" : "", n !== dep.replicas ? `scaling to ${n}` : ""].filter(Boolean).join(", ") || "nothing changed"}`);
       if (onSaved) onSaved();
-      if (replace.checked && changed) replaceInstances(dep.name, running.map((i) => i.id), onSaved);
+      if (replace.checked) replaceInstances(dep.name, running.map((i) => i.id), onSaved);
     } catch (exc) {
       showErrors(form, exc.fields || { "": exc.message });
     } finally {
