@@ -107,7 +107,9 @@ export function openDeployDialog({ onDeployed }) {
     field("deploy", "placement.cpu_offloading", "CPU offloading (layers that do not fit run on the CPU)", cpuOffloading),
     field("deploy", "placement.distributed", "Distributed inference across workers (llama.cpp RPC)", distributed),
     kvBox,
-    field("deploy", "image", "Container image", image, "Only for nodes with the docker runtime."));
+    field("deploy", "image", "Container image", image, "Only for nodes with the docker runtime."),
+    h("p", { class: "hint", id: "deploy-restart-note" }, "Auto-restart on error is always on: the server restarts a ",
+      "failed instance after 10 s × 2^restarts, at most 5 minutes apart (the Restarts column counts them)."));
 
   // ---- buttons, results
   const checkResult = h("div", { class: "check-result", id: "deploy-check-result", "aria-live": "polite" });

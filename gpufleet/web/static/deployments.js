@@ -59,7 +59,9 @@ export function showDeployments(main) {
 
   function render() {
     const names = new Set(latest.deployments.map((d) => d.name));
-    for (const [name, entry] of bodies) if (!names.has(name)) { entry.tbody.remove(); bodies.delete(name); }
+    for (const [name, entry] of bodies) {
+      if (!names.has(name)) { entry.tbody.remove(); bodies.delete(name); expanded.delete(name); }
+    }
     for (const dep of latest.deployments) {
       const insts = latest.instances.filter((i) => i.deployment === dep.name).sort((a, b) => a.id - b.id);
       let entry = bodies.get(dep.name);
