@@ -28,7 +28,6 @@ export function stateText(inst) {
 const cssState = (s) => `state state-${String(s).split(" ")[0].toLowerCase()}`;
 
 export function showDeployments(main) {
-  const expanded = new Set();
   const bodies = new Map();  // name -> {tbody, cells, instances: Map}
   let latest = { deployments: [], instances: [] };
 
@@ -60,7 +59,7 @@ export function showDeployments(main) {
   function render() {
     const names = new Set(latest.deployments.map((d) => d.name));
     for (const [name, entry] of bodies) {
-      if (!names.has(name)) { entry.tbody.remove(); bodies.delete(name); expanded.delete(name); }
+      if (!names.has(name)) { entry.tbody.remove(); bodies.delete(name); }
     }
     for (const dep of latest.deployments) {
       const insts = latest.instances.filter((i) => i.deployment === dep.name).sort((a, b) => a.id - b.id);
@@ -103,7 +102,6 @@ export function showDeployments(main) {
         h("p", { class: "empty no-instances", hidden: true }, "No instances.")));
     toggle.addEventListener("click", () => {
       const open = toggle.getAttribute("aria-expanded") !== "true";
-      if (open) expanded.add(name); else expanded.delete(name);
       toggle.setAttribute("aria-expanded", String(open));
       toggle.setAttribute("aria-label", `${open ? "Hide" : "Show"} instances of ${name}`);
       detail.hidden = !open;
