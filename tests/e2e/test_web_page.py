@@ -281,6 +281,12 @@ def test_bad_input_is_shown_next_to_its_field(cluster: E2ECluster, browser: Brow
     field_error(b, "deploy-path", r"no-such-model\.gguf not found on the gpufleet server")
     assert b.text("#deploy-save") == "Save anyway"  # the workers might have it: saving needs a second press
     b.screenshot("unknown-model-path")
+    b.resize(*PHONE)
+    b.wait(lambda: no_horizontal_scroll(b) and b.driver.execute_script(
+        "const d = document.querySelector('dialog'); return d.scrollWidth <= d.clientWidth + 1"), 10,
+        "the dialog fitting a phone-width window")
+    b.screenshot("deploy-phone")
+    b.resize(1400, 1000)
 
     bad = tmp_path / "notes.gguf"
     bad.write_text("just some text, not a model\n")

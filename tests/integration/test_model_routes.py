@@ -65,14 +65,15 @@ def test_files_grouped_by_quantization_with_the_default_marked(api: TestClient, 
     assert [f["path"] for f in listing["other"]] == ["README.md"]
 
 
-def test_hub_errors_are_named_and_typed(api: TestClient, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_errors_are_named_and_typed(api: TestClient, fake_hub: FakeHub) -> None:
     r = api.get("/v1/hubs/huggingface/files", params={"repo": "org/missing"})
     assert r.status_code == 404 and "org/missing" in r.json()["detail"]
     assert api.get("/v1/hubs/github/models", params={"search": "x"}).status_code == 422  # unknown hub
     assert api.get("/v1/hubs/huggingface/models", params={"search": ""}).status_code == 422
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    r = api.get("/v1/hubs/huggingface/models", params={"search": "x"})
-    assert r.status_code == 502 and "hf search 'x'" in r.json()["detail"]
+    fake_hub.add_repo("org/gated-GGUF", {"m-Q4_K_M.gguf": b"GGUF"}, token="hf_secret")  # no token is configured
+    r = api.get("/v1/hubs/huggingface/files", params={"repo": "org/gated-GGUF"})
+    assert r.status_code == 403, r.text  # gated: a token is needed, and the message says so
+    assert "org/gated-GGUF" in r.json()["detail"] and "token" in r.json()["detail"]
 
 
 def test_inspect_local_and_hub(api: TestClient, fake_hub: FakeHub, tiny_gguf: Path, tmp_path: Path) -> None:
