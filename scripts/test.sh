@@ -13,6 +13,16 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${GPUFLEET_TES
   fi
 fi
 
+# Chromium and its driver for the `web` tests (Debian's packages: Selenium drives them by path,
+# nothing is downloaded at test time).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  fi
+fi
+
 # A Docker engine for the `docker` tests (installs docker.io once, starts dockerd if nothing answers).
 scripts/start-dockerd.sh
 

@@ -141,7 +141,7 @@ def up(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    console.print(f"[green]gpufleet is up[/green]\n  gpufleet API: {cluster.api_url}")
+    console.print(f"[green]gpufleet is up[/green]\n  web page:     {cluster.api_url}/\n  gpufleet API: {cluster.api_url}")
     if cluster.prefect_ui_url:
         console.print(f"  Prefect UI:   {cluster.prefect_ui_url}")
     console.print(f"  Prefect API:  {cluster.prefect_api_url}\n  node:         {name}\n"

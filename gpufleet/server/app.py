@@ -43,6 +43,7 @@ from gpufleet.server.controller import Controller
 from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
+from gpufleet.server.model_routes import add_model_routes
 from gpufleet.server.backend_routes import NodeTrigger, add_backend_routes, prefect_node_trigger
 from gpufleet.server.validation import (
     InvalidSpec,
@@ -53,6 +54,7 @@ from gpufleet.server.validation import (
 )
 from gpufleet.store import plan_apply, repository as repo
 from gpufleet.store.db import make_engine, migrate, session_factory
+from gpufleet.web import mount_web
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -375,4 +377,6 @@ def create_app(
     add_metrics(app)
     add_placement_routes(app, state)
     add_backend_routes(app, state, node_trigger)
+    add_model_routes(app)
+    mount_web(app)  # the web page under /, after every API route
     return app

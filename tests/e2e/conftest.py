@@ -19,6 +19,7 @@ import pytest
 
 from gpufleet.cli import prefect_postgres
 from gpufleet.cli.embedded import Child, _spawn, _wait_for_worker, start_cluster, stop_children
+from tests.support.fake_hub import FakeHub
 
 
 def free_port() -> int:
@@ -94,6 +95,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
         stop_children(e2e.children)
         stop_leftover_backends(home)
         prefect_postgres.discard(home)
+
+
+#: The token the hub stand-in's gated repositories want; it must never show in output or states.
+HUB_TOKEN = "hf_e2e_SECRET_token"
+
+
+@pytest.fixture(scope="session")
+def e2e_hub(cluster: E2ECluster) -> Iterator[FakeHub]:
+    """One hub stand-in for the session, its endpoint and token saved in the Prefect block
+    `hub-credentials` that the server and the nodes read. One for all the hub journeys: the
+    processes cache the block for a minute, so a second stand-in (another port) saved later
+    would be ignored by them until that minute is over."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blocks.hub_credentials import HubCredentials
+
+    hub = FakeHub().start()
+    with temporary_settings(updates={PREFECT_API_URL: cluster.prefect_api_url}):
+        HubCredentials(huggingface_endpoint=hub.url, huggingface_token=HUB_TOKEN).save("default", overwrite=True)
+        try:
+            yield hub
+        finally:
+            HubCredentials.delete("default")
+            hub.stop()
 
 
 def stop_leftover_backends(home: Path) -> None:

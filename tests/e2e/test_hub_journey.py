@@ -5,34 +5,22 @@ replicas answer chat. The token never shows in state messages."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import E2ECluster, chat, wait_until
+from tests.e2e.conftest import HUB_TOKEN, E2ECluster, chat, wait_until
 from tests.support.fake_hub import FakeHub
 
-TOKEN = "hf_e2e_SECRET_token"
+TOKEN = HUB_TOKEN
 
 
 @pytest.fixture
-def hub(cluster: E2ECluster, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from blocks.hub_credentials import HubCredentials
-
-    hub = FakeHub().start()
-    hub.add_repo("org/tiny-GGUF", {
+def hub(e2e_hub: FakeHub, tiny_gguf: Path) -> FakeHub:
+    e2e_hub.add_repo("org/tiny-GGUF", {
         "tiny-F32.gguf": tiny_gguf.read_bytes(), "tiny-Q8_0.gguf": b"GGUF not really", "README.md": b"tiny",
     }, token=TOKEN)
-    with temporary_settings(updates={PREFECT_API_URL: cluster.prefect_api_url}):
-        HubCredentials(huggingface_endpoint=hub.url, huggingface_token=TOKEN).save("default", overwrite=True)
-        try:
-            yield hub
-        finally:
-            HubCredentials.delete("default")
-            hub.stop()
+    return e2e_hub
 
 
 def test_deploy_from_hugging_face_pulls_once_per_node_and_serves(cluster: E2ECluster, hub: FakeHub) -> None:

@@ -34,6 +34,8 @@ def test_up_demo_then_down_stops_everything(tmp_path: Path) -> None:
         text = log.read_text()
         assert up.poll() is None, text
         assert f"gpufleet API: http://127.0.0.1:{port}" in text
+        assert f"web page:     http://127.0.0.1:{port}/" in text
+        assert "<title>gpufleet</title>" in httpx.get(f"http://127.0.0.1:{port}/").text
         assert f"Prefect UI:   http://127.0.0.1:{prefect_port}" in text
         # Prefect on the embedded PostgreSQL (see gpufleet/cli/prefect_postgres.py), not on SQLite
         assert "starting PostgreSQL for Prefect on 127.0.0.1:" in text, text
