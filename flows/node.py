@@ -56,7 +56,8 @@ def serve_instances(instance_ids: list[int], metadata: ModelMetadata | None = No
     A failure puts that instance in ERROR with what failed, where, and the backend's last
     log lines; the run fails (after reporting) if any instance failed."""
     node = current_node().name
-    instances = [i for i in read_instances(instance_ids) if not i.deleting]
+    # an instance placed elsewhere meanwhile (its placement here was released) is not ours
+    instances = [i for i in read_instances(instance_ids) if not i.deleting and i.worker == node]
 
     paths = pull_weights(instances)
     failed = _fail(paths)
@@ -82,7 +83,8 @@ def serve_rpc_servers(instance_ids: list[int]) -> dict[int, int]:
     per GPU and report them, so the main worker's llama-server can use them. A failure
     puts that instance in ERROR (naming this worker) and fails the run."""
     node = current_node().name
-    instances = [i for i in read_instances(instance_ids) if not i.deleting]
+    instances = [i for i in read_instances(instance_ids)
+                 if not i.deleting and i.placement is not None and node in i.placement.workers()]
     outcomes = start_rpc_servers(instances)
     failed = sorted(_fail(outcomes))
     started = {iid: len(servers) for iid, servers in outcomes.items() if not isinstance(servers, Failed)}

@@ -14,6 +14,8 @@ action                  applied by  when
 ``FORGET``              server      an instance marked for removal that runs nowhere, or
                                     (after its ``STOP`` runs) one that did
 ``FORGET_DEPLOYMENT``   server      a deployment being deleted with no instance left
+``RELEASE``             server      a placed instance never started whose worker was lost:
+                                    its claim goes and it is placed again
 ``PLACE``               server      a live instance without a placement
 ``STOP``                node        an instance marked for removal, on each of its workers
 ``SERVE_RPC``           node        RPC servers of a distributed instance, on a part worker
@@ -60,6 +62,7 @@ class ActionKind(StrEnum):
     MARK_FOR_REMOVAL = "mark-for-removal"
     FORGET = "forget"
     FORGET_DEPLOYMENT = "forget-deployment"
+    RELEASE = "release"
     PLACE = "place"
     STOP = "stop"
     SERVE_RPC = "serve-rpc"
@@ -70,7 +73,7 @@ class ActionKind(StrEnum):
 #: Actions the server applies to its database; the rest run on nodes.
 DATABASE_ACTIONS = frozenset({
     ActionKind.MARK_UNREACHABLE, ActionKind.CREATE, ActionKind.MARK_FOR_REMOVAL,
-    ActionKind.FORGET, ActionKind.FORGET_DEPLOYMENT, ActionKind.PLACE,
+    ActionKind.FORGET, ActionKind.FORGET_DEPLOYMENT, ActionKind.RELEASE, ActionKind.PLACE,
 })
 
 
@@ -187,9 +190,10 @@ def plan(
         *_unreachable(instances, by_name),
         *count,
         *_forget(deployment, after),
+        *_release(after, by_name),
         *_place(after, options),
         *_stop(after),
-        *_serve(after, now, options),
+        *_serve(after, by_name, now, options),
         *_restart(deployment, after, by_name, now),
     ]
     return Plan(deployment.name, tuple(actions))
@@ -253,6 +257,21 @@ def _forget(deployment: DesiredDeployment, instances: Sequence[ObservedInstance]
     return actions
 
 
+def _lost(inst: ObservedInstance, workers: dict[str, ObservedWorker]) -> str | None:
+    """The first of the instance's workers that is known and not ready."""
+    return next((w for w in inst.workers if w in workers and not workers[w].ready), None)
+
+
+def _release(instances: Sequence[ObservedInstance], workers: dict[str, ObservedWorker]) -> list[Action]:
+    """SCHEDULED means placed and not started: nothing runs yet, so a placement on a worker that
+    stopped its heartbeats is given up and placed again (a node that comes back and still
+    picks up the old serve run finds the instance placed elsewhere and leaves it)."""
+    return [Action(ActionKind.RELEASE, instance=i.id, worker=lost,
+                   reason=f"placed on {lost}, which stopped sending heartbeats before starting it")
+            for i in instances
+            if not i.deleting and i.state == S.SCHEDULED and (lost := _lost(i, workers)) is not None]
+
+
 def _place(instances: Sequence[ObservedInstance], options: PlanOptions) -> list[Action]:
     """Live instances without a placement (PENDING, or ANALYZING left by an older run)."""
     actions = []
@@ -271,12 +290,14 @@ def _stop(instances: Sequence[ObservedInstance]) -> list[Action]:
             for i in instances if i.deleting for w in i.workers]
 
 
-def _serve(instances: Sequence[ObservedInstance], now: datetime, options: PlanOptions) -> list[Action]:
+def _serve(instances: Sequence[ObservedInstance], workers: dict[str, ObservedWorker], now: datetime,
+           options: PlanOptions) -> list[Action]:
     """Placed and never started: at once when placed in this round, else once stale (its
-    serve run was lost). A distributed instance's RPC servers come before its main server."""
+    serve run was lost). A distributed instance's RPC servers come before its main server.
+    Not on a lost worker (that placement is released instead)."""
     actions = []
     for inst in instances:
-        if inst.deleting or inst.state != S.SCHEDULED or not inst.placed:
+        if inst.deleting or inst.state != S.SCHEDULED or not inst.placed or _lost(inst, workers):
             continue
         age = (now - inst.updated_at).total_seconds()
         if inst.id in options.fresh:
@@ -306,7 +327,7 @@ def _restart(deployment: DesiredDeployment, instances: Sequence[ObservedInstance
     for inst in instances:
         if inst.deleting or inst.state != S.ERROR or not inst.placed:
             continue
-        if any(w in workers and not workers[w].ready for w in inst.workers):
+        if _lost(inst, workers):
             continue  # restarted when its workers are back
         delay = restart_delay_seconds(inst.restart_count)
         waited = (now - inst.updated_at).total_seconds()

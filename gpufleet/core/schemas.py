@@ -326,6 +326,7 @@ class AppliedPlan(BaseModel):
     unplaced: dict[int, str] = Field(default_factory=dict, description="instance id -> reason")
     forgotten: list[int] = Field(default_factory=list)
     unreachable: list[int] = Field(default_factory=list)
+    released: list[int] = Field(default_factory=list, description="placements on lost workers given up")
     node_actions: list[NodeAction] = Field(default_factory=list)
     instances: list[InstanceView] = Field(default_factory=list)
     worker_addresses: dict[str, str] = Field(default_factory=dict)

@@ -38,7 +38,8 @@ S = InstanceState
 TRANSITIONS: dict[InstanceState, frozenset[InstanceState]] = {
     S.PENDING: frozenset({S.ANALYZING, S.SCHEDULED, S.ERROR}),
     S.ANALYZING: frozenset({S.PENDING, S.SCHEDULED, S.ERROR}),
-    S.SCHEDULED: frozenset({S.DOWNLOADING, S.STARTING, S.ERROR, S.UNREACHABLE}),
+    # back to PENDING: the placement was released (its worker was lost before starting it)
+    S.SCHEDULED: frozenset({S.PENDING, S.DOWNLOADING, S.STARTING, S.ERROR, S.UNREACHABLE}),
     S.DOWNLOADING: frozenset({S.STARTING, S.ERROR, S.UNREACHABLE}),
     S.STARTING: frozenset({S.RUNNING, S.ERROR, S.UNREACHABLE}),
     S.RUNNING: frozenset({S.DOWNLOADING, S.STARTING, S.ERROR, S.UNREACHABLE}),

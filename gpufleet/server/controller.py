@@ -5,8 +5,9 @@ every operation (:mod:`gpufleet.core.plan`), read from the database every INTERV
   become UNREACHABLE (the node re-reports them when it is back).
 - RESTART starts a `restart` flow run, once per failure, after the plan's back-off
   (10 s × 2^restarts, capped at 5 minutes).
-- PENDING instances that did not fit are planned for placement again only when the cluster
-  changed (a worker registers, returns or leaves, claims are released): a `reconcile` run
+- A placement on a worker lost before the instance started is released and placed again
+  (a `reconcile` run at once), like PENDING instances that did not fit, which are planned for
+  placement again only when the cluster changed (a worker registers, returns or leaves, claims are released): a `reconcile` run
   of their deployment within one round.
 - Any other action left in a plan whose deployment and instances have been idle for
   REDRIVE_AFTER_S means an operation's flow run stopped half-way (e.g. Prefect refused a
@@ -83,7 +84,8 @@ class Controller:
         rest = [a for a in plan.actions if a.kind not in OWN_ACTIONS]
         if not rest:
             return
-        replace_pending = any(a.kind == ActionKind.PLACE and a.reason == RETRY_UNPLACED for a in rest)
+        replace_pending = any(a.kind == ActionKind.RELEASE or a.kind == ActionKind.PLACE and a.reason == RETRY_UNPLACED
+                              for a in rest)
         if replace_pending or self.stalled(session, dep, rest, now):
             operation = "delete" if dep.deleting else "reconcile"
             log.info("deployment %s: %s (%s)", dep.name, operation, "; ".join(sorted({a.reason for a in rest})))

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select
+from sqlalchemy import null, select
 from sqlalchemy.orm import Session
 
 from gpufleet.core.plan import (
@@ -153,12 +153,20 @@ def _apply(session: Session, dep: DeploymentRow, actions: Sequence[Action], time
             case ActionKind.FORGET_DEPLOYMENT:
                 session.delete(dep)
                 result.exists = False
+            case ActionKind.RELEASE:
+                assert row is not None
+                release(row, action)
+                released = True
+                result.released.append(row.id)
             case ActionKind.PLACE:
                 assert action.instance is not None
                 to_place.append(action.instance)
     if released:
         ledger.bump_claims_version(session)
     session.flush()
+    for iid in result.released:
+        if (row := rows.get(iid)) is not None:
+            session.expire(row, ["placement"])  # reload SQL NULL as None
     if not to_place:
         return []
     placed = []
@@ -170,6 +178,14 @@ def _apply(session: Session, dep: DeploymentRow, actions: Sequence[Action], time
         else:
             result.unplaced[row.id] = row.state_message
     return placed
+
+
+def release(row: InstanceRow, action: Action) -> None:
+    """Give up a placement that never started: its claims go, the instance is PENDING again."""
+    check_transition(InstanceState(row.state), InstanceState.PENDING)
+    # SQL NULL (the claim ledger selects `placement IS NOT NULL`), not JSON null
+    row.placement, row.worker_name, row.rpc_servers = null(), None, []
+    row.state, row.state_message, row.updated_at = InstanceState.PENDING, action.reason, utcnow()
 
 
 def mark_unreachable(row: InstanceRow, action: Action) -> None:

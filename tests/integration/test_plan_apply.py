@@ -102,3 +102,22 @@ def test_state_reports_in_one_request_stand_alone(sessions, tiny_gguf: Path) -> 
     assert result.applied == [a] and result.missing == [99999] and list(result.refused) == [b]
     with sessions.begin() as s:
         assert repo.get_instance(s, a).port == 9000 and repo.get_instance(s, b).state == InstanceState.SCHEDULED
+
+
+def test_a_placement_on_a_worker_lost_before_it_started_is_placed_again(sessions, tiny_gguf: Path) -> None:  # noqa: ANN001
+    from sqlalchemy import update
+
+    from gpufleet.store.models import WorkerRow, utcnow
+
+    register(sessions, "lost", GPU)
+    create(sessions, tiny_gguf, replicas=1)
+    with sessions.begin() as s:
+        [iid] = plan_apply.apply_plan(s, "tiny", TIMEOUT).created  # placed on "lost", the only worker
+        s.execute(update(WorkerRow).values(last_heartbeat=utcnow() - 2 * TIMEOUT))
+    register(sessions, "fresh", GPU)
+    with sessions.begin() as s:
+        moved = plan_apply.apply_plan(s, "tiny", TIMEOUT)
+    assert moved.released == [iid] and moved.placed == {iid: "fresh"}
+    assert kinds(moved) == [("serve", iid, "fresh")]
+    with sessions.begin() as s:
+        assert [(c.instance, c.worker) for c in repo.cluster_snapshot(s, TIMEOUT).claims] == [(iid, "fresh")]

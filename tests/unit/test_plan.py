@@ -85,6 +85,12 @@ def steps(p: object) -> list[tuple[str, int | None, str | None, int]]:
         # … also when only a part worker of a distributed instance is lost
         (D("m", 1), [I(1, S.RUNNING, worker="b", part_workers=("a",))], A_DOWN, PlanOptions(),
          [("mark-unreachable", 1, "a", 0)]),
+        # placed on a in this round or 40 s ago but a was lost before starting it: released and placed
+        # again (not served there); the plan's next round places it elsewhere
+        (D("m", 1), [I(1, S.SCHEDULED, 0, worker="a")], A_DOWN, PlanOptions(fresh=frozenset({1})),
+         [("release", 1, "a", 0)]),
+        (D("m", 1), [I(1, S.SCHEDULED, 40, worker="b", part_workers=("a",))], A_DOWN, PlanOptions(),
+         [("release", 1, "a", 0)]),
         # an already UNREACHABLE or still PENDING instance is not marked again
         (D("m", 1), [I(1, S.UNREACHABLE, worker="a")], A_DOWN, PlanOptions(), []),
         # restart back-off: restart_count 0 waits 10 s, 2 waits 10 × 2² = 40 s
