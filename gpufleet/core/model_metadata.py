@@ -154,6 +154,7 @@ def metadata_from_gguf(header: GGUFHeader, file_size: int) -> ModelMetadata:
         output_bytes=output,
         tied_embeddings=not any(t.name == "output.weight" for t in header.tensors),
         other_bytes=other,
+        max_tensor_bytes=max((t.n_bytes for t in header.tensors if _BLOCK.match(t.name)), default=0),
         n_kv_heads_per_layer=[_as_int(v, "head_count_kv") for v in kv_per_layer][:n_layers]
         if isinstance(kv_per_layer, list) else [],
         sliding_window=window,

@@ -24,17 +24,23 @@ placement and ``llama-context.cpp`` buffers):
   ``--no-kv-offload``).
 - compute: :mod:`.llama_compute` on every device that runs layers; the host
   keeps the graph inputs when everything is offloaded. At partial offload
-  llama.cpp also runs large CPU-layer matrix products on the first GPU,
-  uploading one layer's weights at a time: the largest CPU layer is added to
-  that GPU's compute (gguf-parser-go#45 measured 1.2-2.7x the full-offload buffer).
+  llama.cpp also runs the matrix products of CPU layers on the first GPU when the
+  micro-batch has >= 32 tokens (``ggml_backend_cuda_device_offload_op``), copying
+  the weight into that GPU's compute buffer; every such weight starts a new split so
+  "the memory of the previously offloaded weights can be reused"
+  (``ggml-backend.cpp``, ``ggml_backend_sched_split_graph``): one tensor at a time,
+  the largest one is added to GPU 0's compute (H200, 16 x 2048 F16 at ``-ngl 8``:
+  68 MiB full-offload graph + a 32 MiB FFN matrix = 100 MiB vs 88-92 logged; the whole
+  largest layer, counted before, was 100 MiB high).
 - output: the logits buffer, ``n_vocab x 4 x n_seq`` (+ ``n_embd x 4 x n_ubatch``
   with ``--embedding``), in host memory (pinned when GPUs are used).
 - overhead: host ``16 MiB + 192 B x n_vocab`` (server threads, slots, tokenizer tables; measured
-  +4.7 MiB RSS at 32k tokens and +22 MiB at 128k); with GPUs another 150 MiB of
-  host RAM and 500 MiB per GPU (CUDA context, cuBLAS workspace): gguf-parser-go's
-  default ``--platform-footprint 150,500``; llama.cpp's own memory breakdown
-  shows 451-456 MiB "unaccounted" per RTX 4090 (llama.cpp PR #15860). Not
-  measured here: this machine has no GPU.
+  +4.7 MiB RSS at 32k tokens and +22 MiB at 128k). With GPUs the process also holds
+  the CUDA runtime, measured on an H200 (:mod:`.cuda_overhead`): per GPU 603-726 MiB
+  beyond the logged buffers (CUDA context, llama.cpp's CUDA backend, cuBLAS when
+  F16/BF16/F32 matrices or attention without flash attention use it), and on the host
+  about 490 MiB of process memory and mapped CUDA libraries. ``Estimate.ram_load_peak``
+  is the host's peak while loading (the mapped file read in full, plus 0.3 GiB).
 - mmproj: the projector file's weights on ``--main-gpu`` (CPU with
   ``--no-mmproj-offload`` or without GPUs); its image compute buffer is not
   modelled, and the estimate's notes say so.
@@ -53,6 +59,13 @@ from dataclasses import dataclass, field
 
 from gpufleet.core.estimation import llama_compute as compute
 from gpufleet.core.estimation import llama_kv as kv
+from gpufleet.core.estimation.cuda_overhead import (
+    HOST_CUDA_LIBRARIES,
+    HOST_CUDA_PROCESS,
+    gpu_overhead,
+    load_peak_ram,
+    uses_cublas,
+)
 from gpufleet.core.estimation.llama_params import (
     DEFAULT_CONTEXT,
     EstimateInputError,
@@ -65,8 +78,8 @@ from gpufleet.core.metadata import ModelMetadata
 MiB = 1 << 20
 HOST_BASE = 16 * MiB  # measured: RSS exceeds the buffers by 6-8 MiB for 3 MB models (server threads, slots)
 TOKENIZER_BYTES_PER_TOKEN = 192
-HOST_GPU_RUNTIME = 150 * MiB  # gguf-parser-go --platform-footprint default, RAM part
-GPU_OVERHEAD = 500 * MiB  # gguf-parser-go --platform-footprint default, VRAM part
+#: Host RAM a CUDA process holds beyond a CPU-only one (HOST_BASE is part of the measured 310 MiB).
+HOST_GPU_RUNTIME = HOST_CUDA_PROCESS + HOST_CUDA_LIBRARIES - HOST_BASE
 REPACKED_TYPES = ("Q4_0", "Q4_K", "IQ4_NL")
 RECURRENT_ARCHS = ("mamba", "mamba2", "rwkv6", "rwkv7", "jamba", "falcon-h1", "granitehybrid", "qwen3next", "lfm2")
 OP_OFFLOAD_MIN_BATCH = 32  # llama.cpp offloads CPU-weight ops to a GPU from this batch size
@@ -79,7 +92,9 @@ class _Prepared:
     n_layers: int
     weight_prefix: list[int]
     max_layer: int
+    staged: int  # largest CPU weight staged on GPU 0 at partial offload
     repack_fraction: float
+    cublas: bool  # its matrix products use cuBLAS on CUDA (see cuda_overhead)
     notes: tuple[str, ...]
     kv_prefix: dict[tuple[int, int, str, str], list[int]] = field(default_factory=dict)
     shapes: dict[int, tuple[LlamaConfig, _Shape]] = field(default_factory=dict)
@@ -114,8 +129,9 @@ def _prepare(meta: ModelMetadata) -> _Prepared:
     if 0 in meta.n_kv_heads_per_layer or meta.architecture in RECURRENT_ARCHS:
         notes.append("recurrent layers' state (llama.cpp's RS buffer) is not counted")
     repack = sum(meta.weight_bytes_by_dtype.get(t, 0) for t in REPACKED_TYPES)
-    prep = _Prepared(n, _prefix(layers), max(layers, default=0),
-                     repack / meta.tensor_bytes if meta.tensor_bytes else 0.0, tuple(notes))
+    prep = _Prepared(n, _prefix(layers), max(layers, default=0), meta.max_tensor_bytes or max(layers, default=0),
+                     repack / meta.tensor_bytes if meta.tensor_bytes else 0.0,
+                     uses_cublas(meta.weight_bytes_by_dtype, meta.tensor_bytes), tuple(notes))
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[id(meta)] = (meta, prep)
@@ -256,7 +272,7 @@ def _gpu_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _S
     kv_bytes = shape.kv_prefix[b] - shape.kv_prefix[a] if cfg.kv_offload else 0
     work = (shape.graph_with_logits if has_output else shape.graph) if hi > lo else 0
     return DeviceUsage(f"gpu:{index}", layers=hi - lo, weights=weights, kv_cache=kv_bytes,
-                       compute=work, overhead=GPU_OVERHEAD)
+                       compute=work, overhead=gpu_overhead(prep.cublas, cfg.flash))
 
 
 def estimate_llama_cpp_split(meta: ModelMetadata, options: EstimateOptions) -> Estimate:
@@ -286,9 +302,11 @@ def estimate_llama_cpp_split(meta: ModelMetadata, options: EstimateOptions) -> E
     gpus = _add_mmproj_and_staging(meta, prep, cfg, shape, gpus, start)
     host = _host_usage(meta, prep, cfg, shape, start)
     notes = prep.notes + (_ROW_NOTE,) if cfg.split_mode == "row" else prep.notes
+    # With mmap the whole file is mapped and read while the tensors are uploaded.
+    peak = load_peak_ram(host.total, meta.file_size if cfg.mmap else 0)
     return Estimate(known=True, backend=backend, notes=notes, context_size=shape.n_ctx,
                     total_layers=n + 1, gpu_layers=ngl, host=host, gpus=tuple(gpus),
-                    claims=tuple(g.total for g in gpus))
+                    claims=tuple(g.total for g in gpus), ram_peak=peak)
 
 
 _ROW_NOTE = "--split-mode row: matrices split by rows in proportion; KV and compute on --main-gpu (approximate)"
@@ -335,7 +353,8 @@ def _add_mmproj_and_staging(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConf
                                  g.output, g.overhead)
     if start > 0 and shape.n_ubatch >= OP_OFFLOAD_MIN_BATCH and any(g.layers for g in gpus):
         g = gpus[0]
-        gpus[0] = DeviceUsage(g.device, g.layers, g.weights, g.kv_cache, g.compute + prep.max_layer,
+        staged = max(prep.staged, meta.output_bytes if start > prep.n_layers else 0)  # output matrix on the CPU
+        gpus[0] = DeviceUsage(g.device, g.layers, g.weights, g.kv_cache, g.compute + staged,
                               g.output, g.overhead)
     return gpus
 
