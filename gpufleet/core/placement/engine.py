@@ -6,8 +6,12 @@
    several GPUs of one worker (smallest count) → several workers (--distributed)
    → partial CPU offload (--cpu-offloading) → CPU only. The first stage with a
    candidate anywhere wins; later stages are not tried.
-3. score the candidates of that stage (:mod:`scoring`) and take the best;
-   ties go to the lower worker name, then the lower GPU indexes.
+3. rank the candidates of that stage and take the first: spread by score
+   (:mod:`scoring`); binpack by best fit first — the least GPU memory left
+   on the candidate's GPUs after its claim, so a small replica takes the
+   tightest card anywhere and large cards stay whole — then by score (worker
+   utilisation). Offload and CPU candidates rank by score under both.
+   Remaining ties go to the lower worker name, then the lower GPU indexes.
 4. record the claim in the ledger, so the next replica sees it.
 
 An unplaceable replica gets an :class:`Unplaceable` with a reason for every
@@ -45,13 +49,20 @@ from gpufleet.core.estimation import estimate as default_estimator
 PER_WORKER_STAGES = (multi_gpu, offload, cpu_only)  # after single-GPU; distributed sits between
 
 
+def rank(c: Candidate, total: float, strategy: str) -> tuple[float, ...]:
+    """Sort key of a scored candidate, smallest first (see the module docstring, step 3)."""
+    if strategy == "binpack" and c.gpus and c.stage != "offload":
+        return (float(sum(g.free for g in c.gpus) - sum(c.claims)), -total)
+    return (-total,)
+
+
 class _SingleGpuIndex:
-    """Best single-GPU candidate of every worker, in a heap keyed by (−score, name).
+    """Best single-GPU candidate of every worker, in a heap keyed by (rank, name).
     Entries carry the worker's version; an entry older than the worker is stale."""
 
     def __init__(self, placer: Placer) -> None:
         self.placer = placer
-        self.heap: list[tuple[float, str, int, Candidate, float, dict[str, float]]] = []
+        self.heap: list[tuple[tuple[float, ...], str, int, Candidate, float, dict[str, float]]] = []
         self.seen: dict[str, int] = {}  # worker -> version of its newest entry
         for w in placer.eligible:
             self.refresh(w)
@@ -61,7 +72,8 @@ class _SingleGpuIndex:
         cand = single_gpu(w, self.placer.usable(w), self.placer.fit, self.placer.request.spec.strategy)
         if isinstance(cand, Candidate):
             total, parts = score(cand, self.placer.request)
-            heapq.heappush(self.heap, (-total, w.name, w.version, cand, total, parts))
+            key = rank(cand, total, self.placer.request.spec.strategy)
+            heapq.heappush(self.heap, (key, w.name, w.version, cand, total, parts))
 
     def best(self) -> tuple[Candidate, float, dict[str, float]] | None:
         while self.heap:
@@ -140,7 +152,8 @@ class Placer:
 
     def _pick(self, cands: list[Candidate]) -> tuple[Candidate, float, dict[str, float]]:
         scored = [(c, *score(c, self.request)) for c in cands]
-        return min(scored, key=lambda s: (-s[1], s[0].worker.name, [g.index for g in s[0].gpus]))
+        strategy = self.request.spec.strategy
+        return min(scored, key=lambda s: (rank(s[0], s[1], strategy), s[0].worker.name, [g.index for g in s[0].gpus]))
 
     def _reasons(self) -> dict[str, str]:
         """Every eligible worker's reason from every stage that applies to it."""
