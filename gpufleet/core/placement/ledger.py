@@ -32,12 +32,14 @@ class GpuState:
     __slots__ = ("worker", "index", "name", "total", "free", "claims", "exclusive", "n_exclusive", "holders",
                  "unified", "host")
 
-    def __init__(self, worker: str, index: int, name: str, total: int, reserved: int, unified: bool) -> None:
+    def __init__(self, worker: str, index: int, name: str, total: int, reserved: int, unified: bool,
+                 used_outside: int = 0) -> None:
         self.worker = worker
         self.index = index
         self.name = name
         self.total = total
-        self.free = total - reserved
+        # Memory other programs hold is as unavailable as reserved memory (GPUStack #2852 ignored it).
+        self.free = total - max(reserved, 0) - max(used_outside, 0)
         self.claims = 0  # number of instances holding memory here
         self.exclusive = False  # held by an instance that must not share (vLLM)
         self.n_exclusive = 0  # how many such instances (exclusive is n_exclusive > 0)
@@ -56,7 +58,8 @@ class WorkerState:
         self.labels = w.labels
         self.ram_total = w.memory_total
         self.ram_free = w.memory_total - w.ram_reserved
-        self.gpus = [GpuState(w.name, g.index, g.name, g.memory_total, g.reserved, g.unified_memory)
+        self.gpus = [GpuState(w.name, g.index, g.name, g.memory_total, g.reserved, g.unified_memory,
+                              g.used_outside)
                      for g in sorted(w.gpus, key=lambda g: g.index)]
         for g in self.gpus:
             g.host = self
