@@ -17,15 +17,20 @@ slots: this is the hot loop of placement.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from gpufleet.core.placement.cluster import ClaimSnapshot, ClusterSnapshot, WorkerSnapshot
 
 
-def _drop(counter: Counter[str], key: str) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
+def _add(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _drop(counts: dict[str, int], key: str) -> None:
+    """One fewer; the key goes at zero, so ``key in counts`` means "holds some"."""
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 class GpuState:
@@ -43,7 +48,7 @@ class GpuState:
         self.claims = 0  # number of instances holding memory here
         self.exclusive = False  # held by an instance that must not share (vLLM)
         self.n_exclusive = 0  # how many such instances (exclusive is n_exclusive > 0)
-        self.holders: Counter[str] = Counter()  # deployment -> its instances here
+        self.holders: dict[str, int] = {}  # deployment -> its instances here (plain dicts: cheap to build)
         self.unified = unified
         self.host: WorkerState | None = None  # set by the worker that owns it
 
@@ -66,8 +71,8 @@ class WorkerState:
         self._by_index = {g.index: g for g in self.gpus}
         self.gpu_total = sum(g.total for g in self.gpus)
         self.gpu_claimed = sum(g.total - g.free for g in self.gpus)
-        self.replicas: Counter[str] = Counter()  # deployment -> instances with a share here
-        self.sources: Counter[str] = Counter()  # model source -> instances of it here
+        self.replicas: dict[str, int] = {}  # deployment -> instances with a share here
+        self.sources: dict[str, int] = {}  # model source -> instances of it here
         self.version = 0  # bumped on every change, so stale index entries can be recognised
         self.snapshot = w
 
@@ -136,27 +141,13 @@ class Ledger:
             touched.add(worker_name)
             w.ram_free -= sign * ram
             if sign > 0:
-                w.replicas[dep] += 1
+                _add(w.replicas, dep)
                 if claim.source:
-                    w.sources[claim.source] += 1
+                    _add(w.sources, claim.source)
             else:
                 _drop(w.replicas, dep)
                 if claim.source:
                     _drop(w.sources, claim.source)
-            held = {int(i) for i in vram}
-            if worker_name == claim.worker:
-                held.update(claim.gpu_indexes)
-            for index in held:
-                g = w.gpu(index)
-                if g is None:
-                    continue
-                if sign > 0:
-                    g.holders[dep] += 1
-                else:
-                    _drop(g.holders, dep)
-                if claim.exclusive:
-                    g.n_exclusive += sign
-                    g.exclusive = g.n_exclusive > 0
             for index, amount in vram.items():
                 g = w.gpu(int(index))
                 if g is None:
@@ -166,10 +157,25 @@ class Ledger:
                 w.gpu_claimed += sign * amount
                 if g.unified:
                     w.ram_free -= sign * amount
+                self._hold(g, dep, claim.exclusive, sign)
+            if worker_name == claim.worker:  # GPUs held without a VRAM claim (an unknown estimate)
+                for index in claim.gpu_indexes:
+                    if index not in vram and (g := w.gpu(index)) is not None:
+                        self._hold(g, dep, claim.exclusive, sign)
             w.version += 1
             self.log.append(worker_name)
         self.version += 1
         return touched
+
+    @staticmethod
+    def _hold(g: GpuState, deployment: str, exclusive: bool, sign: int) -> None:
+        if sign > 0:
+            _add(g.holders, deployment)
+        else:
+            _drop(g.holders, deployment)
+        if exclusive:
+            g.n_exclusive += sign
+            g.exclusive = g.n_exclusive > 0
 
     # ------------------------------------------------------------ workers
 
