@@ -70,4 +70,3 @@ ARCH_CASES: tuple[ArchCase, ...] = (
              ("--ctx-size=4096", "--swa-full"), "--swa-full: window layers keep the whole context"),
 )
 
-_ = F16  # re-exported types used by callers composing more cases
