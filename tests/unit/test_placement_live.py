@@ -130,3 +130,22 @@ def test_a_trimmed_change_log_rebuilds_the_placers_index() -> None:
     got = live.place(first, "f1")
     assert comparable(got) == comparable(place(live.snapshot().model_copy(update={"claims": [
         c for k, c in live.claims.items() if k != "f1"]}), first, linear_estimator))
+
+
+def test_sync_workers_applies_only_what_changed() -> None:
+    """A fresh read of the same workers changes nothing (placers stay valid); a readiness flip, a
+    new GPU size and a departed worker are applied, and the result equals a rebuilt ledger."""
+    snap = ClusterSnapshot.model_validate({"workers": [
+        {"name": n, "memory_total": 64 * GiB, "gpus": [{"index": 0, "memory_total": 24 * GiB}]} for n in "abc"]})
+    live = LiveLedger(snap, linear_estimator)
+    assert isinstance(live.place(req(M7), 1), Placement)
+    topology = live.ledger.topology
+    again = ClusterSnapshot.model_validate(snap.model_dump())  # equal, not the same objects
+    assert live.sync_workers(again.workers) == 0 and live.ledger.topology == topology
+    a, b, _ = again.workers
+    new = [a.model_copy(update={"ready": False}),
+           b.model_copy(update={"gpus": [b.gpus[0].model_copy(update={"memory_total": 48 * GiB})]})]
+    assert live.sync_workers(new) == 3  # a unready, b replaced, c gone
+    assert state(live.ledger) == state(fresh(live))
+    p = live.place(req(M7), 2)
+    assert isinstance(p, Placement) and p.worker == "b"

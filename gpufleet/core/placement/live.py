@@ -120,6 +120,30 @@ class LiveLedger:
     def remove_worker(self, name: str) -> None:
         self.ledger.remove_worker(name)
 
+    def sync_workers(self, workers: list[WorkerSnapshot]) -> int:
+        """Bring the workers in line with a fresh read of them (readiness from heartbeats,
+        registrations): only what differs is applied — a readiness flip as
+        :meth:`set_ready`, any other change as :meth:`put_worker`, a missing worker removed.
+        Returns the number of workers changed (0: every kept Placer stays valid)."""
+        changed = 0
+        seen = set()
+        for w in workers:
+            seen.add(w.name)
+            have = self.ledger.workers.get(w.name)
+            if have is not None and have.snapshot is w:
+                continue
+            if have is not None and have.snapshot.model_copy(update={"ready": w.ready}) == w:
+                if have.ready != w.ready:
+                    self.set_ready(w.name, w.ready)
+                    changed += 1
+                continue
+            self.put_worker(w)
+            changed += 1
+        for name in [n for n in self.ledger.workers if n not in seen]:
+            self.remove_worker(name)
+            changed += 1
+        return changed
+
     def set_ready(self, name: str, ready: bool) -> None:
         self.ledger.set_ready(name, ready)
 
