@@ -177,6 +177,10 @@ GPU_MODELS = {
                           n_vocab=32000, weight_type=Q8_0, file_type=7),
     "f16-2.9g-gqa": LlamaShape(n_layers=20, n_embd=2560, n_heads=20, n_kv_heads=4, n_ff=6912, context=16384,
                                n_vocab=32000, weight_type=F16, file_type=1),
+    # the shape of the 2026-12-04 H200 measurements the CUDA constants come from (CUDA0 model 1981 MiB,
+    # KV 128 MiB at 4096; gpufleet/core/estimation/cuda_overhead.py), to re-check them
+    "f16-2.0g-h200": LlamaShape(n_layers=16, n_embd=2048, n_heads=16, n_kv_heads=4, n_ff=8192, context=32768,
+                                n_vocab=32000, weight_type=F16, file_type=1),
 }
 # CPU sizes (--allow-cpu without a GPU): the same structure, tens of MiB, so 2 cores cope.
 CPU_MODELS = {
@@ -184,12 +188,17 @@ CPU_MODELS = {
     "q8-1.0g": replace(GPU_MODELS["q8-1.0g"], n_layers=4, n_embd=512, n_heads=4, n_kv_heads=4, n_ff=1408),
     "f16-2.9g-gqa": replace(GPU_MODELS["f16-2.9g-gqa"], n_layers=4, n_embd=640, n_heads=5, n_kv_heads=1,
                             n_ff=1792),
+    "f16-2.0g-h200": replace(GPU_MODELS["f16-2.0g-h200"], n_layers=4, n_embd=512, n_heads=4, n_kv_heads=1,
+                             n_ff=2048),
 }
 CASES = [
     Case("f16-ctx4k-default", "f16-1.8g", (), f"no --ctx-size: gpufleet's default ({DEFAULT_CONTEXT})"),
     Case("q8-ctx16k", "q8-1.0g", ("--ctx-size=16384",)),
     Case("f16-ctx16k-fa-off", "f16-1.8g", ("--ctx-size=16384", "--flash-attn=off")),
     Case("f16-gqa-ctx16k", "f16-2.9g-gqa", ("--ctx-size=16384",)),
+    Case("h200-shape-ctx4k", "f16-2.0g-h200", ("--ctx-size=4096",), "nvidia-smi 2874 MiB on the H200, 2026-12-04"),
+    Case("h200-shape-ngl8", "f16-2.0g-h200", ("--ctx-size=4096", "--n-gpu-layers=8"),
+         "partial offload: nvidia-smi 1786 MiB on the H200, 2026-12-04"),
 ]
 
 
@@ -489,14 +498,17 @@ def device_buffers(buffers: dict[str, float], device: str) -> str:
 
 
 def table(results: list[Result], device: str) -> str:
-    head = ("| case | est VRAM MiB | nvidia-smi MiB | VRAM err % | est RAM MiB | RSS MiB | RAM err % "
-            f"| launch→healthy s | prompt tok | prompt tok/s | gen tok/s | {device} model/KV/compute MiB | status |")
-    rows = [head, "|" + "---|" * 13]
+    head = ("| case | est VRAM MiB | nvidia-smi MiB | VRAM err % | within max(3 %, 256 MiB) | est RAM MiB | RSS MiB "
+            f"| RAM err % | launch→healthy s | prompt tok | prompt tok/s | gen tok/s | {device} model/KV/compute MiB "
+            "| status |")
+    rows = [head, "|" + "---|" * 14]
     for r in results:
         bufs = device_buffers(r.buffers_mib, device) if r.buffers_mib else "-"
         status = "ok" if r.ok else f"FAILED: {(r.error or '')[:80]}"
+        goal = ("yes" if abs(r.est_vram_mib - r.smi_after_prompt_mib) <= max(0.03 * r.smi_after_prompt_mib, 256)
+                else "NO") if r.est_vram_mib is not None and r.smi_after_prompt_mib else "-"
         rows.append(f"| {r.case} | {fmt(r.est_vram_mib)} | {fmt(r.smi_after_prompt_mib)} | {fmt(r.vram_error_pct)} "
-                    f"| {fmt(r.est_ram_mib)} | {fmt(r.rss_after_prompt_mib)} | {fmt(r.ram_error_pct)} "
+                    f"| {goal} | {fmt(r.est_ram_mib)} | {fmt(r.rss_after_prompt_mib)} | {fmt(r.ram_error_pct)} "
                     f"| {fmt(r.launch_to_healthy_s)} | {fmt(r.prompt_tokens)} | {fmt(r.prompt_tps)} "
                     f"| {fmt(r.gen_tps)} | {bufs} | {status} |")
     return "\n".join(rows)

@@ -84,7 +84,7 @@ def _table(est: Estimate) -> Table:
 
 def _fit_line(fit: FitResult, card: GpuType) -> str:
     claims = ", ".join(f"{c / GiB:.2f}" for c in fit.estimate.claims)
-    where = f"{card.count} x {card.name} ({card.memory / GiB:g} GiB each)"
+    where = f"{card.count} x {card.name} ({card.memory / GiB:.4g} GiB each)"
     if fit.fits:
         return f"fits {where}: yes (claims {claims} GiB)"
     more = f"; at most --gpu-layers {fit.best_gpu_layers} fit" if fit.best_gpu_layers else ""

@@ -54,10 +54,13 @@ def engines_summary(engines: list[EngineInstall]) -> str:
 
 
 def workers_table(workers: list[WorkerView]) -> Table:
-    t = Table("NAME", "READY", "GPUS", "CPUS", "MEMORY", "ENGINES", "RUNTIME", "CAN ALSO", "ADDRESS", box=None)
+    t = Table("NAME", "READY", "GPUS", "USED OUTSIDE GPUFLEET", "CPUS", "MEMORY", "ENGINES", "RUNTIME", "CAN ALSO",
+              "ADDRESS", box=None)
     for w in workers:
         gpus = ", ".join(f"{g.index}:{g.name}{' (virtual)' if g.virtual else ''}" for g in w.gpus) or "-"
-        t.add_row(w.name, "yes" if w.ready else "no", gpus, str(w.cpu_count),
+        outside = ", ".join(f"{g.index}:{g.memory_used_outside / (1 << 30):.1f} GiB" for g in w.gpus
+                            if g.memory_used_outside) or "-"
+        t.add_row(w.name, "yes" if w.ready else "no", gpus, outside, str(w.cpu_count),
                   f"{w.memory_total / (1 << 30):.1f} GiB", engines_summary(w.engines), w.runtime,
                   ", ".join(w.capabilities) or "-", w.address)
     return t

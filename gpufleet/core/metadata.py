@@ -68,6 +68,14 @@ class ModelMetadata(BaseModel):
         default=False, description="no output projection: llama.cpp reuses the token embedding as the output"
     )
     other_bytes: int = Field(default=0, description="tensors in no block and neither of the above")
+    repack_layer_bytes: list[int] = Field(
+        default_factory=list, description="per block: bytes of the matrices llama.cpp's CPU backend repacks "
+        "(a second copy in CPU_REPACK when the block runs on the CPU); empty: not read")
+    repack_output_bytes: int = Field(
+        default=0, description="bytes of the output matrix (the token embedding when tied) the CPU repacks")
+    max_tensor_bytes: int = Field(
+        default=0, description="largest single tensor of the repeating blocks (0: not read); "
+        "llama.cpp stages one CPU weight at a time on GPU 0 at partial offload")
     n_kv_heads_per_layer: list[int] = Field(default_factory=list, description="empty when uniform")
     sliding_window: int = 0
     swa_layers: list[bool] = Field(default_factory=list, description="layers that use the sliding window")

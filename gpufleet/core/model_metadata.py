@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from gpufleet.core.gguf import GGUFHeader, GGUFStringArray, TensorInfo
+from gpufleet.core.llama_swa import sliding_window
 from gpufleet.core.metadata import Category, ModelMetadata, WeightFile
 
 #: llama.cpp's ``llama_ftype`` ids (``general.file_type``) -> the names its quantize tool uses.
@@ -26,15 +27,6 @@ FILE_TYPE_NAMES: dict[int, str] = {
     22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
     28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
     37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0",
-}
-
-#: Architectures whose llama.cpp graph uses a sliding window, and its layer pattern
-#: when the header gives none: every n-th layer is global, the others slide
-#: (``hparams.set_swa_pattern(n)``: layer il slides iff il % n < n - 1).
-#: Other architectures ignore ``sliding_window`` in llama.cpp, so gpufleet does too.
-SWA_DEFAULT_PATTERN: dict[str, int] = {
-    "gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "gpt-oss": 2, "exaone4": 4,
-    "smallthinker": 4, "afmoe": 4, "olmo2": 4, "phi3": 1, "mistral3": 1,
 }
 
 _INPUT_TENSORS = ("token_embd.", "token_types.", "position_embd.", "token_embd_norm.")
@@ -80,15 +72,42 @@ def split_tensors(tensors: tuple[TensorInfo, ...], n_layers: int) -> tuple[list[
     return layers, embedding, output, other
 
 
-def swa_layers(arch: str, n_layers: int, window: int, pattern: object) -> list[bool]:
-    """Which layers use the sliding window, as llama.cpp decides it."""
-    if window <= 0 or arch not in SWA_DEFAULT_PATTERN:
-        return []
-    if isinstance(pattern, list) and len(pattern) >= n_layers:
-        return [bool(p) for p in pattern[:n_layers]]
-    n = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0 else None
-    n = n or SWA_DEFAULT_PATTERN[arch]
-    return [n == 1 or il % n < n - 1 for il in range(n_layers)]
+#: ggml types the CPU backend repacks on x86-64 (``ggml_repack_get_optimal_repack_type``,
+#: ggml/src/ggml-cpu/repack.cpp:4974-5135, b11434): with AVX2 Q4_0, Q4_K, IQ4_NL and MXFP4;
+#: with AVX-512 also Q2_K (counted always: a reservation errs high). Q5_K, Q6_K, Q8_0 and
+#: Q1_0 are repacked only on ARM (NEON dot-product / i8mm), which this table does not model.
+REPACK_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4", "Q2_K"})
+#: Rows must come in groups of 8 (``cur->ne[1] % 8 == 0``) for those x86 kernels.
+REPACK_ROW_GROUP = 8
+
+
+def repacked(t: TensorInfo) -> bool:
+    """Whether llama.cpp's CPU backend keeps a repacked copy of this weight: a matrix of a
+    repackable type with rows in groups of 8, used by a matrix product (2-D MUL_MAT, 3-D
+    expert MUL_MAT_ID; ``extra_buffer_type::supports_op``, repack.cpp:5191-5215)."""
+    return (t.type_name in REPACK_TYPES and len(t.shape) in (2, 3)
+            and t.shape[1] % REPACK_ROW_GROUP == 0)
+
+
+def repack_bytes(tensors: tuple[TensorInfo, ...], n_layers: int, tied: bool) -> tuple[list[int], int]:
+    """(repacked bytes per block, repacked bytes of the output matrix). The token embedding is
+    read by GET_ROWS and never repacked, but a tied output is a duplicate of it used by a
+    matrix product, so that copy is."""
+    layers, output = [0] * n_layers, 0
+    for t in tensors:
+        if not repacked(t):
+            continue
+        m = _BLOCK.match(t.name)
+        if m and int(m.group(1)) < n_layers:
+            layers[int(m.group(1))] += t.n_bytes
+        elif t.name == "output.weight" or (tied and t.name == "token_embd.weight"):
+            output += t.n_bytes
+    return layers, output
+
+
+def swa_layers(arch: str, n: int, window: int | None, pattern: object) -> list[bool]:
+    """Which layers use the sliding window, as llama.cpp decides it (:mod:`gpufleet.core.llama_swa`)."""
+    return sliding_window(arch, n, window, pattern)[1]
 
 
 def _weight_bytes_by_dtype(tensors: tuple[TensorInfo, ...]) -> dict[str, int]:
@@ -127,8 +146,13 @@ def metadata_from_gguf(header: GGUFHeader, file_size: int) -> ModelMetadata:
     file_type = header.get("general.file_type")
     file_type = file_type if isinstance(file_type, int) and not isinstance(file_type, bool) else None
     layers, embedding, output, other = split_tensors(header.tensors, n_layers)
-    window = optional("attention.sliding_window", 0)
+    key_window = header.arch_value("attention.sliding_window")
+    window, swa = sliding_window(arch, n_layers, _as_int(key_window, f"{arch}.attention.sliding_window")
+                                 if key_window is not None else None,
+                                 header.arch_value("attention.sliding_window_pattern"))
     n_params = sum(t.n_elements for t in header.tensors)
+    tied = not any(t.name == "output.weight" for t in header.tensors)
+    repack_layers, repack_output = repack_bytes(header.tensors, n_layers, tied)
     return ModelMetadata(
         format="gguf",
         architecture=arch,
@@ -152,12 +176,15 @@ def metadata_from_gguf(header: GGUFHeader, file_size: int) -> ModelMetadata:
         layer_bytes=layers,
         embedding_bytes=embedding,
         output_bytes=output,
-        tied_embeddings=not any(t.name == "output.weight" for t in header.tensors),
+        tied_embeddings=tied,
+        repack_layer_bytes=repack_layers,
+        repack_output_bytes=repack_output,
         other_bytes=other,
+        max_tensor_bytes=max((t.n_bytes for t in header.tensors if _BLOCK.match(t.name)), default=0),
         n_kv_heads_per_layer=[_as_int(v, "head_count_kv") for v in kv_per_layer][:n_layers]
         if isinstance(kv_per_layer, list) else [],
         sliding_window=window,
-        swa_layers=swa_layers(arch, n_layers, window, header.arch_value("attention.sliding_window_pattern")),
+        swa_layers=swa,
         kv_lora_rank=optional("attention.kv_lora_rank", 0),
         rope_head_dim=optional("rope.dimension_count", 0) if optional("attention.kv_lora_rank", 0) else 0,
         n_experts=optional("expert_count", 0),

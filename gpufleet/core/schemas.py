@@ -157,6 +157,9 @@ class GpuInfo(Strict):
     memory_total: int = Field(ge=0, description="bytes")
     vendor: str = "nvidia"
     virtual: bool = False
+    memory_used_outside: int = Field(
+        default=0, ge=0, description="bytes held by processes gpufleet did not start (NVML, when the node "
+        "last reported; declared for virtual GPUs): placement never counts them as free")
 
 
 #: A node with llama.cpp's rpc-server and an RPC-enabled llama-server: it can take

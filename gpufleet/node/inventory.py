@@ -30,9 +30,21 @@ class _VirtualGpuEntry(BaseModel):
     name: str
     memory_gib: float = Field(gt=0)
     count: int = Field(default=1, ge=1, le=1024)
+    #: memory other programs hold on each of these GPUs (what NVML would report), for tests and planning
+    used_outside_gib: float = Field(default=0, ge=0)
 
 
-def detect_nvidia_gpus() -> list[GpuInfo]:
+def used_outside(used: int, own_processes: dict[int, int], own_pids: frozenset[int] | set[int]) -> int:
+    """Bytes of a GPU held by processes gpufleet did not start: NVML's used memory minus what
+    the node's own backends hold there (their per-process figures), never below zero.
+    ``own_processes`` maps pid -> bytes for the processes NVML lists on the GPU."""
+    ours = sum(b for pid, b in own_processes.items() if pid in own_pids)
+    return max(used - ours, 0)
+
+
+def detect_nvidia_gpus(own_pids: frozenset[int] = frozenset()) -> list[GpuInfo]:
+    """The node's NVIDIA GPUs with their total memory and, per GPU, what processes other
+    than the node's backends (``own_pids``) use: NVML's used memory minus our processes'."""
     try:
         import pynvml
     except ImportError:
@@ -48,7 +60,13 @@ def detect_nvidia_gpus() -> list[GpuInfo]:
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(handle)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(GpuInfo(index=i, name=str(name), memory_total=int(mem.total)))
+            try:
+                procs = {int(p.pid): int(p.usedGpuMemory or 0)
+                         for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}
+            except pynvml.NVMLError:
+                procs = {}
+            gpus.append(GpuInfo(index=i, name=str(name), memory_total=int(mem.total),
+                                memory_used_outside=used_outside(int(mem.used), procs, own_pids)))
         return gpus
     finally:
         pynvml.nvmlShutdown()
@@ -85,6 +103,7 @@ def parse_virtual_gpus(spec: str, first_index: int = 0) -> list[GpuInfo]:
                     name=f"{entry.name}-{entry.memory_gib:g}G",
                     memory_total=int(entry.memory_gib * GiB),
                     virtual=True,
+                    memory_used_outside=int(entry.used_outside_gib * GiB),
                 )
             )
             index += 1

@@ -1,5 +1,5 @@
 """One real cluster for the whole session: a Prefect server, the gpufleet server,
-node-a (CPU only) and node-b (one declared 1.5 GiB GPU), all as real processes."""
+node-a (CPU only) and node-b (one declared 2.5 GiB GPU), all as real processes."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
         os.environ.update(saved)
     e2e = E2ECluster(c.api_url, c.prefect_api_url, home, c.env, c.children)
     try:
-        e2e.start_node("node-b", virtual_gpus="T4-1.5G:1")
+        e2e.start_node("node-b", virtual_gpus="T4-2.5G:1")
         yield e2e
     finally:
         stop_children(e2e.children)

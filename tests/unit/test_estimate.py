@@ -7,7 +7,8 @@ import pytest
 from gpufleet.core.estimation import EstimateOptions, estimate
 from gpufleet.core.estimation import llama_compute as compute
 from gpufleet.core.estimation import llama_kv as kv
-from gpufleet.core.estimation.llama_cpp import GPU_OVERHEAD, HOST_BASE, HOST_GPU_RUNTIME, split_bounds
+from gpufleet.core.estimation.cuda_overhead import GPU_OVERHEAD_QUANTIZED as GPU_OVERHEAD
+from gpufleet.core.estimation.llama_cpp import HOST_BASE, HOST_GPU_RUNTIME, split_bounds
 from gpufleet.core.estimation.llama_params import EstimateInputError, parse_llama_params
 from gpufleet.core.metadata import ModelMetadata
 

@@ -105,10 +105,25 @@ def test_missing_file_says_so(app: typer.Typer, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("spec", "name", "gib", "count"), [
     ("A100-80G:2", "A100-80G", 80, 2),
     ("L4-24G", "L4-24G", 24, 1),  # count defaults to 1
-    ("h100:8", "H100-80G", 80, 8),  # bare names from the table, any case
     ("A100-40GB:1", "A100-40GB", 40, 1),
-    ("T4", "T4-16G", 16, 1),
+    ("T4", "T4", 16, 1),  # bare names from the table, any case; T4 is nominal (not measured)
 ])
 def test_gpu_types(spec: str, name: str, gib: int, count: int) -> None:
     t = parse_gpu_type(spec)
     assert (t.name, t.memory, t.count) == (name, gib * GiB, count)
+
+
+@pytest.mark.parametrize(("spec", "mib", "count", "source"), [
+    # CUDA's total on the measured H200: NVML 143,771 MiB - 615 MiB kept by the driver
+    # ~= 143,155 MiB = 139.8 GiB (not the 141 GB on the box)
+    ("h200", 143_155, 1, "measured"),
+    # vLLM's logged total on an H100 80GB: 79.18 GiB x 1024 = 81,080 MiB
+    ("H100:8", 81_080, 8, "vLLM's logged total"),
+    ("A100", 80 * 1024, 1, "nominal"),
+])
+def test_bare_gpu_names_use_what_cuda_reports(spec: str, mib: int, count: int, source: str) -> None:
+    from gpufleet.core.estimation.gpu_types import source_of
+
+    t = parse_gpu_type(spec)
+    assert (t.memory, t.count) == (mib << 20, count)
+    assert source_of(t.name).startswith(source)

@@ -65,13 +65,33 @@ def test_sliding_window_from_the_architecture_default() -> None:
     assert m.sliding_window == 4096 and m.swa_layers == [True, False]  # pattern 2: il % 2 < 1 slides
 
 
+@pytest.mark.parametrize(("arch", "keys", "window"), [
+    ("gemma2", {}, 4096),  # no key: gemma2's default (gemma2.cpp:5)
+    ("smallthinker", {"smallthinker.attention.sliding_window": 1024}, 4096),  # forced (smallthinker.cpp:8)
+    ("llama4", {}, 8192),  # chunked attention, 8192 (llama4.cpp:13-14)
+    ("llama4", {"llama4.attention.sliding_window": 0}, 0),  # key 0: no chunking
+    ("phi3", {"phi3.attention.sliding_window": 2047}, 0),  # read, then disabled
+])
+def test_effective_window_is_llama_cpps(arch: str, keys: dict[str, object], window: int) -> None:
+    m = metadata_from_gguf(header(arch, keys, []), 0)
+    assert m.sliding_window == window and bool(m.swa_layers) == bool(window)
+
+
 @pytest.mark.parametrize(("arch", "n", "window", "pattern", "expected"), [
     ("gemma3", 7, 512, None, [True] * 5 + [False, True]),  # pattern 6: il % 6 < 5
     ("gemma3", 3, 512, 2, [True, False, True]),  # the header's pattern wins
     ("gemma3", 3, 512, [False, True, True], [False, True, True]),  # explicit per-layer flags
     ("llama", 3, 4096, None, []),  # llama.cpp ignores a window on architectures without SWA
-    ("gemma2", 2, 0, None, []),  # no window
-    ("phi3", 2, 2047, None, [True, True]),  # pattern 1: every layer slides
+    ("gemma3", 2, None, None, []),  # gemma3 slides only when the key is present and > 0 (gemma3.cpp:4-11)
+    ("gemma2", 2, None, None, [True, False]),  # gemma2 always slides: 4096 without the key (gemma2.cpp:5)
+    ("phi3", 2, 2047, None, []),  # phi3 reads the key and disables SWA (phi3.cpp:13-23)
+    ("mistral3", 2, 4096, None, []),  # never read
+    ("exaone4", 30, 4096, None, []),  # exaone4 slides only with 64 blocks (exaone4.cpp:4)
+    ("exaone4", 5, None, None, []),
+    ("cohere2moe", 5, 512, None, [False, True, True, True, False]),  # dense first: il % 4 != 0
+    ("gemma3", 3, 512, 0, [True, True, True]),  # pattern 0: every layer slides
+    ("gemma3", 3, 512, 1, [False, False, False]),  # pattern 1: none (il % 1 < 0 never holds)
+    ("gpt-oss", 3, 128, None, [True, False, True]),
 ])
 def test_swa_layers(arch: str, n: int, window: int, pattern: object, expected: list[bool]) -> None:
     assert swa_layers(arch, n, window, pattern) == expected

@@ -164,12 +164,13 @@ def test_partial_offload_bisects_gpu_layers() -> None:
 
 
 def test_without_offload_it_says_why_for_each_stage() -> None:
-    """60 × 1 GiB: one GPU needs 60.5 > 24; two GPUs need 60 + 2 × 0.5 = 61 > 48; CPU 60.25 > 32."""
+    """60 × 1 GiB: one GPU needs 60.5 > 24; two GPUs need 60 + 2 × 0.5 = 61 > 48; the worker has GPUs,
+    so its CPU is not tried without --cpu-offloading (with it: offload first, see the offload tests)."""
     r = place(cluster("2xRTX4090-24G"), req(model(60, 1)), linear_estimator)
     assert isinstance(r, Unplaceable)
     assert r.reasons["rtx"] == ("needs 60.5 GiB VRAM on one GPU, largest free 24.0 GiB; "
                                 "does not fit on 2 GPUs either: needs 61.0 GiB VRAM over 2 GPUs, 48.0 GiB free on them; "
-                                "CPU needs 60.2 GiB RAM, 32.0 GiB free")
+                                "not on its CPU: it has GPUs (allow the CPU with --cpu-offloading)")
 
 
 def test_reasons_name_every_worker() -> None:
@@ -259,11 +260,12 @@ def test_unplaceable_message_groups_workers() -> None:
 
 def test_repeated_placement_never_overcommits() -> None:
     """10 replicas of 4.5 GiB onto one 24 GiB GPU worker... (2×24 GiB): floor(24 / 4.5) = 5 per GPU,
-    10 on GPUs; the 11th and 12th go to the CPU (32 GiB RAM − 10 × 0.25 = 29.5 ≥ 4.25)."""
+    10 on GPUs; the 11th and 12th stay PENDING: the worker has GPUs and --cpu-offloading is off."""
     results = plan(cluster("2xRTX4090-24G"), req(M7, strategy="binpack"), 12, linear_estimator)
-    stages = [placed(r).stage for r in results]
-    assert stages == ["single-gpu"] * 10 + ["cpu"] * 2
-    per_gpu = [sum(placed(r).vram_claim.get(i, 0) for r in results) for i in (0, 1)]
+    stages = [placed(r).stage for r in results[:10]]
+    assert stages == ["single-gpu"] * 10
+    assert all(isinstance(r, Unplaceable) for r in results[10:])
+    per_gpu = [sum(placed(r).vram_claim.get(i, 0) for r in results[:10]) for i in (0, 1)]
     assert per_gpu == [5 * int(4.5 * GiB)] * 2
 
 
@@ -313,13 +315,13 @@ def test_placers_sharing_a_ledger_see_each_others_claims() -> None:
 def test_distributed_part_on_unified_memory_must_fit_that_workers_ram() -> None:
     """40 × 1 GiB, --distributed over mac (144 GiB unified GPU, 16 GiB RAM) and a (24 GiB GPU, 64 GiB RAM):
     split 144:24 puts round(40 × 144/168) = 34 layers (34.5 GiB) on the mac GPU, which is RAM there:
-    34.5 > 16, so no distributed candidate; the CPU of a takes it (40 + 0.25 ≤ 64)."""
+    34.5 > 16, so no distributed candidate; both workers have GPUs, so no CPU either: PENDING."""
     snap = ClusterSnapshot.model_validate({"workers": [
         {"name": "a", "memory_total": 64 * GiB, "gpus": [{"index": 0, "memory_total": 24 * GiB}]},
         {"name": "mac", "memory_total": 16 * GiB,
          "gpus": [{"index": 0, "memory_total": 144 * GiB, "vendor": "apple", "unified_memory": True}]}]})
-    p = placed(place(snap, req(model(40, 1), distributed=True), linear_estimator))
-    assert (p.worker, p.stage) == ("a", "cpu")
+    r = place(snap, req(model(40, 1), distributed=True), linear_estimator)
+    assert isinstance(r, Unplaceable) and "not on its CPU" in r.reasons["a"]
 
 
 def test_extended_kv_cache_claims_its_ram_and_needs_gpu_workers() -> None:

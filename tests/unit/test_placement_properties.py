@@ -30,6 +30,7 @@ def clusters(draw: st.DrawFn) -> ClusterSnapshot:
         name = f"w{i}"
         gpus = [GpuSnapshot(index=j, name="G", memory_total=draw(st.sampled_from(SIZES)) * GiB,
                             reserved=draw(st.sampled_from((0, GiB // 2))),
+                            used_outside=draw(st.sampled_from((0, 0, GiB, 5 * GiB))),
                             vendor="apple" if draw(st.booleans()) and j == 0 and i == 4 else "nvidia",
                             unified_memory=i == 4 and j == 0)
                 for j in range(draw(st.integers(0, 4)))]
@@ -41,7 +42,7 @@ def clusters(draw: st.DrawFn) -> ClusterSnapshot:
         for g in gpus:
             if draw(st.booleans()):
                 # a valid starting ledger: a claim on unified memory also fits the worker's RAM
-                room = (g.memory_total - g.reserved) // 2
+                room = max(g.memory_total - g.reserved - g.used_outside, 0) // 2
                 if g.unified_memory:
                     room = min(room, (w.memory_total - w.ram_reserved) // 2)
                 claims.append(ClaimSnapshot(deployment="other", worker=name, gpu_indexes=[g.index],
@@ -118,7 +119,8 @@ def test_placement_invariants(data: st.DataObject) -> None:
             assert len(gpus) == request.spec.gpus_per_replica or r.stage == "offload"
     for w in cluster.workers:
         for g in w.gpus:
-            assert vram[(w.name, g.index)] <= g.memory_total - g.reserved, f"{w.name}:{g.index} over-committed"
+            assert vram[(w.name, g.index)] <= g.memory_total - g.reserved - g.used_outside, \
+                f"{w.name}:{g.index} over-committed (memory used outside gpufleet counts)"
         assert ram[w.name] <= w.memory_total - w.ram_reserved, f"{w.name} RAM over-committed"
 
 
@@ -145,8 +147,8 @@ def test_interleaved_deployments_on_one_ledger_never_overcommit(data: st.DataObj
                     vram[(name, i)] += amount
     for w in cluster.workers:
         for g in w.gpus:
-            assert vram[(w.name, g.index)] <= g.memory_total - g.reserved
-            assert ledger.workers[w.name].gpu(g.index).free == g.memory_total - g.reserved - vram[(w.name, g.index)]
+            assert vram[(w.name, g.index)] <= g.memory_total - g.reserved - g.used_outside
+            assert ledger.workers[w.name].gpu(g.index).free == g.memory_total - g.reserved - g.used_outside - vram[(w.name, g.index)]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

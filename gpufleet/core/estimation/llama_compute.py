@@ -13,7 +13,9 @@ inputs that live through the whole graph. Per token of the micro-batch
   residual stream); MoE: ``3 x n_ff_expert x (n_expert_used + n_shared) +
   n_expert`` (expert outputs and router logits).
 - inputs: the KQ mask, ``n_kv x n_ubatch`` cells (f16 with flash attention,
-  f32 without), positions and token ids (16 bytes per token).
+  f32 without; ``build_attn_inp_kq_mask``, ``llama-graph.cpp``), positions and
+  token ids (16 bytes per token). A sliding-window model has a second mask
+  over its window's cells (``build_attn_inp_kv_iswa``, ``llama-graph.cpp:3519``).
 - logits of the outputs the reserve graph computes: ``n_vocab x n_seq`` f32
   (current llama.cpp reserves one output per sequence, ``n_outputs_max_per_seq = 1``).
 
@@ -55,13 +57,17 @@ def mask_bytes(n_kv: int, n_ubatch: int, flash: bool) -> int:
     return n_kv * n_ubatch * (2 if flash else 4)
 
 
-def graph_bytes(meta: ModelMetadata, n_ubatch: int, n_kv: int, flash: bool, n_seq: int, logits: bool) -> int:
-    """Compute buffer of a device that runs layers (and the output layer if ``logits``)."""
+def graph_bytes(meta: ModelMetadata, n_ubatch: int, n_kv: int, flash: bool, n_seq: int, logits: bool,
+                n_kv_swa: int = 0) -> int:
+    """Compute buffer of a device that runs layers (and the output layer if ``logits``);
+    ``n_kv_swa`` > 0: the sliding-window layers' cells (their own mask)."""
     peak = max(attention_width(meta, n_kv, flash), ffn_width(meta))
     out = meta.vocab_size * n_seq * F32 if logits else 0
-    return n_ubatch * (peak * F32 + INPUT_BYTES_PER_TOKEN) + mask_bytes(n_kv, n_ubatch, flash) + out
+    masks = mask_bytes(n_kv, n_ubatch, flash) + (mask_bytes(n_kv_swa, n_ubatch, flash) if n_kv_swa else 0)
+    return n_ubatch * (peak * F32 + INPUT_BYTES_PER_TOKEN) + masks + out
 
 
-def input_bytes(meta: ModelMetadata, n_ubatch: int, n_kv: int, flash: bool) -> int:
+def input_bytes(meta: ModelMetadata, n_ubatch: int, n_kv: int, flash: bool, n_kv_swa: int = 0) -> int:
     """Host-side compute buffer when every layer is on a GPU: graph inputs only."""
-    return n_ubatch * (meta.embedding_length * F32 + INPUT_BYTES_PER_TOKEN) + mask_bytes(n_kv, n_ubatch, flash)
+    masks = mask_bytes(n_kv, n_ubatch, flash) + (mask_bytes(n_kv_swa, n_ubatch, flash) if n_kv_swa else 0)
+    return n_ubatch * (meta.embedding_length * F32 + INPUT_BYTES_PER_TOKEN) + masks

@@ -17,24 +17,32 @@ placement and ``llama-context.cpp`` buffers):
 - weights: exact bytes per block from the tensor table. The input layer (token
   embedding) always stays on the CPU; the output layer goes with layer n_layer;
   a tied output is a second copy of the embedding on the GPU that holds it.
-  On the CPU, Q4_0/Q4_K/IQ4_NL matrices are also repacked into a second
-  buffer ("CPU_REPACK", AVX2/NEON) unless ``--no-repack``; the estimate counts it
-  (a tied output on the CPU is repacked too: the embedding is not, the output copy is).
+  On the CPU, some matrices are also repacked into a second buffer ("CPU_REPACK")
+  unless ``--no-repack``: per tensor, by type, shape and role
+  (:func:`gpufleet.core.model_metadata.repacked`; a tied output on the CPU is
+  repacked too: the embedding is not, the output copy is). Models read before
+  that was recorded fall back to the share of repackable types in the file.
 - KV cache: :mod:`.llama_kv`, on the device of its layer (all on the CPU with
   ``--no-kv-offload``).
 - compute: :mod:`.llama_compute` on every device that runs layers; the host
   keeps the graph inputs when everything is offloaded. At partial offload
-  llama.cpp also runs large CPU-layer matrix products on the first GPU,
-  uploading one layer's weights at a time: the largest CPU layer is added to
-  that GPU's compute (gguf-parser-go#45 measured 1.2-2.7x the full-offload buffer).
+  llama.cpp also runs the matrix products of CPU layers on the first GPU when the
+  micro-batch has >= 32 tokens (``ggml_backend_cuda_device_offload_op``), copying
+  the weight into that GPU's compute buffer; every such weight starts a new split so
+  "the memory of the previously offloaded weights can be reused"
+  (``ggml-backend.cpp``, ``ggml_backend_sched_split_graph``): one tensor at a time,
+  the largest one is added to GPU 0's compute (H200, 16 x 2048 F16 at ``-ngl 8``:
+  68 MiB full-offload graph + a 32 MiB FFN matrix = 100 MiB vs 88-92 logged; the whole
+  largest layer, counted before, was 100 MiB high).
 - output: the logits buffer, ``n_vocab x 4 x n_seq`` (+ ``n_embd x 4 x n_ubatch``
   with ``--embedding``), in host memory (pinned when GPUs are used).
 - overhead: host ``16 MiB + 192 B x n_vocab`` (server threads, slots, tokenizer tables; measured
-  +4.7 MiB RSS at 32k tokens and +22 MiB at 128k); with GPUs another 150 MiB of
-  host RAM and 500 MiB per GPU (CUDA context, cuBLAS workspace): gguf-parser-go's
-  default ``--platform-footprint 150,500``; llama.cpp's own memory breakdown
-  shows 451-456 MiB "unaccounted" per RTX 4090 (llama.cpp PR #15860). Not
-  measured here: this machine has no GPU.
+  +4.7 MiB RSS at 32k tokens and +22 MiB at 128k). With GPUs the process also holds
+  the CUDA runtime, measured on an H200 (:mod:`.cuda_overhead`): per GPU 603-726 MiB
+  beyond the logged buffers (CUDA context, llama.cpp's CUDA backend, cuBLAS when
+  F16/BF16/F32 matrices or attention without flash attention use it), and on the host
+  about 490 MiB of process memory and mapped CUDA libraries. ``Estimate.ram_load_peak``
+  is the host's peak while loading (the mapped file read in full, plus 0.3 GiB).
 - mmproj: the projector file's weights on ``--main-gpu`` (CPU with
   ``--no-mmproj-offload`` or without GPUs); its image compute buffer is not
   modelled, and the estimate's notes say so.
@@ -53,6 +61,13 @@ from dataclasses import dataclass, field
 
 from gpufleet.core.estimation import llama_compute as compute
 from gpufleet.core.estimation import llama_kv as kv
+from gpufleet.core.estimation.cuda_overhead import (
+    HOST_CUDA_LIBRARIES,
+    HOST_CUDA_PROCESS,
+    gpu_overhead,
+    load_peak_ram,
+    uses_cublas,
+)
 from gpufleet.core.estimation.llama_params import (
     DEFAULT_CONTEXT,
     EstimateInputError,
@@ -65,9 +80,9 @@ from gpufleet.core.metadata import ModelMetadata
 MiB = 1 << 20
 HOST_BASE = 16 * MiB  # measured: RSS exceeds the buffers by 6-8 MiB for 3 MB models (server threads, slots)
 TOKENIZER_BYTES_PER_TOKEN = 192
-HOST_GPU_RUNTIME = 150 * MiB  # gguf-parser-go --platform-footprint default, RAM part
-GPU_OVERHEAD = 500 * MiB  # gguf-parser-go --platform-footprint default, VRAM part
-REPACKED_TYPES = ("Q4_0", "Q4_K", "IQ4_NL")
+#: Host RAM a CUDA process holds beyond a CPU-only one (HOST_BASE is part of the measured 310 MiB).
+HOST_GPU_RUNTIME = HOST_CUDA_PROCESS + HOST_CUDA_LIBRARIES - HOST_BASE
+REPACKED_TYPES = ("Q4_0", "Q4_K", "IQ4_NL", "MXFP4", "Q2_K")  # fallback only (see model_metadata)
 RECURRENT_ARCHS = ("mamba", "mamba2", "rwkv6", "rwkv7", "jamba", "falcon-h1", "granitehybrid", "qwen3next", "lfm2")
 OP_OFFLOAD_MIN_BATCH = 32  # llama.cpp offloads CPU-weight ops to a GPU from this batch size
 
@@ -79,7 +94,10 @@ class _Prepared:
     n_layers: int
     weight_prefix: list[int]
     max_layer: int
-    repack_fraction: float
+    staged: int  # largest CPU weight staged on GPU 0 at partial offload
+    repack_fraction: float  # fallback when the metadata has no per-tensor repack sizes
+    repack_prefix: list[int]  # prefix sums of repacked bytes per block (empty: use the fraction)
+    cublas: bool  # its matrix products use cuBLAS on CUDA (see cuda_overhead)
     notes: tuple[str, ...]
     kv_prefix: dict[tuple[int, int, str, str], list[int]] = field(default_factory=dict)
     shapes: dict[int, tuple[LlamaConfig, _Shape]] = field(default_factory=dict)
@@ -114,8 +132,11 @@ def _prepare(meta: ModelMetadata) -> _Prepared:
     if 0 in meta.n_kv_heads_per_layer or meta.architecture in RECURRENT_ARCHS:
         notes.append("recurrent layers' state (llama.cpp's RS buffer) is not counted")
     repack = sum(meta.weight_bytes_by_dtype.get(t, 0) for t in REPACKED_TYPES)
-    prep = _Prepared(n, _prefix(layers), max(layers, default=0),
-                     repack / meta.tensor_bytes if meta.tensor_bytes else 0.0, tuple(notes))
+    per_tensor = len(meta.repack_layer_bytes) == n
+    prep = _Prepared(n, _prefix(layers), max(layers, default=0), meta.max_tensor_bytes or max(layers, default=0),
+                     repack / meta.tensor_bytes if meta.tensor_bytes else 0.0,
+                     _prefix(meta.repack_layer_bytes) if per_tensor else [],
+                     uses_cublas(meta.weight_bytes_by_dtype, meta.tensor_bytes), tuple(notes))
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[id(meta)] = (meta, prep)
@@ -123,13 +144,19 @@ def _prepare(meta: ModelMetadata) -> _Prepared:
 
 
 def context_size(meta: ModelMetadata, cfg: LlamaConfig) -> int:
-    """What gpufleet launches: the user's --ctx-size (0 = training context), else
-    min(4096, training context) (see :func:`gpufleet.core.backends.llama_cpp.build_launch`)."""
+    """The total context llama.cpp allocates: the user's --ctx-size, else gpufleet's
+    min(4096, training context) (see :func:`gpufleet.core.backends.llama_cpp.build_launch`).
+
+    ``--ctx-size 0`` is resolved by llama-server's fit step (``common/fit.cpp:266-276``,
+    run before it gives up on a user-set ``-ngl``): the training context for *every*
+    stream, n_ctx_train x n_seq without ``--kv-unified`` (one stream of n_ctx_train with
+    it). llama.cpp lowers that only when device memory is short; placement reserves it."""
     train = meta.context_length
     if cfg.ctx_size is None:
         return min(DEFAULT_CONTEXT, train) if train > 0 else DEFAULT_CONTEXT
     if cfg.ctx_size == 0:
-        return train if train > 0 else DEFAULT_CONTEXT
+        full = train if train > 0 else DEFAULT_CONTEXT
+        return full if cfg.kv_unified else full * cfg.parallel
     return cfg.ctx_size
 
 
@@ -201,11 +228,13 @@ def _shape(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig) -> _Shape:
     swa = kv.swa_stream_cells(cells, meta.sliding_window, cfg.parallel, cfg.kv_unified, n_ubatch, cfg.swa_full)
     # An encoder attends within the micro-batch only (no cache): n_kv is the micro-batch itself.
     n_kv = n_ubatch if meta.architecture in kv.ENCODER_ONLY else cells
+    # A sliding-window model keeps a second KQ mask for its window layers (llama-graph.cpp:3519).
+    n_kv_swa = swa if any(meta.swa_layers) and meta.architecture not in kv.ENCODER_ONLY else 0
     shape = _Shape(
         n_ctx, n_ubatch, n_kv, _kv_prefix(meta, prep, streams * cells, streams * swa, cfg),
-        compute.graph_bytes(meta, n_ubatch, n_kv, cfg.flash, cfg.parallel, False),
-        compute.graph_bytes(meta, n_ubatch, n_kv, cfg.flash, cfg.parallel, True),
-        compute.input_bytes(meta, n_ubatch, n_kv, cfg.flash),
+        compute.graph_bytes(meta, n_ubatch, n_kv, cfg.flash, cfg.parallel, False, n_kv_swa),
+        compute.graph_bytes(meta, n_ubatch, n_kv, cfg.flash, cfg.parallel, True, n_kv_swa),
+        compute.input_bytes(meta, n_ubatch, n_kv, cfg.flash, n_kv_swa),
     )
     if len(prep.shapes) > 64:
         prep.shapes.clear()
@@ -232,7 +261,7 @@ def _host_overhead(meta: ModelMetadata, gpus: bool) -> int:
 def _cpu_only(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Shape, backend: str) -> Estimate:
     n = prep.n_layers
     weights = prep.weight_prefix[n] + meta.embedding_bytes + meta.output_bytes + meta.other_bytes
-    weights += meta.mmproj_bytes + _repack(prep, cfg, prep.weight_prefix[n] + _output_weights(meta, True))
+    weights += meta.mmproj_bytes + _repack(meta, prep, cfg, n, True)
     host = DeviceUsage(
         "cpu", layers=n + 1, weights=weights, kv_cache=shape.kv_prefix[n],
         compute=shape.graph_with_logits,
@@ -242,8 +271,14 @@ def _cpu_only(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Sh
                     total_layers=n + 1, gpu_layers=0, host=host)
 
 
-def _repack(prep: _Prepared, cfg: LlamaConfig, cpu_matrix_bytes: int) -> int:
-    return int(cpu_matrix_bytes * prep.repack_fraction) if cfg.repack else 0
+def _repack(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, cpu_blocks: int, output_on_cpu: bool) -> int:
+    """Bytes of the CPU_REPACK copy of the matrices that run on the CPU."""
+    if not cfg.repack:
+        return 0
+    if prep.repack_prefix:
+        return prep.repack_prefix[cpu_blocks] + (meta.repack_output_bytes if output_on_cpu else 0)
+    matrices = prep.weight_prefix[cpu_blocks] + (_output_weights(meta, True) if output_on_cpu else 0)
+    return int(matrices * prep.repack_fraction)
 
 
 def _gpu_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _Shape,
@@ -256,7 +291,7 @@ def _gpu_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _S
     kv_bytes = shape.kv_prefix[b] - shape.kv_prefix[a] if cfg.kv_offload else 0
     work = (shape.graph_with_logits if has_output else shape.graph) if hi > lo else 0
     return DeviceUsage(f"gpu:{index}", layers=hi - lo, weights=weights, kv_cache=kv_bytes,
-                       compute=work, overhead=GPU_OVERHEAD)
+                       compute=work, overhead=gpu_overhead(prep.cublas, cfg.flash))
 
 
 def estimate_llama_cpp_split(meta: ModelMetadata, options: EstimateOptions) -> Estimate:
@@ -286,9 +321,11 @@ def estimate_llama_cpp_split(meta: ModelMetadata, options: EstimateOptions) -> E
     gpus = _add_mmproj_and_staging(meta, prep, cfg, shape, gpus, start)
     host = _host_usage(meta, prep, cfg, shape, start)
     notes = prep.notes + (_ROW_NOTE,) if cfg.split_mode == "row" else prep.notes
+    # With mmap the whole file is mapped and read while the tensors are uploaded.
+    peak = load_peak_ram(host.total, meta.file_size if cfg.mmap else 0)
     return Estimate(known=True, backend=backend, notes=notes, context_size=shape.n_ctx,
                     total_layers=n + 1, gpu_layers=ngl, host=host, gpus=tuple(gpus),
-                    claims=tuple(g.total for g in gpus))
+                    claims=tuple(g.total for g in gpus), ram_peak=peak)
 
 
 _ROW_NOTE = "--split-mode row: matrices split by rows in proportion; KV and compute on --main-gpu (approximate)"
@@ -312,8 +349,7 @@ def _host_usage(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConfig, shape: _
     cpu_blocks = min(start, n)
     output_on_cpu = start > n
     cpu_matrices = prep.weight_prefix[cpu_blocks] + (meta.output_bytes if output_on_cpu else 0)
-    repacked = cpu_matrices + (meta.embedding_bytes if output_on_cpu and meta.tied_embeddings else 0)
-    weights = cpu_matrices + meta.embedding_bytes + meta.other_bytes + _repack(prep, cfg, repacked)
+    weights = cpu_matrices + meta.embedding_bytes + meta.other_bytes + _repack(meta, prep, cfg, cpu_blocks, output_on_cpu)
     if not cfg.mmproj_offload:
         weights += meta.mmproj_bytes
     kv_bytes = shape.kv_prefix[cpu_blocks] if cfg.kv_offload else shape.kv_prefix[n]
@@ -335,7 +371,8 @@ def _add_mmproj_and_staging(meta: ModelMetadata, prep: _Prepared, cfg: LlamaConf
                                  g.output, g.overhead)
     if start > 0 and shape.n_ubatch >= OP_OFFLOAD_MIN_BATCH and any(g.layers for g in gpus):
         g = gpus[0]
-        gpus[0] = DeviceUsage(g.device, g.layers, g.weights, g.kv_cache, g.compute + prep.max_layer,
+        staged = max(prep.staged, meta.output_bytes if start > prep.n_layers else 0)  # output matrix on the CPU
+        gpus[0] = DeviceUsage(g.device, g.layers, g.weights, g.kv_cache, g.compute + staged,
                               g.output, g.overhead)
     return gpus
 

@@ -2,12 +2,15 @@
 
 Source: ``llama-kv-cache.cpp`` / ``llama-kv-cache-iswa.cpp`` (llama.cpp, 2025-26):
 
-- cells: the context is split into one stream per sequence unless
-  ``--kv-unified``; each stream holds ``n_ctx // n_seq`` cells padded up to
-  a multiple of 256 (``n_ctx = 1000`` gives 1024 cells; ``--parallel 3`` at
-  2048 gives 3 x 768). Measured on xllamacpp 2026.10: both exactly as stated.
-- a sliding-window layer keeps ``min(cells, pad256(n_swa x (n_seq if unified
-  else 1) + n_ubatch))`` cells per stream, unless ``--swa-full``.
+- cells: ``n_ctx`` is first padded to a multiple of 256; the context is then
+  split into one stream per sequence unless ``--kv-unified``, each stream
+  holding ``pad256(n_ctx) // n_seq`` cells padded up to a multiple of 256
+  (``llama-context.cpp:292-298``: ``n_ctx = 1000`` gives 1024 cells;
+  ``--parallel 3`` at 2048 gives 3 x 768; 4097 at ``--parallel 2`` gives
+  pad(4352 / 2) = 2304 per stream, not pad(2048)).
+- a sliding-window layer keeps ``pad256(min(cells, n_swa x (n_seq if unified
+  else 1) + n_ubatch))`` cells per stream, unless ``--swa-full``
+  (``llama-kv-cache-iswa.cpp:73``: the padding comes after the minimum).
 - bytes per layer = cells x (row(K type, n_kv_heads x head_dim_k) + row(V type,
   n_kv_heads x head_dim_v)), a row of n elements of a ggml type taking
   n / block_size x block_bytes (f16: 2 bytes/element; q8_0: 34 bytes per 32).
@@ -37,15 +40,17 @@ def row_bytes(type_name: str, n: int) -> int:
 
 def stream_cells(n_ctx: int, n_seq: int, unified: bool) -> tuple[int, int]:
     """(streams, cells per stream) for full-attention layers."""
+    total = pad(max(n_ctx, 1))
     if unified:
-        return 1, pad(max(n_ctx, 1))
-    return n_seq, pad(max(n_ctx // n_seq, 1))
+        return 1, total
+    return n_seq, pad(max(total // n_seq, 1))
 
 
 def swa_stream_cells(cells: int, n_swa: int, n_seq: int, unified: bool, n_ubatch: int, full: bool) -> int:
-    if full or n_swa <= 0:
+    """Cells per stream of the sliding-window layers (the whole stream with ``--swa-full``)."""
+    if full:
         return cells
-    return min(cells, pad(n_swa * (n_seq if unified else 1) + n_ubatch))
+    return pad(min(cells, n_swa * (n_seq if unified else 1) + n_ubatch))
 
 
 #: Encoder-only architectures: llama.cpp creates no KV cache for them (each

@@ -50,7 +50,8 @@ class ResourceEstimate(BaseModel):
     reason: str | None = None
     backend: str | None = None
     gpu_vram: int = 0  # VRAM on one GPU when fully offloaded (vLLM: the need, not the claim)
-    gpu_ram: int = 0  # host RAM needed alongside a GPU placement
+    gpu_ram: int = 0  # host RAM needed alongside a GPU placement (steady; what placement claims)
+    gpu_ram_load_peak: int = 0  # host RSS at the peak of loading onto a GPU (mapped file + 0.3 GiB)
     cpu_ram: int = 0  # host RAM when running on CPU only (0 when the backend needs a GPU)
     weights: int = 0
     kv_cache: int = 0
@@ -110,6 +111,7 @@ def summarize(
         backend=backend,
         gpu_vram=max((g.total for g in on_gpu.gpus), default=0),
         gpu_ram=on_gpu.ram,
+        gpu_ram_load_peak=on_gpu.ram_load_peak,
         cpu_ram=on_cpu.ram if on_cpu is not None else 0,
         weights=_sum(whole, "weights"),
         kv_cache=_sum(whole, "kv_cache"),

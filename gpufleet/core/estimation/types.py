@@ -78,10 +78,21 @@ class Estimate:
     host: DeviceUsage = field(default_factory=lambda: DeviceUsage("cpu"))
     gpus: tuple[DeviceUsage, ...] = ()
     claims: tuple[int, ...] = ()
+    #: Host RAM at the peak of loading, when it exceeds the steady figure (llama.cpp on GPUs:
+    #: the mapped file is read in full during upload); 0 means "the steady figure".
+    ram_peak: int = 0
 
     @property
     def ram(self) -> int:
+        """Steady host RAM: what placement claims (see :attr:`ram_load_peak`)."""
         return self.host.total
+
+    @property
+    def ram_load_peak(self) -> int:
+        """Peak RSS while loading. Its excess over :attr:`ram` is clean file-backed
+        page cache, which the kernel reclaims under pressure instead of swapping, so
+        placement claims the steady figure and reports this one."""
+        return max(self.ram_peak, self.host.total)
 
     @property
     def vram(self) -> tuple[int, ...]:

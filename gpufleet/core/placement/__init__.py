@@ -11,11 +11,12 @@ from __future__ import annotations
 from gpufleet.core.placement.cluster import ClaimSnapshot, ClusterSnapshot, GpuSnapshot, WorkerSnapshot
 from gpufleet.core.placement.engine import Placer, claim_of, place, plan
 from gpufleet.core.placement.ledger import Ledger
+from gpufleet.core.placement.live import LiveLedger
 from gpufleet.core.placement.plan_result import PlanResult, ReplicaOutcome, plan_deployment
 from gpufleet.core.placement.reasons import Unplaceable
 from gpufleet.core.placement.request import PlacementRequest
 
 __all__ = [
-    "ClaimSnapshot", "ClusterSnapshot", "GpuSnapshot", "Ledger", "PlacementRequest", "Placer", "PlanResult",
+    "ClaimSnapshot", "ClusterSnapshot", "GpuSnapshot", "Ledger", "LiveLedger", "PlacementRequest", "Placer", "PlanResult",
     "ReplicaOutcome", "Unplaceable", "WorkerSnapshot", "claim_of", "place", "plan", "plan_deployment",
 ]

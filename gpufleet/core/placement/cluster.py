@@ -3,7 +3,7 @@ instances. This is also the file format of `gpufleet cluster snapshot` and
 `gpufleet plan --cluster`, so it is a pydantic model (validated at the boundary)
 and carries no derived numbers: free memory is computed from it by the ledger.
 
-free VRAM of a GPU  = memory_total − reserved − Σ vram claims on it
+free VRAM of a GPU  = memory_total − reserved − used_outside − Σ vram claims on it
 free RAM of a worker = memory_total − ram_reserved − Σ ram claims
                        (− Σ vram claims on its GPUs when they share RAM: Apple unified memory)
 """
@@ -24,6 +24,8 @@ class GpuSnapshot(_Model):
     name: str = ""
     memory_total: int = Field(ge=0, description="bytes")
     reserved: int = Field(default=0, ge=0, description="bytes kept free for the system and other programs")
+    used_outside: int = Field(default=0, ge=0, description="bytes used by processes gpufleet did not start, "
+                              "as the node last saw them (NVML); never claimable")
     vendor: str = "nvidia"
     unified_memory: bool = Field(default=False, description="shares the worker's RAM (Apple silicon)")
 

@@ -6,8 +6,12 @@
    several GPUs of one worker (smallest count) → several workers (--distributed)
    → partial CPU offload (--cpu-offloading) → CPU only. The first stage with a
    candidate anywhere wins; later stages are not tried.
-3. score the candidates of that stage (:mod:`scoring`) and take the best;
-   ties go to the lower worker name, then the lower GPU indexes.
+3. rank the candidates of that stage and take the first: spread by score
+   (:mod:`scoring`); binpack by best fit first — the least GPU memory left
+   on the candidate's GPUs after its claim, so a small replica takes the
+   tightest card anywhere and large cards stay whole — then by score (worker
+   utilisation). Offload and CPU candidates rank by score under both.
+   Remaining ties go to the lower worker name, then the lower GPU indexes.
 4. record the claim in the ledger, so the next replica sees it.
 
 An unplaceable replica gets an :class:`Unplaceable` with a reason for every
@@ -15,8 +19,12 @@ worker. An unknown estimate (the server could not read the model) still
 places, on the best eligible worker, claiming nothing, and says so.
 
 Speed: the single-GPU stage keeps a heap of each worker's best candidate, keyed
-by score; placing a replica changes one worker, whose entry is recomputed
+by rank; placing a replica changes one worker, whose entry is recomputed
 (O(GPUs of that worker) + O(log workers)) instead of rescanning the cluster.
+A Placer can be kept and called again after the ledger changed under it (claims
+taken or released by other placers or by :class:`~gpufleet.core.placement.live.LiveLedger`):
+it reads the ledger's change log and refreshes only the workers touched since
+its last call. A change of membership (:attr:`Ledger.topology`) needs a new Placer.
 """
 
 from __future__ import annotations
@@ -45,13 +53,22 @@ from gpufleet.core.estimation import estimate as default_estimator
 PER_WORKER_STAGES = (multi_gpu, offload, cpu_only)  # after single-GPU; distributed sits between
 
 
+def rank(c: Candidate, total: float, strategy: str) -> tuple[float, ...]:
+    """Sort key of a scored candidate, smallest first (see the module docstring, step 3)."""
+    if strategy != "binpack" or not c.gpus or c.stage == "offload":
+        return (-total,)
+    if len(c.gpus) == 1:
+        return (c.gpus[0].free - c.claims[0], -total)
+    return (sum(g.free for g in c.gpus) - sum(c.claims), -total)
+
+
 class _SingleGpuIndex:
-    """Best single-GPU candidate of every worker, in a heap keyed by (−score, name).
+    """Best single-GPU candidate of every worker, in a heap keyed by (rank, name).
     Entries carry the worker's version; an entry older than the worker is stale."""
 
     def __init__(self, placer: Placer) -> None:
         self.placer = placer
-        self.heap: list[tuple[float, str, int, Candidate, float, dict[str, float]]] = []
+        self.heap: list[tuple[tuple[float, ...], str, int, Candidate, float, dict[str, float]]] = []
         self.seen: dict[str, int] = {}  # worker -> version of its newest entry
         for w in placer.eligible:
             self.refresh(w)
@@ -61,7 +78,8 @@ class _SingleGpuIndex:
         cand = single_gpu(w, self.placer.usable(w), self.placer.fit, self.placer.request.spec.strategy)
         if isinstance(cand, Candidate):
             total, parts = score(cand, self.placer.request)
-            heapq.heappush(self.heap, (-total, w.name, w.version, cand, total, parts))
+            key = rank(cand, total, self.placer.request.spec.strategy)
+            heapq.heappush(self.heap, (key, w.name, w.version, cand, total, parts))
 
     def best(self) -> tuple[Candidate, float, dict[str, float]] | None:
         while self.heap:
@@ -93,7 +111,13 @@ class Placer:
             else:
                 self.rejected[w.name] = reason
         self._index: _SingleGpuIndex | None = None
+        self._seen = self.ledger.log_end  # ledger changes before this are in the index
+        self.topology = self.ledger.topology  # the membership the filters saw
+        self._eligible_names = {w.name for w in self.eligible}
         self._failed: tuple[int, Unplaceable] | None = None
+        self._instance: int | None = None
+        #: The ledger entry of the last placement (what ``Ledger.release`` takes to undo it).
+        self.last_claim: ClaimSnapshot | None = None
         self._probe: tuple[Estimate | None] | None = None
 
     def usable(self, w: WorkerState):  # noqa: ANN201 - list[GpuState]
@@ -101,7 +125,9 @@ class Placer:
 
     # ------------------------------------------------------------ public
 
-    def place(self) -> Placement | Unplaceable:
+    def place(self, instance: int | None = None) -> Placement | Unplaceable:
+        """Place one replica and apply its claim (recorded for ``instance``, if given)."""
+        self._instance = instance
         if not self.eligible:
             return Unplaceable(dict(self.rejected))
         unknown = self._unknown_estimate()
@@ -109,8 +135,11 @@ class Placer:
             return self._place_unknown(unknown)
         if self._failed is not None and self._failed[0] == self.ledger.version:
             return self._failed[1]  # nothing changed since the last replica failed
+        if self._index is not None:
+            self._catch_up()
         if self._index is None:
             self._index = _SingleGpuIndex(self)
+            self._seen = self.ledger.log_end
         best = self._index.best()
         if best is None:
             best = self._later_stages()
@@ -119,6 +148,19 @@ class Placer:
             self._failed = (self.ledger.version, failure)
             return failure
         return self._commit(*best)
+
+    def _catch_up(self) -> None:
+        """Refresh the index entries of workers the ledger changed since the last call."""
+        assert self._index is not None
+        if self.ledger.log_end == self._seen:
+            return
+        changed = self.ledger.changed_since(self._seen)
+        if changed is None:  # the log was trimmed past us: rebuild
+            self._index = None
+            return
+        for name in changed & self._eligible_names:
+            self._index.refresh(self.ledger.workers[name])
+        self._seen = self.ledger.log_end
 
     def plan(self, replicas: int) -> list[Placement | Unplaceable]:
         return [self.place() for _ in range(replicas)]
@@ -140,7 +182,8 @@ class Placer:
 
     def _pick(self, cands: list[Candidate]) -> tuple[Candidate, float, dict[str, float]]:
         scored = [(c, *score(c, self.request)) for c in cands]
-        return min(scored, key=lambda s: (-s[1], s[0].worker.name, [g.index for g in s[0].gpus]))
+        strategy = self.request.spec.strategy
+        return min(scored, key=lambda s: (rank(s[0], s[1], strategy), s[0].worker.name, [g.index for g in s[0].gpus]))
 
     def _reasons(self) -> dict[str, str]:
         """Every eligible worker's reason from every stage that applies to it."""
@@ -223,11 +266,13 @@ class Placer:
             estimate_known=known,
             note=note,
         )
-        self.ledger.apply(claim_of(placement, self.request))
+        self.last_claim = claim_of(placement, self.request, self._instance)
+        self.ledger.apply(self.last_claim)
         self._failed = None
         if self._index is not None:
             for name in {c.worker.name, *others}:
                 self._index.refresh(self.ledger.workers[name])
+            self._seen = self.ledger.log_end  # caught up before placing; these are our own changes
         return placement
 
 

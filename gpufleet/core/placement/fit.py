@@ -223,10 +223,14 @@ def offload(w: WorkerState, gpus: list[GpuState], fc: FitContext, strategy: str)
 
 
 def cpu_only(w: WorkerState, gpus: list[GpuState], fc: FitContext, strategy: str) -> Candidate | str | None:
-    """llama.cpp on the CPU alone: always allowed, except when GPUs were selected by
-    hand (the user pinned the instance to them) without --cpu-offloading."""
+    """llama.cpp on the CPU alone. A worker without GPUs always may; a worker with GPUs
+    only with --cpu-offloading: a model meant for GPUs that fits none of them stays
+    PENDING with the reason instead of landing silently on a big-RAM host's CPU. GPUs
+    selected by hand (--gpu) pin the instance to them unless --cpu-offloading."""
     if fc.backend not in CPU_CAPABLE or (fc.filters.manual and not fc.spec.cpu_offloading):
         return None
+    if w.gpus and not fc.spec.cpu_offloading:
+        return "not on its CPU: it has GPUs (allow the CPU with --cpu-offloading)"
     est = fc.cache.cpu()
     if est.ram <= w.ram_free:
         return Candidate(w, (), (), est.ram, "cpu", est)
