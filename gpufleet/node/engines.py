@@ -9,13 +9,17 @@ never run on something else.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from gpufleet.core.backends.launch import LaunchDescription
 from gpufleet.core.backends.registry import ENGINES, LLAMA_ENGINES, engine
 from gpufleet.core.schemas import EngineInstall
 from gpufleet.node.context import NodeContext
+from gpufleet.node.runtimes import images
 from gpufleet.runtimes import environments, llama_rpc, llama_server
+
+log = logging.getLogger(__name__)
 
 
 class EngineUnavailable(RuntimeError):
@@ -67,7 +71,24 @@ def node_engines(node: NodeContext) -> list[EngineInstall]:
     for install in environments.installed(engines_root(node)):
         pinned = install.version == ENGINES[install.engine].default_version if install.engine in ENGINES else False
         report.append(install.model_copy(update={"default": pinned}))
+    if node.runtime == "docker":
+        report += _docker_images(node)
     return report
+
+
+def _docker_images(node: NodeContext) -> list[EngineInstall]:
+    """Engine images present on a docker node (best effort: Docker down means none listed)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        try:
+            return images.engine_images(client, dict(node.images))
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - listing images must never stop a node registering
+        log.warning("cannot list engine images: %s", exc)
+        return []
 
 
 def _listing(node: NodeContext, engine_name: str) -> str:

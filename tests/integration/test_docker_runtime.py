@@ -284,3 +284,24 @@ def test_pull_failure_is_an_error_naming_image_and_registry_answer(
             key="52", command=["true"], desc=LaunchDescription(engine="test", version="0",
                                                                program=Program("executable", "true"), args=[]),
             env={}, port=0, log_path=node.logs_dir / "52.log", node=node, image="127.0.0.1:9/gpufleet/x:1"))
+
+
+def test_the_node_lists_the_engine_images_it_holds(client: Any, base_image: str) -> None:
+    """`backends ls` shows images: the table's image of the pinned version, or a node override."""
+    from gpufleet.node.runtimes.images import engine_images
+
+    table_ref = "ghcr.io/ggml-org/llama.cpp:server-b11434"  # the table's CPU image of llama.cpp b11434
+    override = "registry.invalid/mirror/vllm:gpufleet-test"
+    for ref in (table_ref, override):
+        repo, tag = ref.rsplit(":", 1)
+        client.images.get(base_image).tag(repo, tag)
+    try:
+        found = {(e.engine, e.location): e for e in engine_images(client, {"vllm": override})}
+        llama = found[("llama.cpp", f"image {table_ref}")]
+        assert (llama.version, llama.devices) == ("b11434", ["cpu"])
+        vllm = found[("vllm", f"image {override}")]  # the override stands for every device kind
+        assert (vllm.version, vllm.devices) == ("0.32.0", ["cpu", "cuda", "rocm"])
+        assert not any(e == "vox-box" for e, _ in found)  # none of its images is here
+    finally:
+        for ref in (table_ref, override):
+            client.images.remove(ref)

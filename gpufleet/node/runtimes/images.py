@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gpufleet.core.backends.launch import LaunchDescription
-from gpufleet.core.backends.registry import LLAMA_ENGINES
+from gpufleet.core.backends.registry import ENGINES, LLAMA_ENGINES
+from gpufleet.core.schemas import EngineInstall
 
 ImageMode = Literal["image", "host-runtime"]
 ProgressFn = Callable[[int], None]
@@ -202,3 +203,22 @@ class PullProgress:
 
 def describe_progress(percent: int) -> str:
     return f"PULLING IMAGE {percent} %"
+
+
+def engine_images(client: Any, node_images: dict[str, str]) -> list[EngineInstall]:
+    """The engine images this node's Docker engine holds: for each engine, the node's override
+    (``gpufleet node --image ENGINE=REF``, taken as the pinned version, for every device kind)
+    or the table's images of the pinned version, where present. ``gpufleet backends ls`` lists
+    them with the location ``image REF``. An image that is not here is pulled at launch, so
+    this is what starts without a pull, not all that can run."""
+    found = []
+    for spec in ENGINES.values():
+        key = "llama.cpp" if spec.name in LLAMA_ENGINES else spec.name
+        by_ref: dict[str, list[str]] = {}
+        for (engine_key, device), template in TABLE.items():
+            if engine_key == key and device in ("cuda", "rocm", "cpu"):
+                ref = node_images.get(spec.name) or template.format(version=spec.default_version)
+                by_ref.setdefault(ref, []).append(device)
+        found += [EngineInstall(engine=spec.name, version=spec.default_version, devices=sorted(devices),
+                                location=f"image {ref}") for ref, devices in by_ref.items() if has_image(client, ref)]
+    return found
