@@ -154,6 +154,10 @@ def start_cluster(
                      "--stop-backends-on-exit"]
         if virtual_gpus:
             node_args += ["--virtual-gpus", virtual_gpus]
+        if not os.environ.get("GPUFLEET_RUNTIME"):
+            # the embedded cluster runs what this machine has (its llama.cpp build, its engine
+            # environments) rather than engine images a registry may not be there to serve
+            node_args += ["--runtime", "process"]
         log(f"starting node {node_name}")
         node = _spawn(f"node-{node_name}", node_args, env, logs)
         children.append(node)
