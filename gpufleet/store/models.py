@@ -94,3 +94,8 @@ class PlacementLedgerRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     claims_version: Mapped[int] = mapped_column(BigInteger, default=0)
     locked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: rewritten with every change of the claims: an in-memory ledger is current only while
+    #: the database holds the token it wrote (migration 0005)
+    claims_token: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    #: bumped by every worker registration (heartbeats only change readiness)
+    workers_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -280,6 +280,7 @@ def register_worker(session: Session, reg: WorkerRegistration) -> WorkerRow:
         for key, value in data.items():
             setattr(row, key, value)
     row.last_heartbeat = utcnow()
+    ledger.bump_workers_version(session)
     return row
 
 
@@ -320,6 +321,7 @@ def set_worker_engines(session: Session, name: str, engines: list[EngineInstall]
     waiting for its next registration; the heartbeat is left as it is."""
     row = get_worker(session, name)
     row.engines = [e.model_dump(mode="json") for e in engines]
+    ledger.bump_workers_version(session)
     return row
 
 

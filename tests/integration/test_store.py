@@ -319,3 +319,34 @@ def test_migration_0004_gives_existing_workers_defaults(database_url: str) -> No
         assert "engines" not in columns and "runtime" not in columns
     finally:
         engine.dispose()
+
+
+def test_in_memory_ledgers_never_miss_each_others_claims(database_url: str, tiny_gguf: Path) -> None:
+    """Two engines on one database keep their own in-memory ledger, as two server processes do;
+    each must see what the other claimed and what a deletion released: one 1 GiB GPU holds
+    floor(1 GiB / c) replicas whoever places them, and a freed slot is reused."""
+    engines = [make_engine(database_url) for _ in range(2)]
+    migrate(engines[0])
+    a, b = (session_factory(e) for e in engines)
+    try:
+        register(a, "g", [GpuInfo(index=0, name="T4-1G", memory_total=GiB, virtual=True)])
+        claim = tiny_claim(tiny_gguf)
+        fit = GiB // claim
+        create(a, tiny_gguf, replicas=fit + 2)
+        with a.begin() as s:
+            ids = plan_apply.create_missing(s, "tiny")
+        placed = []
+        for i, iid in enumerate(ids[:-1]):  # alternate the "processes"
+            with (a if i % 2 == 0 else b).begin() as s:
+                placed.append(repo.place_instance(s, iid, TIMEOUT).worker_name)
+        assert placed == ["g"] * fit + [None]  # the last one fits nowhere, whichever copy placed it
+        with b.begin() as s:
+            repo.delete_instance_row(s, ids[0])  # releases one slot
+        with a.begin() as s:  # a's copy is stale now; it must see the slot
+            assert repo.place_instance(s, ids[-1], TIMEOUT).worker_name == "g"
+        with a.begin() as s:
+            used = sum(c.vram_claim[0] for c in repo.cluster_snapshot(s, TIMEOUT).claims)
+        assert used == fit * claim <= GiB
+    finally:
+        for e in engines:
+            e.dispose()
