@@ -228,9 +228,10 @@ class GpufleetClient:
         data = self._request("POST", "/v1/workers", json=reg.model_dump(mode="json"))
         return WorkerView.model_validate(data)
 
-    def heartbeat(self, name: str) -> bool:
+    def heartbeat(self, name: str, gpus_used_outside: dict[int, int] | None = None) -> bool:
         """Returns True when the server asks the node to re-report its backends."""
-        return bool(self._request("POST", f"/v1/workers/{name}/heartbeat").get("resync"))
+        body = {"gpus_used_outside": {str(k): v for k, v in gpus_used_outside.items()}} if gpus_used_outside else None
+        return bool(self._request("POST", f"/v1/workers/{name}/heartbeat", json=body).get("resync"))
 
     def list_workers(self) -> list[WorkerView]:
         return [WorkerView.model_validate(w) for w in self._request("GET", "/v1/workers")]

@@ -274,7 +274,7 @@ def node(
     config = NodeConfig(
         name=node_name, server_url=url, context=ctx, gpus=gpus, labels=labels,
         api_port=api_port, stop_backends_on_exit=stop_backends_on_exit,
-        ram_reserved=ram_reserved, vram_reserved=vram_reserved,
+        ram_reserved=ram_reserved, vram_reserved=vram_reserved, virtual_gpus_spec=virtual_gpus,
     )
     asyncio.run(NodeAgent(config).run())
 

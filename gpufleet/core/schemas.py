@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -286,6 +286,13 @@ class InstanceStateUpdate(Strict):
     port: int | None = None
     pid: int | None = None
     restart_count: int | None = None
+
+
+class Heartbeat(Strict):
+    """A node's heartbeat: it is alive, and (optionally) what other programs hold per GPU."""
+
+    gpus_used_outside: dict[int, Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="GPU index -> bytes held by processes gpufleet did not start")
 
 
 class ReconcileRequest(Strict):

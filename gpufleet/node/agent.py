@@ -21,6 +21,7 @@ from gpufleet.core.schemas import RPC_CAPABILITY, GpuInfo, InstanceStateUpdate, 
 from gpufleet.core.states import ACTIVE_ON_NODE, InstanceState
 from gpufleet.node import backends, engines, processes, runtimes
 from gpufleet.node.context import NodeContext
+from gpufleet.node import inventory
 from gpufleet.node.inventory import total_memory
 from gpufleet.node.log_server import create_log_app
 from gpufleet.node.registry import BackendRecord
@@ -43,6 +44,7 @@ class NodeConfig:
     stop_backends_on_exit: bool = False
     ram_reserved: int = 0  # bytes of RAM placement leaves free (the OS, other services)
     vram_reserved: int = 0  # bytes left free on each GPU
+    virtual_gpus_spec: str | None = None  # --virtual-gpus, re-read for each heartbeat's usage
 
 
 def node_capabilities() -> list[str]:
@@ -180,7 +182,8 @@ class NodeAgent:
     async def heartbeat_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                if await asyncio.to_thread(self.client.heartbeat, self.config.name):
+                usage = await asyncio.to_thread(self.gpus_used_outside)
+                if await asyncio.to_thread(self.client.heartbeat, self.config.name, usage):
                     log.info("server had lost this node; re-reporting backends")
                     await asyncio.to_thread(self.adopt_backends)
             except ApiError as exc:
@@ -189,6 +192,17 @@ class NodeAgent:
             except ServerUnavailable as exc:
                 log.warning("heartbeat failed: %s", exc)
             await self._sleep(HEARTBEAT_INTERVAL_S)
+
+    def gpus_used_outside(self) -> dict[int, int] | None:
+        """What other programs hold on each GPU now (None: not measurable this time)."""
+        if not self.config.gpus:
+            return None
+        own = frozenset(r.pid for r in self.registry.all())
+        try:
+            return inventory.gpus_used_outside(self.config.virtual_gpus_spec, own)
+        except inventory.VirtualGpuError as exc:
+            log.warning("cannot re-read the declared GPUs: %s", exc)
+            return None
 
     async def supervise_loop(self) -> None:
         while not self._stop.is_set():

@@ -127,6 +127,16 @@ def total_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def gpus_used_outside(virtual_spec: str | None, own_pids: frozenset[int] = frozenset()) -> dict[int, int]:
+    """Per GPU index, the bytes other programs hold now (sent with every heartbeat, so
+    placement follows what the GPU really has free): NVML for real GPUs, and for declared
+    ones what their JSON file says now (a file can change; an inline spec never does)."""
+    gpus = detect_nvidia_gpus(own_pids)
+    if virtual_spec:
+        gpus += parse_virtual_gpus(virtual_spec, first_index=len(gpus))
+    return {g.index: g.memory_used_outside for g in gpus}
+
+
 def node_gpus(virtual_spec: str | None) -> list[GpuInfo]:
     gpus = detect_nvidia_gpus()
     if virtual_spec:

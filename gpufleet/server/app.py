@@ -31,6 +31,7 @@ from gpufleet.core.schemas import (
     InstanceView,
     OperationAccepted,
     AppliedPlan,
+    Heartbeat,
     ReconcileRequest,
     StateReports,
     StateReportsResult,
@@ -312,11 +313,12 @@ def create_app(
             return next(w for w in repo.list_workers(s, state.worker_timeout) if w.name == reg.name)
 
     @app.post("/v1/workers/{name}/heartbeat")
-    def heartbeat(name: str) -> dict[str, Any]:
-        """`resync` tells a node that was considered lost to re-report its backends."""
+    def heartbeat(name: str, body: Heartbeat | None = None) -> dict[str, Any]:
+        """`resync` tells a node that was considered lost to re-report its backends. The body,
+        when sent, says what other programs hold on each GPU now."""
         with state.session() as s:
             was_ready = any(w.ready for w in repo.list_workers(s, state.worker_timeout) if w.name == name)
-            repo.heartbeat(s, name)
+            repo.heartbeat(s, name, body.gpus_used_outside if body else None)
         return {"status": "ok", "resync": not was_ready}
 
     # ------------------------------------------------------------ internal API (flows, nodes)

@@ -284,11 +284,17 @@ def register_worker(session: Session, reg: WorkerRegistration) -> WorkerRow:
     return row
 
 
-def heartbeat(session: Session, name: str) -> WorkerRow:
+def heartbeat(session: Session, name: str, gpus_used_outside: dict[int, int] | None = None) -> WorkerRow:
     row = session.get(WorkerRow, name)
     if row is None:
         raise NotFound(f"worker {name!r} is not registered")
     row.last_heartbeat = utcnow()
+    if gpus_used_outside:
+        gpus = [{**g, "memory_used_outside": gpus_used_outside.get(g["index"], g.get("memory_used_outside", 0))}
+                for g in row.gpus or ()]
+        if gpus != row.gpus:  # what placement counts as free changed: in-memory ledgers re-read workers
+            row.gpus = gpus
+            ledger.bump_workers_version(session)
     return row
 
 

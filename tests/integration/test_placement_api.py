@@ -109,3 +109,20 @@ def test_metrics_count_requests_by_route_template(api: TestClient) -> None:
     text = api.get("/metrics").text
     assert 'gpufleet_http_requests_total{method="GET",route="/v1/instances/{instance_id}",status="404"} 2.0' in text
     assert 'gpufleet_http_requests_total{method="GET",route="/v1/workers",status="200"} 1.0' in text
+
+
+def test_heartbeats_carry_what_other_programs_hold_on_each_gpu(api: TestClient, tiny_gguf: Path) -> None:
+    """80 GiB GPU, 79.9 GiB held by a program gpufleet did not start: the tiny model (≈0.7 GiB
+    per GPU) no longer fits it, so the plan puts all three replicas on the CPU worker; the
+    next heartbeat saying it is gone gives the GPU back."""
+    busy = api.post("/v1/workers/gpu/heartbeat", json={"gpus_used_outside": {"0": int(79.9 * GiB)}})
+    assert busy.status_code == 200
+    [gpu_worker] = [w for w in api.get("/v1/workers").json() if w["name"] == "gpu"]
+    assert gpu_worker["gpus"][0]["memory_used_outside"] == int(79.9 * GiB)
+    result = api.post("/v1/plan", json={"spec": spec(tiny_gguf)}).json()
+    assert [r["placement"]["worker"] for r in result["replicas"]] == ["cpu"] * 3
+    assert api.post("/v1/workers/gpu/heartbeat", json={"gpus_used_outside": {"0": 0}}).status_code == 200
+    result = api.post("/v1/plan", json={"spec": spec(tiny_gguf)}).json()
+    assert [r["placement"]["worker"] for r in result["replicas"]] == ["gpu"] * 3
+    assert api.post("/v1/workers/gpu/heartbeat").status_code == 200  # an older node sends no body
+    assert api.post("/v1/workers/gpu/heartbeat", json={"gpus_used_outside": {"0": -1}}).status_code == 422
