@@ -13,6 +13,7 @@ from gpufleet.core.backends.registry import engine, with_capability
 from gpufleet.core.estimation.summary import ResourceEstimate
 from gpufleet.core.metadata import Category, ModelMetadata
 from gpufleet.core.placement_spec import Placement, PlacementSpec
+from gpufleet.core.selectors import check_label
 from gpufleet.core.states import DeploymentState, InstanceState
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -239,8 +240,26 @@ class WorkerRegistration(Strict):
 
 
 class WorkerView(WorkerRegistration):
+    """``labels``: the node's labels with the operator's over them (what selectors match)."""
+
     ready: bool
     last_heartbeat: datetime | None
+    operator_labels: dict[str, str] = Field(default_factory=dict,
+                                            description="labels set through the API (PATCH /v1/workers/NAME)")
+
+
+class WorkerEdit(Strict):
+    """Labels an operator sets on a worker, replacing the ones set before; the node's own
+    labels stay, and these win over them."""
+
+    labels: dict[str, str]
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            check_label(key, value)
+        return labels
 
 
 class InstanceView(BaseModel):

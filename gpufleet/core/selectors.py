@@ -131,6 +131,16 @@ class GpuRef:
         return f"{self.worker}:{self.index}"
 
 
+def check_label(key: str, value: str) -> None:
+    """A label a selector can match: the key as selectors write it, the value without spaces."""
+    if not _KEY_RE.match(key) or len(key) > 63:
+        raise SelectorError(f"invalid label key {key!r}: letters, digits, '.', '_', '/', '-', "
+                            "starting and ending with a letter or digit, at most 63 characters")
+    if not _VALUE_RE.match(value) or len(value) > 63:
+        raise SelectorError(f"invalid value {value!r} of label {key!r}: letters, digits and . _ : / + -, "
+                            "at most 63 characters")
+
+
 def parse_gpu(text: str) -> GpuRef:
     m = _GPU_RE.match(text.strip())
     if not m:

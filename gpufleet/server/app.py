@@ -36,6 +36,7 @@ from gpufleet.core.schemas import (
     StateReports,
     StateReportsResult,
     ScaleRequest,
+    WorkerEdit,
     WorkerRegistration,
     WorkerView,
 )
@@ -311,6 +312,15 @@ def create_app(
             repo.register_worker(s, reg)
         with state.session() as s:
             return next(w for w in repo.list_workers(s, state.worker_timeout) if w.name == reg.name)
+
+    @app.patch("/v1/workers/{name}")
+    def edit_worker(name: str, edit: WorkerEdit) -> WorkerView:
+        """Set an operator's labels on a worker (they replace the ones set before and win over
+        the node's own, which a node restart does not undo); selectors match them at once."""
+        with state.session() as s:
+            repo.set_worker_labels(s, name, edit.labels)
+        with state.session() as s:
+            return next(w for w in repo.list_workers(s, state.worker_timeout) if w.name == name)
 
     @app.post("/v1/workers/{name}/heartbeat")
     def heartbeat(name: str, body: Heartbeat | None = None) -> dict[str, Any]:

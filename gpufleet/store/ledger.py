@@ -118,15 +118,17 @@ def _int_keys(claims: dict[str, int]) -> dict[int, int]:
     return {int(k): v for k, v in claims.items()}  # JSON object keys are strings
 
 
-_WORKER_COLUMNS = (WorkerRow.name, WorkerRow.last_heartbeat, WorkerRow.labels, WorkerRow.memory_total,
+_WORKER_COLUMNS = (WorkerRow.name, WorkerRow.last_heartbeat, WorkerRow.labels, WorkerRow.operator_labels,
+                   WorkerRow.memory_total,
                    WorkerRow.ram_reserved, WorkerRow.vram_reserved, WorkerRow.cpu_count, WorkerRow.gpus,
                    WorkerRow.capabilities)
 
 
 def _worker_snapshot(row: tuple, now: datetime, timeout: timedelta) -> WorkerSnapshot:
-    name, beat, labels, memory, ram_reserved, vram_reserved, cpus, gpus, capabilities = row
+    name, beat, labels, operator_labels, memory, ram_reserved, vram_reserved, cpus, gpus, capabilities = row
     return WorkerSnapshot.model_construct(
-        name=name, ready=fresh(beat, now, timeout), labels=labels or {}, memory_total=memory,
+        name=name, ready=fresh(beat, now, timeout), labels={**(labels or {}), **(operator_labels or {})},
+        memory_total=memory,
         ram_reserved=ram_reserved or 0, cpu_count=cpus, rpc=RPC_CAPABILITY in (capabilities or ()),
         gpus=[GpuSnapshot.model_construct(index=g["index"], name=g.get("name", ""), memory_total=g["memory_total"],
                                           reserved=vram_reserved or 0, used_outside=g.get("memory_used_outside", 0),

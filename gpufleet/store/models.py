@@ -24,6 +24,8 @@ class WorkerRow(Base):
     address: Mapped[str] = mapped_column(String(255))
     work_queue: Mapped[str] = mapped_column(String(128))
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    #: labels set through the API, over the node's own (a node's registration never touches them)
+    operator_labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
     gpus: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     cpu_count: Mapped[int] = mapped_column(Integer)
     memory_total: Mapped[int] = mapped_column(BigInteger)

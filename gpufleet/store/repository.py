@@ -305,7 +305,8 @@ def list_workers(session: Session, timeout: timedelta) -> list[WorkerView]:
         WorkerView(
             name=r.name,
             address=r.address,
-            labels=r.labels,
+            labels={**(r.labels or {}), **(r.operator_labels or {})},
+            operator_labels=r.operator_labels or {},
             gpus=r.gpus,
             cpu_count=r.cpu_count,
             memory_total=r.memory_total,
@@ -320,6 +321,14 @@ def list_workers(session: Session, timeout: timedelta) -> list[WorkerView]:
         )
         for r in rows
     ]
+
+
+def set_worker_labels(session: Session, name: str, labels: dict[str, str]) -> WorkerRow:
+    """The operator's labels of a worker (replacing the ones set before); the node's stay."""
+    row = get_worker(session, name)
+    row.operator_labels = dict(labels)
+    ledger.bump_workers_version(session)
+    return row
 
 
 def set_worker_engines(session: Session, name: str, engines: list[EngineInstall]) -> WorkerRow:

@@ -227,6 +227,22 @@ def test_local_path_journey(cluster: E2ECluster, browser: Browser, tiny_gguf: Pa
     if running["worker"] == "node-b":
         assert "0 B of 1.50 GiB claimed" not in card.text
     b.screenshot("workers")
+    # labels set on the page: kept over the node's, matched by selectors; a bad one is refused next to its field
+    b.click("#labels-node-a")
+    b.click("#labels-add")
+    b.type("#labels-1-a", "bad key")
+    b.type("#labels-1-b", "x")
+    b.click("#labels-save")
+    b.wait_text('#labels-form .field-error[data-error-for="labels"]', "invalid label key 'bad key'")
+    assert all(w["operator_labels"] == {} for w in api(cluster, "/v1/workers"))  # nothing saved
+    b.type("#labels-1-a", "zone")
+    b.type("#labels-1-b", "web")
+    b.click("#labels-save")
+    b.wait_text('article[data-worker="node-a"] .labels', "zone=web")
+    [node_a] = [w for w in api(cluster, "/v1/workers") if w["name"] == "node-a"]
+    assert node_a["operator_labels"] == {"zone": "web"} and node_a["labels"]["zone"] == "web"
+    b.screenshot("workers-labels")
+    httpx.patch(f"{cluster.api_url}/v1/workers/node-a", json={"labels": {}}, timeout=10).raise_for_status()
     b.resize(*PHONE)
     b.wait(lambda: no_horizontal_scroll(b), 10, "no horizontal scrolling at phone width")
     b.screenshot("workers-phone")
@@ -238,7 +254,7 @@ def test_local_path_journey(cluster: E2ECluster, browser: Browser, tiny_gguf: Pa
     confirm(b, "delete")
     b.wait(lambda: not b.find_all(f'tbody[data-deployment="{name}"]'), 120, "the deployment's row to go")
     assert api(cluster, f"/v1/deployments/{name}") is None
-    assert b.console_errors(expected_http=[(f"/v1/deployments/{name}", 400)]) == []
+    assert b.console_errors(expected_http=[(f"/v1/deployments/{name}", 400), ("/v1/workers/node-a", 422)]) == []
 
 
 def test_bad_input_is_shown_next_to_its_field(cluster: E2ECluster, browser: Browser, tiny_gguf: Path,

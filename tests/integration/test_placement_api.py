@@ -126,3 +126,31 @@ def test_heartbeats_carry_what_other_programs_hold_on_each_gpu(api: TestClient, 
     assert [r["placement"]["worker"] for r in result["replicas"]] == ["gpu"] * 3
     assert api.post("/v1/workers/gpu/heartbeat").status_code == 200  # an older node sends no body
     assert api.post("/v1/workers/gpu/heartbeat", json={"gpus_used_outside": {"0": -1}}).status_code == 422
+
+
+def test_operator_labels_survive_registration_and_steer_placement(api: TestClient, tiny_gguf: Path) -> None:
+    r = api.patch("/v1/workers/cpu", json={"labels": {"zone": "a", "kind": "big-cpu"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["labels"] == {"kind": "big-cpu", "zone": "a"}  # the operator's win over the node's kind=cpu
+    assert r.json()["operator_labels"] == {"kind": "big-cpu", "zone": "a"}
+    # the node registers again (a restart) with its own labels: the operator's stay on top
+    again = api.post("/v1/workers", json={"name": "cpu", "address": "http://127.0.0.1:1", "cpu_count": 4,
+                                          "memory_total": 32 * GiB, "work_queue": "node-cpu", "labels": {"kind": "cpu"}})
+    assert again.json()["labels"] == {"kind": "big-cpu", "zone": "a"}
+    result = api.post("/v1/plan", json={"spec": spec(tiny_gguf, worker_selector=["zone=a"])}).json()
+    assert [r["placement"]["worker"] for r in result["replicas"]] == ["cpu"] * 3
+    cleared = api.patch("/v1/workers/cpu", json={"labels": {}}).json()
+    assert cleared["labels"] == {"kind": "cpu"} and cleared["operator_labels"] == {}
+
+
+@pytest.mark.parametrize(("name", "labels", "status", "message"), [
+    ("cpu", {"bad key": "x"}, 422, "invalid label key 'bad key'"),
+    ("cpu", {"zone": "a b"}, 422, "invalid value 'a b' of label 'zone'"),
+    ("nope", {"zone": "a"}, 404, "worker 'nope' is not registered"),
+])
+def test_bad_labels_are_refused_and_change_nothing(api: TestClient, name: str, labels: dict, status: int,
+                                                   message: str) -> None:
+    r = api.patch(f"/v1/workers/{name}", json={"labels": labels})
+    assert r.status_code == status and message in r.text, r.text
+    [cpu] = [w for w in api.get("/v1/workers").json() if w["name"] == "cpu"]
+    assert cpu["labels"] == {"kind": "cpu"} and cpu["operator_labels"] == {}

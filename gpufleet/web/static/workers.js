@@ -1,8 +1,10 @@
 // The Workers page: each machine with its GPUs (memory claimed by placed instances vs
-// total), RAM, labels, readiness and the engines it can run. Claims come from the
-// cluster snapshot, the same ledger placement uses (`gpufleet cluster snapshot`).
-import { get } from "./api.js";
+// total), RAM, labels (editable), readiness and the engines it can run. Claims come from
+// the cluster snapshot, the same ledger placement uses (`gpufleet cluster snapshot`).
+import { ApiError, get, patch } from "./api.js";
+import { openDialog } from "./dialogs.js";
 import { ago, bytes, fill, h, setText } from "./dom.js";
+import { clearErrors, pairRows, showErrors } from "./form.js";
 import { poll } from "./poll.js";
 
 const POLL_MS = 3000;
@@ -35,8 +37,9 @@ export function showWorkers(main) {
   const list = h("div", { class: "workers", id: "workers" });
   main.append(h("section", { "aria-labelledby": "page-title" },
     h("div", { class: "page-head" }, h("h1", { id: "page-title" }, "Workers")),
-    h("p", { class: "hint" }, "Labels are set where a node starts: ",
-      h("code", {}, "gpufleet node --label key=value"), ". Worker selectors in a deployment's Advanced section match them."),
+    h("p", { class: "hint" }, "A node brings its own labels (",
+      h("code", {}, "gpufleet node --label key=value"), "); labels set here are kept over them across node restarts. ",
+      "Worker selectors in a deployment's Advanced section match them."),
     status, list));
 
   async function refresh() {
@@ -52,8 +55,10 @@ export function showWorkers(main) {
   }
 
   function render(workers, claims) {
-    // Cards hold no controls, so rebuilding them loses no focus.
+    // Rebuilding the cards keeps the focus on the control that had it (an Edit labels button).
+    const focused = document.activeElement && list.contains(document.activeElement) ? document.activeElement.id : null;
     fill(list, workers.map((w) => card(w, claims[w.name] || { ram: 0, gpus: {} })));
+    if (focused) document.getElementById(focused)?.focus();
     if (!workers.length) list.append(h("p", { class: "empty" }, "No workers. Start one with `gpufleet node`."));
   }
 
@@ -79,7 +84,9 @@ export function showWorkers(main) {
         h("dt", {}, "RAM"), h("dd", {}, meter(claim.ram, w.memory_total, `RAM on ${w.name}`),
           w.ram_reserved ? ` ${bytes(w.ram_reserved)} reserved` : ""),
         h("dt", {}, "Labels"), h("dd", { class: "labels" },
-          labels.length ? labels.map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`)) : "none"),
+          labels.length ? labels.map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`)) : "none",
+          h("button", { type: "button", class: "link", id: `labels-${w.name}`,
+            onclick: () => openLabelsDialog(w, refresh) }, "Edit labels")),
         h("dt", {}, "Runtime"), h("dd", {}, w.runtime),
         h("dt", {}, "Can run"), h("dd", {}, engines,
           w.capabilities.length ? h("p", {}, `Capabilities: ${w.capabilities.join(", ")}`) : "")),
@@ -87,4 +94,34 @@ export function showWorkers(main) {
   }
 
   return poll(refresh, POLL_MS);
+}
+
+/** The operator's labels of a worker (`PATCH /v1/workers/NAME`); the node's own are shown. */
+export function openLabelsDialog(w, onSaved) {
+  const { body, close } = openDialog(`Labels of ${w.name}`);
+  const own = Object.entries(w.labels).filter(([k]) => !(k in w.operator_labels));
+  const rows = pairRows({ prefix: "labels", key: "labels", legend: "Labels set here", first: "Key", second: "Value",
+    addLabel: "Add label", initial: Object.entries(w.operator_labels),
+    hint: "They win over the node's labels of the same key and survive node restarts." });
+  const formError = h("p", { class: "field-error form-error", dataset: { errorFor: "" }, hidden: true });
+  const form = h("form", { id: "labels-form", novalidate: true },
+    h("p", {}, own.length ? `From the node: ${own.map(([k, v]) => `${k}=${v}`).join(", ")}` : "The node sets no labels."),
+    rows.el, formError,
+    h("div", { class: "buttons" }, h("button", { type: "button", onclick: close }, "Cancel"),
+      h("button", { type: "submit", class: "primary", id: "labels-save" }, "Save")));
+  body.append(form);
+  (form.querySelector(".pair-a") || form.querySelector("#labels-add")).focus();
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const labels = Object.fromEntries(rows.values().map(([k, v]) => [k, v.trim()]));
+    try {
+      await patch(`/v1/workers/${encodeURIComponent(w.name)}`, { labels });
+      close();
+      onSaved();
+    } catch (exc) {
+      if (!(exc instanceof ApiError)) throw exc;
+      showErrors(form, Object.keys(exc.fields).length ? exc.fields : { "": exc.detail });
+    }
+  });
 }
