@@ -269,11 +269,18 @@ def _exit_detail(record: BackendRecord) -> str:
     return status.describe() if status is not None else ""
 
 
+HEALTH_POLL_MIN_S = 0.02
+HEALTH_POLL_MAX_S = 0.25
+
+
 def wait_healthy(
     record: BackendRecord, host: str, timeout: float, paths: tuple[str, ...] = ("/health", "/v1/models")
 ) -> str:
-    """Poll the health endpoints until one answers 200; returns the path that did."""
+    """Poll the health endpoints until one answers 200; returns the path that did. The first
+    polls come quickly (a llama.cpp server on a small model is up in tens of milliseconds),
+    later ones every HEALTH_POLL_MAX_S (vLLM takes a minute or more)."""
     deadline = time.monotonic() + timeout
+    delay = HEALTH_POLL_MIN_S
     with httpx.Client(timeout=2.0) as http:
         while time.monotonic() < deadline:
             if not is_alive(record):
@@ -290,7 +297,8 @@ def wait_healthy(
                     return path
                 if resp.status_code != 404:
                     break  # 503 = loading; try again later
-            time.sleep(0.1)
+            time.sleep(delay)
+            delay = min(delay * 1.5, HEALTH_POLL_MAX_S)
     raise BackendFailed(
         f"backend not healthy after {timeout:.0f} s on port {record.port}; "
         f"last log lines:\n{last_log_lines(record)}"
