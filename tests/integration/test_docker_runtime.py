@@ -190,10 +190,13 @@ def test_gpu_device_request_names_exactly_the_placed_gpus_and_refusal_leaves_not
     placement = Placement(worker="gnode", gpu_indexes=[2, 0], vram_claim={2: 1 << 30, 0: 1 << 30},
                           tensor_split=[0.5, 0.5])
     inst = instance(31, tiny_gguf, placement)
+    # a free port: a fixed one may be taken on a busy machine, and the engine then refuses
+    # the container for that instead of for the GPU request this test is about
+    port = processes.allocate_port("127.0.0.1", set())
     desc = llama_cpp.build_launch(inst.config, model_path=str(tiny_gguf), alias="tiny", host="127.0.0.1",
-                                  port=40999, placement=placement, default_context=512)
+                                  port=port, placement=placement, default_context=512)
     request = StartRequest(key="31", command=desc.command(llama_server_executable()), desc=desc, env=desc.env,
-                           port=40999, log_path=node.logs_dir / "31.log", node=node,
+                           port=port, log_path=node.logs_dir / "31.log", node=node,
                            labels={"gpufleet.cluster": node.cluster, "gpufleet.node": "gnode", "gpufleet.key": "31"})
     plan = plan_container(request, node, node.cluster)
     kwargs = plan.create_kwargs()
@@ -212,7 +215,7 @@ def test_gpu_device_request_names_exactly_the_placed_gpus_and_refusal_leaves_not
 
     # started for real: this engine has no NVIDIA runtime; a clear ERROR, no container left
     with backends.registry(node).lock, pytest.raises(backends.BackendFailed) as failed:
-        backends._spawn(inst, node, request.command, desc.env, 40999, request.log_path, desc=desc)
+        backends._spawn(inst, node, request.command, desc.env, port, request.log_path, desc=desc)
     message = str(failed.value)
     assert "refused container" in message and "could not select device driver" in message
     assert "NVIDIA GPUs 0, 2" in message and "gnode" in message
