@@ -40,7 +40,7 @@ from gpufleet.cli.source_options import (
     RevisionOpt,
     source_from_options,
 )
-from gpufleet.cli.wait import WaitFailed, wait_for_deployment
+from gpufleet.cli.wait import WaitFailed, positive_timeout, wait_for_deployment
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable, server_url
 from gpufleet.core.backends.params import BackendParamError, parse_param
 from gpufleet.core.schemas import DeploymentEdit, DeploymentSpec, ModelSource
@@ -61,7 +61,8 @@ ParamOpt = Annotated[
 EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the backend (repeatable)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the deployment converges")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds to wait")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds to wait (more than 0)",
+                                           callback=positive_timeout)]
 
 
 def _setup_logging() -> None:
@@ -160,13 +161,12 @@ def _run_demo() -> None:
 
 @app.command()
 def down(
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for it to stop")] = 120.0,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for it to stop",
+                                           callback=positive_timeout)] = 120.0,
 ) -> None:
     """Stop the `gpufleet up` of this GPUFLEET_HOME (found through <home>/up.json)."""
     from gpufleet.cli.up_guard import signal_up
 
-    if timeout <= 0:
-        fail(f"--timeout must be more than 0 seconds, got {timeout:g}", 2)
     record = signal_up(home(), signal.SIGTERM)
     if record is None:
         fail(f"no running `gpufleet up` found for GPUFLEET_HOME={home()} (no live process in {home() / 'up.json'})")
