@@ -76,7 +76,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def client() -> GpufleetClient:
-    return GpufleetClient()
+    """Retries what was certainly not applied or is safe to repeat (each operation carries a request
+    id); a timeout is reported at once, saying that the request may still be applied."""
+    return GpufleetClient(retries=3, retry_timeouts=False)
 
 
 def _parse_env(pairs: list[str] | None) -> dict[str, str]:
