@@ -52,6 +52,7 @@ from gpufleet.server.validation import (
     engine_params,
     validate_spec,
 )
+from gpufleet.server.api_docs import add_api_docs
 from gpufleet.server.request_ids import add_request_ids
 from gpufleet.store import ordering, plan_apply, repository as repo
 from gpufleet.store.models import utcnow
@@ -112,7 +113,8 @@ def create_app(
             await asyncio.to_thread(on_shutdown)
         state.engine.dispose()
 
-    app = FastAPI(title="gpufleet", version="0.1.0", lifespan=lifespan)
+    # the API docs page is served from local assets (gpufleet.server.api_docs), not a CDN
+    app = FastAPI(title="gpufleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gpufleet = state
 
     @app.exception_handler(repo.NotFound)
@@ -403,5 +405,6 @@ def create_app(
     add_placement_routes(app, state)
     add_backend_routes(app, state, node_trigger)
     add_model_routes(app)
+    add_api_docs(app)
     mount_web(app)  # the web page under /, after every API route
     return app
