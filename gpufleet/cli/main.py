@@ -372,10 +372,17 @@ def list_deployments(as_json: JsonOpt = False) -> None:
 
 
 @app.command("ps")
-def list_instances(name: Annotated[Optional[str], typer.Argument(help="deployment")] = None, as_json: JsonOpt = False) -> None:
+def list_instances(name: Annotated[Optional[str], typer.Argument(help="deployment")] = None, as_json: JsonOpt = False,
+                   quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only instance ids, one a line "
+                                                       "(for scripts: gpufleet logs $(gpufleet ps NAME -q | head -n 1))")] = False,
+                   ) -> None:
     """List model instances (of one deployment, or all)."""
     with client() as c:
         instances = c.list_instances(deployment=name)
+    if quiet:
+        for i in instances:
+            print(i.id)
+        return
     if as_json:
         print_json(instances)
     else:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import E2ECluster
+
+pytestmark = pytest.mark.e2e
 
 
 def test_an_unplaceable_deploy_says_why_while_waiting_and_on_timeout(cluster: E2ECluster, tiny_gguf: Path) -> None:
