@@ -121,8 +121,14 @@ def _port_taken_message(port: int, option: str) -> str:
         return (f"port {port} ({option}) is taken by a running gpufleet cluster: `gpufleet up` pid {up_pid}, "
                 f"home {up_home}{detail}. Use it as it is, or stop it first with `{down_command(up_home)}`; "
                 f"for a second cluster give other ports ({option}) and another GPUFLEET_HOME")
-    who = f" by pid {holder} ({' '.join(_cmdline(holder))[:120]})" if holder is not None else ""
-    return f"port {port} ({option}) is already in use{who}; choose another {option}"
+    if holder is None:
+        return f"port {port} ({option}) is already in use by another program; choose another {option}"
+    args = _cmdline(holder)
+    who = f"pid {holder} ({' '.join(args)[:160]})"
+    if "gpufleet.cli.main" in args or "prefect" in " ".join(args[:4]):
+        return (f"port {port} ({option}) is held by {who}, left running by a `gpufleet up` that is gone "
+                f"(killed?); stop it with `kill {holder}`, or choose another {option}")
+    return f"port {port} ({option}) is already in use by {who}; choose another {option}"
 
 
 def port_in_use(port: int) -> bool:
