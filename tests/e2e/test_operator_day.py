@@ -3,11 +3,15 @@ mean what they report (one application per request id, a later request wins over
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.e2e.conftest import E2ECluster
+from gpufleet.client import ISSUED_AT, REQUEST_ID
+from tests.e2e.conftest import E2ECluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,3 +31,26 @@ def test_an_unplaceable_deploy_says_why_while_waiting_and_on_timeout(cluster: E2
         assert "Traceback" not in err
     finally:
         cluster.cli("rm", "nowhere")
+
+
+def test_scale_requests_mean_what_they_report(cluster: E2ECluster, tiny_gguf: Path) -> None:
+    """Through the real server, Prefect flows and node: a retried scale is applied once (one flow
+    run), and a scale issued earlier that arrives later is refused, the newer count standing."""
+    cluster.cli("deploy", "--name", "ordered", "--local-path", str(tiny_gguf))
+    url = f"{cluster.api_url}/v1/deployments/ordered/scale"
+    try:
+        now = datetime.now(timezone.utc)
+        newer = {REQUEST_ID: uuid.uuid4().hex, ISSUED_AT: now.isoformat()}
+        first = httpx.post(url, json={"replicas": 2}, headers=newer, timeout=30)
+        again = httpx.post(url, json={"replicas": 2}, headers=newer, timeout=30)
+        assert first.status_code == again.status_code == 202, first.text + again.text
+        assert again.json()["flow_run_id"] == first.json()["flow_run_id"]  # one run, not two
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        late = httpx.post(url, json={"replicas": 3}, timeout=30,
+                          headers={REQUEST_ID: uuid.uuid4().hex, ISSUED_AT: (now - timedelta(seconds=5)).isoformat()})
+        assert late.status_code == 412 and "arrived late and was not applied" in late.text, late.text
+        wait_until(lambda: [i["state"] for i in cluster.instances("ordered")] == ["RUNNING", "RUNNING"],
+                   timeout=180, what="2 RUNNING instances")
+        assert next(d for d in cluster.cli_json("ls") if d["name"] == "ordered")["replicas"] == 2
+    finally:
+        cluster.cli("rm", "ordered")
