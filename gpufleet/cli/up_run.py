@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 
 from gpufleet.cli.embedded import StartFailed, start_cluster
