@@ -11,14 +11,17 @@ from flows._converge import ConvergeReport, converge
 from tasks.server import set_replicas
 
 
-def scale_to(name: str, replicas: int) -> ConvergeReport:
-    set_replicas(name, replicas)
+def scale_to(name: str, replicas: int, issued_at: str | None = None) -> ConvergeReport:
+    set_replicas(name, replicas, issued_at)
     return converge(name)
 
 
 @flow(name="scale")
-def scale(name: str, replicas: Annotated[int, Field(ge=0, le=1000)]) -> ConvergeReport:
-    return scale_to(name, replicas)
+def scale(name: str, replicas: Annotated[int, Field(ge=0, le=1000)],
+          issued_at: Annotated[str | None, Field(description="when the scale was asked for (ISO 8601); a scale "
+                                                             "asked for later wins. Default: now")] = None,
+          ) -> ConvergeReport:
+    return scale_to(name, replicas, issued_at)
 
 
 @flow(name="stop")

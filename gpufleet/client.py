@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -38,14 +40,33 @@ def server_url() -> str:
 class ApiError(RuntimeError):
     """The server refused a request; `detail` is its explanation."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, retry_after: bool = False) -> None:
         super().__init__(f"{detail} (HTTP {status})")
         self.status = status
         self.detail = detail
+        #: the server asked to try again later (e.g. the same request id still being applied)
+        self.retry_after = retry_after
 
 
 class ServerUnavailable(RuntimeError):
-    pass
+    """The server could not be reached: the request was not applied."""
+
+
+class ServerTimeout(ServerUnavailable):
+    """The server did not answer in time: the request may still be applied (or may have been)."""
+
+
+#: headers of every operation: its id, the same on each retry (the server applies it once), and
+#: when it was issued (a request issued earlier that arrives later never undoes it); see
+#: gpufleet.server.request_ids and gpufleet.store.ordering
+REQUEST_ID = "Idempotency-Key"
+ISSUED_AT = "Gpufleet-Issued-At"
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def operation_headers(issued_at: datetime | None = None) -> dict[str, str]:
+    when = issued_at or datetime.now(timezone.utc)
+    return {REQUEST_ID: uuid.uuid4().hex, ISSUED_AT: when.astimezone(timezone.utc).isoformat()}
 
 
 def _detail(resp: httpx.Response) -> str:
@@ -64,11 +85,17 @@ def _detail(resp: httpx.Response) -> str:
 
 
 class GpufleetClient:
-    def __init__(self, base_url: str | None = None, timeout: float = 30.0, retries: int = 0) -> None:
-        """`retries`: how often to retry, with exponential backoff from 0.25 s, when the
-        server cannot be reached or answers 502/503/504 (every endpoint is idempotent)."""
+    def __init__(self, base_url: str | None = None, timeout: float = 30.0, retries: int = 0,
+                 retry_timeouts: bool = True) -> None:
+        """`retries`: how often to retry, with exponential backoff from 0.25 s, when the server
+        cannot be reached, answers 502/503/504, or is still applying the same request (409 with
+        Retry-After). A retry is safe: it carries the first try's request id and issue time, so
+        the server applies the operation once. `retry_timeouts=False` reports a timeout at once
+        instead (the CLI: a person decides whether to wait longer)."""
         self.base_url = (base_url or server_url()).rstrip("/")
         self.retries = retries
+        self.retry_timeouts = retry_timeouts
+        self.timeout = timeout
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def close(self) -> None:
@@ -80,27 +107,48 @@ class GpufleetClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, *, issued_at: datetime | None = None, **kwargs: Any) -> Any:
+        if method in _MUTATING:
+            kwargs["headers"] = {**operation_headers(issued_at), **kwargs.get("headers", {})}
         for attempt in range(self.retries + 1):
             try:
                 return self._request_once(method, path, **kwargs)
             except (ServerUnavailable, ApiError) as exc:
-                transient = isinstance(exc, ServerUnavailable) or exc.status in (502, 503, 504)
-                if not transient or attempt == self.retries:
+                if attempt == self.retries or not self._transient(exc):
                     raise
                 time.sleep(0.25 * 2**attempt)
         raise AssertionError("unreachable")
 
+    def _transient(self, exc: Exception) -> bool:
+        if isinstance(exc, ServerTimeout):
+            return self.retry_timeouts
+        if isinstance(exc, ServerUnavailable):
+            return True
+        assert isinstance(exc, ApiError)
+        return exc.status in (502, 503, 504) or (exc.status == 409 and exc.retry_after)
+
     def _request_once(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             resp = self._http.request(method, path, **kwargs)
+        except httpx.ConnectTimeout as exc:
+            raise ServerUnavailable(
+                f"could not connect to the gpufleet server at {self.base_url} within {self.timeout:g} s, so "
+                "nothing was sent; is it running and reachable? Set GPUFLEET_SERVER_URL otherwise") from exc
+        except httpx.TimeoutException as exc:
+            if method in _MUTATING:
+                raise ServerTimeout(
+                    f"the gpufleet server at {self.base_url} did not answer {method} {path} within "
+                    f"{self.timeout:g} s; the request may still be applied — check `gpufleet ls` "
+                    "(or `gpufleet ps`) before sending it again") from exc
+            raise ServerTimeout(f"the gpufleet server at {self.base_url} did not answer {method} {path} within "
+                                f"{self.timeout:g} s; it may be overloaded — try again") from exc
         except httpx.TransportError as exc:
             raise ServerUnavailable(
-                f"cannot reach the gpufleet server at {self.base_url} ({exc}); "
+                f"cannot reach the gpufleet server at {self.base_url} ({type(exc).__name__}: {exc}); "
                 "is `gpufleet up` (or `gpufleet server`) running? Set GPUFLEET_SERVER_URL otherwise"
             ) from exc
         if resp.status_code >= 400:
-            raise ApiError(resp.status_code, _detail(resp))
+            raise ApiError(resp.status_code, _detail(resp), retry_after="retry-after" in resp.headers)
         return resp.json() if resp.content else None
 
     # -- deployments
@@ -130,12 +178,16 @@ class GpufleetClient:
         )
         return DeploymentView.model_validate(data)
 
-    def scale(self, name: str, replicas: int, *, trigger: bool = True) -> OperationAccepted:
+    def scale(self, name: str, replicas: int, *, trigger: bool = True,
+              issued_at: datetime | None = None) -> OperationAccepted:
+        """`issued_at`: when the scale was asked for (default: now); the server refuses (412) a
+        scale issued before the one that last set the count."""
         data = self._request(
             "POST",
             f"/v1/deployments/{name}/scale",
             json={"replicas": replicas},
             params={"trigger": str(trigger).lower()},
+            issued_at=issued_at,
         )
         return OperationAccepted.model_validate(data)
 

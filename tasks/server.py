@@ -9,7 +9,9 @@ backoff. The steps that change what exists are tasks.
 
 from __future__ import annotations
 
-from prefect import task
+from datetime import datetime
+
+from prefect import get_run_logger, task
 
 from gpufleet.client import ApiError
 from tasks._connection import connect
@@ -39,9 +41,17 @@ def read_deployment(name: str) -> DeploymentView:
 
 
 @task(name="set-replicas", **NETWORK_TASK)
-def set_replicas(name: str, replicas: int) -> None:
+def set_replicas(name: str, replicas: int, issued_at: str | None = None) -> None:
+    """Record the count, as of `issued_at` (the request that started this run). A scale asked
+    for later already set another count (412): that one stands, and the run converges to it."""
+    when = datetime.fromisoformat(issued_at) if issued_at else None
     with connect() as c:
-        c.scale(name, replicas, trigger=False)
+        try:
+            c.scale(name, replicas, trigger=False, issued_at=when)
+        except ApiError as exc:
+            if exc.status != 412:
+                raise
+            get_run_logger().info("not setting %s to %d replica(s): %s", name, replicas, exc.detail)
 
 
 @task(name="apply-plan", **NETWORK_TASK)

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from gpufleet.cli.output import console, err_console
+from gpufleet.cli.wait import positive_timeout
 from gpufleet.client import GpufleetClient
 from gpufleet.core.backends.registry import UnknownEngine, engine
 from gpufleet.core.schemas import BackendInstallRequest, RunProgress, WorkerView
@@ -114,7 +115,8 @@ def install_backend(
     device: Annotated[Optional[str], typer.Option(
         "--device", help="cpu, cuda or rocm (default: cuda if the node has real NVIDIA GPUs, else cpu)")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="follow the install until it ends")] = True,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to follow it")] = 3600.0,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to follow it",
+                                                              callback=positive_timeout)] = 3600.0,
 ) -> None:
     """Install an engine version on a node, in its own environment (a flow run on that node)."""
     try:

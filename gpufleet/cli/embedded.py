@@ -1,9 +1,12 @@
 """`gpufleet up`: an embedded single-machine cluster in the foreground.
 
 Starts (each as its own process, in its own session so that only this process
-decides when they stop): a Prefect server unless PREFECT_API_URL points at one,
-the gpufleet server, and one local node agent. Ctrl-C, SIGTERM or `gpufleet down`
-stops them in reverse order; the node stops its backends on the way out.
+decides when they stop): PostgreSQL for Prefect and a Prefect server unless
+PREFECT_API_URL points at one, the gpufleet server, and one local node agent.
+Ctrl-C, SIGTERM or `gpufleet down` stops them in reverse order; the node stops its
+backends on the way out. While it runs, `gpufleet.cli.supervise` restarts a child
+that dies (each child keeps its command line for that: `Child.respawn`), and
+`gpufleet.cli.up_guard` keeps a second `up` off the same home and ports.
 """
 
 from __future__ import annotations
@@ -15,16 +18,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from gpufleet.cli import prefect_postgres
 from gpufleet.settings import home
-
-PIDFILE = "up.pid"
-
 
 class StartFailed(RuntimeError):
     pass
@@ -37,16 +37,37 @@ class Child:
     log: Path
     #: PostgreSQL takes SIGINT as "fast shutdown"; its SIGTERM would wait for every client
     stop_signal: int = signal.SIGTERM
+    #: how it was started, so that a supervisor can start it again
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def respawn(self) -> None:
+        """Start the same command again, appending to the same log."""
+        with self.log.open("ab") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} restarted by gpufleet up ---\n".encode())
+        self.proc = _popen(self.args, self.env, self.log)
+
+    def last_log_line(self) -> str:
+        try:
+            with self.log.open("rb") as f:
+                f.seek(max(0, self.log.stat().st_size - 4096))
+                lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return ""
+        return lines[-1].strip()[:300] if lines else ""
+
+
+def _popen(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as f:
+        return subprocess.Popen(
+            args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        )
 
 
 def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path, stop_signal: int = signal.SIGTERM) -> Child:
     log = logs / f"{name}.log"
-    with log.open("ab") as f:
-        proc = subprocess.Popen(
-            args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,
-        )
-    return Child(name, proc, log, stop_signal)
+    return Child(name, _popen(args, env, log), log, stop_signal, list(args), dict(env))
 
 
 def _wait_ready(child: Child, ready: Callable[[], bool], what: str, timeout: float) -> None:
@@ -204,24 +225,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def write_pidfile(gpufleet_home: Path) -> Path:
-    path = gpufleet_home / PIDFILE
-    path.write_text(str(os.getpid()))
-    return path
-
-
-def signal_running_cluster(gpufleet_home: Path) -> int | None:
-    """`gpufleet down`: ask a running `gpufleet up` to stop; returns its pid."""
-    path = gpufleet_home / PIDFILE
-    try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        path.unlink(missing_ok=True)
-        return None
-    return pid

@@ -40,7 +40,7 @@ from gpufleet.cli.source_options import (
     RevisionOpt,
     source_from_options,
 )
-from gpufleet.cli.wait import WaitFailed, wait_for_deployment
+from gpufleet.cli.wait import WaitFailed, positive_timeout, wait_for_deployment
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable, server_url
 from gpufleet.core.backends.params import BackendParamError, parse_param
 from gpufleet.core.schemas import DeploymentEdit, DeploymentSpec, ModelSource
@@ -61,7 +61,8 @@ ParamOpt = Annotated[
 EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the backend (repeatable)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the deployment converges")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds to wait")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds to wait (more than 0)",
+                                           callback=positive_timeout)]
 
 
 def _setup_logging() -> None:
@@ -75,7 +76,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def client() -> GpufleetClient:
-    return GpufleetClient()
+    """Retries what was certainly not applied or is safe to repeat (each operation carries a request
+    id); a timeout is reported at once, saying that the request may still be applied."""
+    return GpufleetClient(retries=3, retry_timeouts=False)
 
 
 def _parse_env(pairs: list[str] | None) -> dict[str, str]:
@@ -124,44 +127,16 @@ def up(
     virtual_gpus: Annotated[Optional[str], typer.Option(help='declare GPUs, e.g. "A100-80G:4"')] = None,
     demo: Annotated[bool, typer.Option(help="deploy a generated tiny model and chat with it")] = False,
 ) -> None:
-    """Start an embedded cluster (Prefect server, gpufleet server, one node) in the foreground."""
-    from gpufleet.cli.embedded import StartFailed, start_cluster, write_pidfile
+    """Start an embedded cluster (Prefect server, gpufleet server, one node) in the foreground.
 
-    name = node_name or _default_node_name()
-    try:
-        cluster = start_cluster(port, prefect_port, name, virtual_gpus, log=console.print)
-    except StartFailed as exc:
-        fail(str(exc))
-    pidfile = write_pidfile(home())
-    stopping = False
+    Refuses when a cluster of the same home or ports runs; restarts a part that dies (with
+    backoff); exits non-zero only when it gives up on one."""
+    from gpufleet.cli.up_run import run_up
 
-    def _stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    console.print(f"[green]gpufleet is up[/green]\n  web page:     {cluster.api_url}/\n  gpufleet API: {cluster.api_url}")
-    if cluster.prefect_ui_url:
-        console.print(f"  Prefect UI:   {cluster.prefect_ui_url}")
-    console.print(f"  Prefect API:  {cluster.prefect_api_url}\n  node:         {name}\n"
-                  f"  use it from another shell with: export GPUFLEET_SERVER_URL={cluster.api_url}\n"
-                  "Ctrl-C (or `gpufleet down`) stops everything.", highlight=False)
-    os.environ["GPUFLEET_SERVER_URL"] = cluster.api_url
-    try:
-        if demo:
-            _run_demo()
-        while not stopping:
-            for child in cluster.children:
-                if child.proc.poll() is not None:
-                    err_console.print(f"{child.name} exited with code {child.proc.returncode}; see {child.log}")
-                    stopping = True
-            time.sleep(0.5)
-    finally:
-        console.print("stopping gpufleet…")
-        cluster.stop()
-        pidfile.unlink(missing_ok=True)
-        console.print("stopped")
+    code = run_up(port, prefect_port, node_name or _default_node_name(), virtual_gpus,
+                  _run_demo if demo else None)
+    if code:
+        raise typer.Exit(code)
 
 
 def _process_running(pid: int) -> bool:
@@ -187,20 +162,24 @@ def _run_demo() -> None:
 
 
 @app.command()
-def down() -> None:
-    """Stop a `gpufleet up` running on this machine (same GPUFLEET_HOME)."""
-    from gpufleet.cli.embedded import signal_running_cluster
+def down(
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for it to stop",
+                                           callback=positive_timeout)] = 120.0,
+) -> None:
+    """Stop the `gpufleet up` of this GPUFLEET_HOME (found through <home>/up.json)."""
+    from gpufleet.cli.up_guard import signal_up
 
-    pid = signal_running_cluster(home())
-    if pid is None:
-        fail("no running `gpufleet up` found for this GPUFLEET_HOME")
-    console.print(f"asked gpufleet up (pid {pid}) to stop")
-    for _ in range(1200):
-        if not _process_running(pid):
+    record = signal_up(home(), signal.SIGTERM)
+    if record is None:
+        fail(f"no running `gpufleet up` found for GPUFLEET_HOME={home()} (no live process in {home() / 'up.json'})")
+    console.print(f"asked gpufleet up (pid {record.pid}, port {record.port}) to stop", highlight=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _process_running(record.pid):
             console.print("stopped")
             return
         time.sleep(0.1)
-    fail(f"gpufleet up (pid {pid}) is still running after 120 s")
+    fail(f"gpufleet up (pid {record.pid}) is still running after {timeout:g} s")
 
 
 @app.command()
@@ -393,10 +372,17 @@ def list_deployments(as_json: JsonOpt = False) -> None:
 
 
 @app.command("ps")
-def list_instances(name: Annotated[Optional[str], typer.Argument(help="deployment")] = None, as_json: JsonOpt = False) -> None:
+def list_instances(name: Annotated[Optional[str], typer.Argument(help="deployment")] = None, as_json: JsonOpt = False,
+                   quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only instance ids, one a line "
+                                                       "(for scripts: gpufleet logs $(gpufleet ps NAME -q | head -n 1))")] = False,
+                   ) -> None:
     """List model instances (of one deployment, or all)."""
     with client() as c:
         instances = c.list_instances(deployment=name)
+    if quiet:
+        for i in instances:
+            print(i.id)
+        return
     if as_json:
         print_json(instances)
     else:

@@ -12,11 +12,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, AsyncIterator, TypeVar
 
 import httpx
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,7 +54,10 @@ from gpufleet.server.validation import (
     engine_params,
     validate_spec,
 )
-from gpufleet.store import plan_apply, repository as repo
+from gpufleet.server.api_docs import add_api_docs
+from gpufleet.server.request_ids import add_request_ids
+from gpufleet.store import ordering, plan_apply, repository as repo
+from gpufleet.store.models import utcnow
 from gpufleet.store.db import make_engine, migrate, session_factory
 from gpufleet.web import mount_web
 
@@ -62,6 +65,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Trigger = Callable[[str, dict[str, Any]], str]
+#: the header in which a client says when it issued a request (gpufleet.store.ordering)
+ISSUED_AT = "Gpufleet-Issued-At"
 
 
 class ServerState:
@@ -110,7 +115,8 @@ def create_app(
             await asyncio.to_thread(on_shutdown)
         state.engine.dispose()
 
-    app = FastAPI(title="gpufleet", version="0.1.0", lifespan=lifespan)
+    # the API docs page is served from local assets (gpufleet.server.api_docs), not a CDN
+    app = FastAPI(title="gpufleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gpufleet = state
 
     @app.exception_handler(repo.NotFound)
@@ -128,6 +134,10 @@ def create_app(
     @app.exception_handler(InvalidSpec)
     async def _invalid_spec(_: Request, exc: InvalidSpec) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(ordering.Superseded)
+    async def _superseded(_: Request, exc: ordering.Superseded) -> JSONResponse:
+        return JSONResponse(status_code=412, content={"detail": str(exc)})
 
     @app.exception_handler(BackendParamError)
     async def _param(_: Request, exc: BackendParamError) -> JSONResponse:
@@ -211,8 +221,16 @@ def create_app(
         with state.session() as s:
             return repo.get_deployment(s, name)
 
+    def issued(raw: str | None) -> datetime:
+        """When the client issued the request (see gpufleet.store.ordering); now when it does not say."""
+        try:
+            return ordering.parse_issued_at(raw) or utcnow()
+        except ValueError as exc:
+            raise HTTPException(400, f"Gpufleet-Issued-At: {exc}") from exc
+
     @app.patch("/v1/deployments/{name}")
-    def edit_deployment(name: str, edit: DeploymentEdit) -> DeploymentView:
+    def edit_deployment(name: str, edit: DeploymentEdit,
+                        issued_at: str | None = Header(default=None, alias=ISSUED_AT)) -> DeploymentView:
         with state.session() as s:
             current = repo.get_deployment(s, name)
         workers = known_workers()
@@ -221,17 +239,25 @@ def create_app(
             check_flags_known(current.backend, edit.backend_version or current.backend_version, params, workers)
         if edit.backend_version is not None:
             check_engine_on_workers(current.backend, edit.backend_version, workers)
+        when = issued(issued_at)
         with state.session() as s:
+            ordering.admit_by_name(s, name, "config", when)
             row = repo.edit_deployment(s, name, edit)
             return repo.deployment_view(s, row)
 
     @app.post("/v1/deployments/{name}/scale", status_code=202)
-    def scale(name: str, body: ScaleRequest, trigger: bool = True) -> OperationAccepted:
+    def scale(name: str, body: ScaleRequest, trigger: bool = True,
+              issued_at: str | None = Header(default=None, alias=ISSUED_AT)) -> OperationAccepted:
+        """A scale issued before the one that last set the replica count is refused (412): a
+        late request never undoes a newer one. The flow run carries the request's issue time,
+        so that its own recording of the count is ordered the same way."""
+        when = issued(issued_at)
         with state.session() as s:
+            ordering.admit_by_name(s, name, "replicas", when)
             repo.set_replicas(s, name, body.replicas)
         if not trigger:
             return OperationAccepted(operation="scale", detail="recorded")
-        return start_flow("scale", {"name": name, "replicas": body.replicas})
+        return start_flow("scale", {"name": name, "replicas": body.replicas, "issued_at": when.isoformat()})
 
     @app.delete("/v1/deployments/{name}", status_code=202)
     def delete_deployment(name: str) -> OperationAccepted:
@@ -386,9 +412,11 @@ def create_app(
             repo.delete_instance_row(s, instance_id)
         return {"status": "deleted"}
 
+    add_request_ids(app, state)
     add_metrics(app)
     add_placement_routes(app, state)
     add_backend_routes(app, state, node_trigger)
     add_model_routes(app)
+    add_api_docs(app)
     mount_web(app)  # the web page under /, after every API route
     return app

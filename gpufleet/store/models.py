@@ -56,6 +56,9 @@ class DeploymentRow(Base):
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: when the requests that last set `replicas` / `config` were issued (migration 0007)
+    replicas_issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    config_issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     instances: Mapped[list[InstanceRow]] = relationship(back_populates="deployment")
 
@@ -101,3 +104,16 @@ class PlacementLedgerRow(Base):
     claims_token: Mapped[str] = mapped_column(String(32), default="", server_default="")
     #: bumped by every worker registration (heartbeats only change readiness)
     workers_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class RequestLogRow(Base):
+    """The answer given to a request id, so that a retry is applied once (migration 0007)."""
+
+    __tablename__ = "request_log"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(255))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: being applied
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -75,6 +75,17 @@ CASES = [
     ("edit unknown", lambda t, g: ["edit", "nope", "--backend-param=--ctx-size=1"], "deployment 'nope' not found"),
     ("edit malformed", lambda t, g: ["edit", "keeper", "--backend-param=--ctx-size=big"],
      "--ctx-size must be a non-negative integer"),
+    # issue 17: deploy and edit both check the flags against the engine's --help
+    ("unknown engine flag at deploy", lambda t, g: ["deploy", "--name", "x7", "--local-path", str(g),
+                                                    "--backend-param=--no-such-flag"],
+     "backend parameter --no-such-flag is not a llama.cpp"),
+    ("unknown engine flag at edit", lambda t, g: ["edit", "keeper", "--backend-param=--no-such-flag"],
+     "backend parameter --no-such-flag is not a llama.cpp"),
+    # issue 17: a wait of 0 or less seconds is refused
+    ("negative timeout", lambda t, g: ["scale", "keeper", "2", "--timeout", "-5"],
+     "Invalid value for '--timeout': must be more than 0 seconds, got -5"),
+    ("zero timeout", lambda t, g: ["deploy", "--name", "x8", "--local-path", str(g), "--timeout", "0"],
+     "Invalid value for '--timeout': must be more than 0 seconds, got 0"),
     ("rm-instance unknown", lambda t, g: ["rm-instance", "99999"], "instance 99999 not found"),
     ("logs unknown", lambda t, g: ["logs", "99999"], "instance 99999 not found"),
 ]
