@@ -62,6 +62,9 @@ EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE fo
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the deployment converges")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds to wait")]
+RestartOnErrorOpt = Annotated[bool, typer.Option(
+    "--restart-on-error/--no-restart-on-error",
+    help="restart failed instances: at once, then after 10 s, 20 s, 40 s … (at most 5 minutes)")]
 
 
 def _setup_logging() -> None:
@@ -312,6 +315,7 @@ def deploy(
     overcommit: OvercommitOpt = False,
     image: Annotated[Optional[str], typer.Option(
         help="container image to run (workers with the docker runtime); default: the engine's own")] = None,
+    restart_on_error: RestartOnErrorOpt = True,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
 ) -> None:
@@ -329,6 +333,8 @@ def deploy(
         fields["category"] = category
     if image is not None:
         fields["image"] = image
+    if not restart_on_error:
+        fields["restart_on_error"] = False
     if kv_cache_cpu_gib is not None:
         kv: dict[str, object] = {"cpu_gib": kv_cache_cpu_gib}
         if kv_cache_chunk_size is not None:
@@ -473,19 +479,28 @@ def edit(
     backend_param: ParamOpt = None,
     env: EnvOpt = None,
     backend_version: Annotated[Optional[str], typer.Option()] = None,
+    restart_on_error: Annotated[Optional[bool], typer.Option(
+        "--restart-on-error/--no-restart-on-error",
+        help="restart failed instances (applies to running instances too)")] = None,
 ) -> None:
-    """Change a deployment. Running instances keep their configuration; new ones use this."""
+    """Change a deployment. Running instances keep their configuration; new ones use this.
+    Restart on error is a policy: it applies to every instance at once."""
     update = DeploymentEdit(
         backend_params=_params(backend_param) if backend_param is not None else None,
         env=_parse_env(env) if env is not None else None,
         backend_version=backend_version,
+        restart_on_error=restart_on_error,
     )
     if not update.model_dump(exclude_none=True):
-        fail("nothing to change: give --backend-param, --env or --backend-version", 2)
+        fail("nothing to change: give --backend-param, --env, --backend-version or --[no-]restart-on-error", 2)
     with client() as c:
         dep = c.edit_deployment(name, update)
         running = [i for i in c.list_instances(deployment=name) if not i.deleting]
     console.print(f"deployment {name} updated (generation {dep.generation}).")
+    if restart_on_error is not None:
+        console.print(f"restart on error: {'on' if dep.restart_on_error else 'off'} for all its instances")
+    if update.model_dump(exclude_none=True).keys() == {"restart_on_error"}:
+        return
     console.print(
         f"{len(running)} existing instance(s) keep running unchanged; instances created from now on "
         "(scale up, rm-instance) use the new configuration.", highlight=False,

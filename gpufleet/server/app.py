@@ -39,7 +39,7 @@ from gpufleet.core.schemas import (
     WorkerView,
 )
 from gpufleet.core.states import InvalidTransition
-from gpufleet.server.controller import Controller
+from gpufleet.server.controller import Controller, prefect_run_state
 from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
@@ -93,7 +93,7 @@ def create_app(
     node_trigger: NodeTrigger = prefect_node_trigger,
 ) -> FastAPI:
     state = ServerState(database_url, trigger)
-    controller = Controller(state, trigger)
+    controller = Controller(state, trigger, prefect_run_state if trigger is prefect_trigger else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -30,6 +30,8 @@ from gpufleet.core.schemas import (
     WorkerView,
 )
 from gpufleet.core.states import InstanceState, InvalidTransition, check_transition, summarize
+from gpufleet.core.plan import crash_looping
+from gpufleet.settings import plan_timing
 from gpufleet.store import ledger
 from gpufleet.store.models import DeploymentRow, InstanceRow, WorkerRow, utcnow
 from gpufleet.store.workers import is_ready
@@ -165,6 +167,9 @@ def instance_view(row: InstanceRow) -> InstanceView:
         port=row.port,
         pid=row.pid,
         restart_count=row.restart_count,
+        next_restart_at=row.next_restart_at if row.state == InstanceState.ERROR else None,
+        crash_looping=crash_looping(row.restart_count, plan_timing()),
+        running_since=row.running_since,
         deleting=row.deleting,
         config=DeploymentConfig.model_validate(row.config),
         placement=Placement.model_validate(row.placement) if row.placement else None,
@@ -227,6 +232,7 @@ def update_instance_state(
 ) -> InstanceRow:
     row = _instance(session, instance_id)
     check_transition(InstanceState(row.state), update.state)
+    track_lifecycle(row, update.state)
     row.state = update.state
     row.state_message = update.message
     if update.port is not None:
@@ -237,6 +243,17 @@ def update_instance_state(
         row.restart_count = update.restart_count
     row.updated_at = utcnow()
     return row
+
+
+def track_lifecycle(row: InstanceRow, new: InstanceState) -> None:
+    """The facts the plan's restart rules read: when the instance became RUNNING (its stable
+    window counts from there) and a stored restart time, which belongs to one ERROR only."""
+    if new == InstanceState.RUNNING and row.state != InstanceState.RUNNING:
+        row.running_since = utcnow()
+    elif new != InstanceState.RUNNING:
+        row.running_since = None
+    if new != InstanceState.ERROR:
+        row.next_restart_at = None
 
 
 def update_instance_states(session: Session, reports: dict[int, InstanceStateUpdate]) -> StateReportsResult:
