@@ -235,6 +235,11 @@ class GpufleetClient:
     def list_workers(self) -> list[WorkerView]:
         return [WorkerView.model_validate(w) for w in self._request("GET", "/v1/workers")]
 
+    def remove_worker(self, name: str, force: bool = False) -> list[int]:
+        """Decommission a worker; returns the instances that were placed on it."""
+        data = self._request("DELETE", f"/v1/workers/{name}", params={"force": str(force).lower()})
+        return list(data.get("instances", []))
+
     # -- backend versions
     def install_backend(self, worker: str, req: BackendInstallRequest) -> OperationAccepted:
         data = self._request("POST", f"/v1/workers/{worker}/backends", json=req.model_dump(mode="json"))

@@ -522,15 +522,36 @@ def logs(
             sys.stdout.flush()
 
 
-@app.command()
-def workers(as_json: JsonOpt = False) -> None:
+workers_app = typer.Typer(help="List node workers; `workers rm NAME` decommissions one.")
+app.add_typer(workers_app, name="workers")
+
+
+@workers_app.callback(invoke_without_command=True)
+def workers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List node workers."""
+    if ctx.invoked_subcommand is not None:
+        return
     with client() as c:
         ws = c.list_workers()
     if as_json:
         print_json(ws)
     else:
         console.print(workers_table(ws))
+
+
+@workers_app.command("rm")
+def remove_worker(
+    name: str,
+    force: Annotated[bool, typer.Option("--force", help="remove it even while its node still sends heartbeats")] = False,
+) -> None:
+    """Decommission a worker that is gone: its record goes, its instances are placed on other
+    workers (those with GPUs chosen by hand stay UNREACHABLE). Refused while it is alive."""
+    with client() as c:
+        instances = c.remove_worker(name, force)
+    console.print(f"worker {name} removed")
+    if instances:
+        console.print(f"its instances {', '.join(map(str, instances))} are placed on other workers where they fit "
+                      "(`gpufleet ps` shows them)", highlight=False)
 
 
 def _register_commands() -> None:

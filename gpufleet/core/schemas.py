@@ -292,6 +292,8 @@ class InstanceStateUpdate(Strict):
     port: int | None = None
     pid: int | None = None
     restart_count: int | None = None
+    worker: str | None = Field(default=None, description="the reporting node: refused (409) if the instance is no "
+                               "longer placed there (rescheduled away while the node was lost)")
 
 
 class ReconcileRequest(Strict):

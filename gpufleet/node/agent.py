@@ -142,7 +142,8 @@ class NodeAgent:
 
     def _report(self, instance_id: int, state: InstanceState, message: str) -> None:
         try:
-            self.client.report_state(instance_id, InstanceStateUpdate(state=state, message=message))
+            self.client.report_state(instance_id, InstanceStateUpdate(state=state, message=message,
+                                                                      worker=self.config.name))
         except ApiError as exc:
             log.info("could not report %s for instance %d: %s", state, instance_id, exc.detail)
 

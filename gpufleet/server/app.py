@@ -311,6 +311,14 @@ def create_app(
         with state.session() as s:
             return next(w for w in repo.list_workers(s, state.worker_timeout) if w.name == reg.name)
 
+    @app.delete("/v1/workers/{name}")
+    def remove_worker(name: str, force: bool = False) -> dict[str, Any]:
+        """Decommission a worker (409 while it beats, unless ``force``); its instances are
+        rescheduled by the plan (manual GPU selections stay UNREACHABLE)."""
+        with state.placement_lock, state.session() as s:
+            instances = repo.remove_worker(s, name, state.worker_timeout, force)
+        return {"status": "removed", "worker": name, "instances": instances}
+
     @app.post("/v1/workers/{name}/heartbeat")
     def heartbeat(name: str) -> dict[str, Any]:
         """`resync` tells a node that was considered lost to re-report its backends."""

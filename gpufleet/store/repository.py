@@ -231,6 +231,9 @@ def update_instance_state(
     session: Session, instance_id: int, update: InstanceStateUpdate
 ) -> InstanceRow:
     row = _instance(session, instance_id)
+    if update.worker is not None and row.worker_name != update.worker and not _has_part_on(row, update.worker):
+        raise Conflict(f"instance {row.name} is no longer placed on worker {update.worker} "
+                       f"(now on {row.worker_name or 'no worker'}); its report from there is stale")
     check_transition(InstanceState(row.state), update.state)
     track_lifecycle(row, update.state)
     row.state = update.state
@@ -267,7 +270,7 @@ def update_instance_states(session: Session, reports: dict[int, InstanceStateUpd
             continue
         try:
             update_instance_state(session, iid, update)
-        except InvalidTransition as exc:  # raised by the check, before the row changed
+        except (InvalidTransition, Conflict) as exc:  # raised by the checks, before the row changed
             result.refused[iid] = str(exc)
             continue
         result.applied.append(iid)
@@ -306,6 +309,23 @@ def heartbeat(session: Session, name: str) -> WorkerRow:
         raise NotFound(f"worker {name!r} is not registered")
     row.last_heartbeat = utcnow()
     return row
+
+
+def remove_worker(session: Session, name: str, timeout: timedelta, force: bool = False) -> list[int]:
+    """Decommission a worker: its record goes (refused while it beats, unless ``force``).
+    Its instances are left to the plan, which sees a removed worker as lost past the grace:
+    UNREACHABLE, then placed elsewhere (or, with GPUs chosen by hand, kept UNREACHABLE).
+    Returns the instances placed on it, for the caller to say so."""
+    row = session.get(WorkerRow, name)
+    if row is None:
+        raise NotFound(f"worker {name!r} is not registered; `gpufleet workers` lists workers")
+    if is_ready(row, utcnow(), timeout) and not force:
+        raise Conflict(f"worker {name!r} is alive (last heartbeat {row.last_heartbeat:%Y-%m-%d %H:%M:%S}); stop its "
+                       "node first, or pass --force (a node still running registers again)")
+    on_it = [r.id for r in session.scalars(select(InstanceRow)).all() if r.worker_name == name or _has_part_on(r, name)]
+    session.delete(row)
+    ledger.bump_claims_version(session)  # the cluster changed: the controller plans again
+    return on_it
 
 
 def list_workers(session: Session, timeout: timedelta) -> list[WorkerView]:
