@@ -163,10 +163,13 @@ class GpufleetClient:
         data = self._request("POST", f"/v1/instances/{instance_id}/restart")
         return OperationAccepted.model_validate(data)
 
-    def stream_logs(self, instance_id: int, tail: int | None, follow: bool) -> Iterator[str]:
+    def stream_logs(self, instance_id: int, tail: int | None, follow: bool, previous: int = 0) -> Iterator[str]:
+        """``previous``: 0 the current run's log, n the n-th run before it."""
         params: dict[str, Any] = {"follow": str(follow).lower()}
         if tail is not None:
             params["tail"] = tail
+        if previous:
+            params["previous"] = previous
         try:
             with self._http.stream(
                 "GET", f"/v1/instances/{instance_id}/logs", params=params, timeout=None

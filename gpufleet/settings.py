@@ -21,6 +21,9 @@ def database_url() -> str:
     return os.environ.get("GPUFLEET_DATABASE_URL") or f"sqlite:///{home() / 'gpufleet.db'}"
 
 
+#: Runs of a backend whose logs a node keeps besides the current one (gpufleet.node.run_logs).
+KEEP_PREVIOUS_LOGS = 3
+
 HEARTBEAT_INTERVAL_S = float(os.environ.get("GPUFLEET_HEARTBEAT_INTERVAL", "5"))
 WORKER_TIMEOUT_S = float(os.environ.get("GPUFLEET_WORKER_TIMEOUT", str(4 * HEARTBEAT_INTERVAL_S)))
 

@@ -512,12 +512,19 @@ def logs(
     instance_id: int,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
     tail: Annotated[Optional[int], typer.Option("--tail", "-n", help="last N lines")] = None,
+    previous: Annotated[bool, typer.Option("--previous", "-p", help="the run before the current one (a crash's log)")] = False,
+    run_before: Annotated[Optional[int], typer.Option(
+        "--run-before", help="the N-th run before the current one (1 = --previous; 3 are kept)", min=1)] = None,
 ) -> None:
-    """Print an instance's backend log."""
+    """Print an instance's backend log: the current run's, or with --previous the one before
+    (each run has its own log, starting with gpufleet's lines: worker, GPUs, command)."""
     if tail is not None and tail < 0:
         fail("--tail must be 0 or more", 2)
+    back = run_before or (1 if previous else 0)
+    if back and follow:
+        fail("--follow follows the current run; a previous run's log is complete", 2)
     with client() as c:
-        for chunk in c.stream_logs(instance_id, tail, follow):
+        for chunk in c.stream_logs(instance_id, tail, follow, previous=back):
             sys.stdout.write(chunk)
             sys.stdout.flush()
 

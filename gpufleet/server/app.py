@@ -40,6 +40,7 @@ from gpufleet.core.schemas import (
 )
 from gpufleet.core.states import InvalidTransition
 from gpufleet.server.controller import Controller, prefect_run_state
+from gpufleet.settings import KEEP_PREVIOUS_LOGS
 from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
@@ -262,7 +263,9 @@ def create_app(
 
     @app.get("/v1/instances/{instance_id}/logs")
     async def instance_logs(
-        instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False
+        instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False,
+        previous: int = Query(default=0, ge=0, le=KEEP_PREVIOUS_LOGS,
+                              description="0: the current run's log; n: the n-th run before it"),
     ) -> StreamingResponse:
         with state.session() as s:
             inst = repo.get_instance(s, instance_id)
@@ -272,6 +275,8 @@ def create_app(
         params: dict[str, Any] = {"follow": str(follow).lower()}
         if tail is not None:
             params["tail"] = tail
+        if previous:
+            params["previous"] = previous
         client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
         try:
             upstream = await client.send(
