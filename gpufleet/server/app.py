@@ -38,7 +38,7 @@ from gpufleet.core.schemas import (
     WorkerRegistration,
     WorkerView,
 )
-from gpufleet.core.states import InvalidTransition
+from gpufleet.core.states import InstanceState, InvalidTransition
 from gpufleet.server.controller import Controller, prefect_run_state
 from gpufleet.settings import KEEP_PREVIOUS_LOGS
 from gpufleet.server.metrics import add_metrics
@@ -363,12 +363,18 @@ def create_app(
         """A node run's phase (STARTING, RUNNING, ERROR …) for all its instances in one request;
         each report stands alone: one refused or missing instance does not refuse the others."""
         with state.session() as s:
-            return repo.update_instance_states(s, body.reports)
+            result = repo.update_instance_states(s, body.reports)
+        if any(body.reports[i].state == InstanceState.ERROR for i in result.applied):
+            controller.wake()  # a failure's first restart is due at once
+        return result
 
     @app.put("/v1/internal/instances/{instance_id}/state")
     def report_state(instance_id: int, update: InstanceStateUpdate) -> InstanceView:
         with state.session() as s:
-            return repo.instance_view(repo.update_instance_state(s, instance_id, update))
+            view = repo.instance_view(repo.update_instance_state(s, instance_id, update))
+        if update.state == InstanceState.ERROR:
+            controller.wake()  # a failure's first restart is due at once
+        return view
 
     @app.put("/v1/internal/instances/{instance_id}/rpc-servers/{worker}")
     def report_rpc_servers(instance_id: int, worker: str, servers: list[RpcServerInfo]) -> InstanceView:

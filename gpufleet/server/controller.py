@@ -32,12 +32,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpufleet.core.plan import RETRY_UNPLACED, ActionKind, Plan, PlanOptions
+from gpufleet.core.states import InstanceState
 from gpufleet.store import repository as repo
 from gpufleet.store.models import DeploymentRow, InstanceRow
 from gpufleet.store.plan_apply import mark_unreachable, plan_for, reset_backoff, schedule_restart
 
 log = logging.getLogger("gpufleet.controller")
 INTERVAL_S = 2.0
+#: The shortest pause between rounds (a restart due sooner waits this long at most).
+MIN_PAUSE_S = 0.05
 REDRIVE_AFTER_S = 30.0
 #: Left to the controller itself (applied here, or a run of their own), never a re-drive.
 APPLIED_HERE = frozenset({ActionKind.MARK_UNREACHABLE, ActionKind.RESET_BACKOFF, ActionKind.SCHEDULE_RESTART})
@@ -71,6 +74,8 @@ class Controller:
         self.trigger = trigger
         self.run_state = run_state
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._next_due: datetime | None = None
         self._thread = threading.Thread(target=self._loop, name="gpufleet-controller", daemon=True)
         self._restarts_started: set[tuple[int, int]] = set()
         self._last_redrive: dict[str, datetime] = {}
@@ -83,10 +88,27 @@ class Controller:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(5)
 
+    def wake(self) -> None:
+        """Plan now rather than at the next tick (an instance just failed: its first restart
+        is due at once)."""
+        self._wake.set()
+
+    def _pause(self) -> float:
+        """Until the next tick, or sooner when a stored restart time comes before it."""
+        if self._next_due is None:
+            return INTERVAL_S
+        until = (self._next_due - datetime.now(timezone.utc)).total_seconds()
+        return min(INTERVAL_S, max(MIN_PAUSE_S, until))
+
     def _loop(self) -> None:
-        while not self._stop.wait(INTERVAL_S):
+        while not self._stop.is_set():
+            self._wake.wait(self._pause())
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.run_once()
             except Exception:  # noqa: BLE001 - the loop must survive a bad round
@@ -100,6 +122,11 @@ class Controller:
                 plan = plan_for(s, dep, now, self.state.worker_timeout, options)
                 if not plan.empty:
                     self.act(s, dep, plan, now)
+            s.flush()
+            pending = s.scalars(select(InstanceRow.next_restart_at).where(InstanceRow.state == InstanceState.ERROR)
+                                .where(InstanceRow.next_restart_at.is_not(None))).all()
+        future = [_aware(t) for t in pending if _aware(t) > now]
+        self._next_due = min(future) if future else None
 
     def act(self, session: Session, dep: DeploymentRow, plan: Plan, now: datetime) -> None:
         self.apply_here(session, plan)

@@ -195,3 +195,17 @@ def test_lost_part_worker_makes_a_distributed_instance_unreachable(setup) -> Non
     assert inst.state == InstanceState.UNREACHABLE
     assert "part worker p stopped sending heartbeats" in inst.state_message
     assert calls == []
+
+
+def test_wakes_for_a_restart_due_before_the_next_tick(setup) -> None:  # noqa: ANN001
+    """The loop sleeps until the earliest stored restart time when it comes before the 2 s tick
+    (on the compressed clock a 10 s back-off is 0.1 s), and a reported failure wakes it."""
+    state, controller, iid, calls = setup
+    report(state, iid, InstanceState.STARTING, 1)
+    report(state, iid, InstanceState.ERROR)
+    with state.session() as s:  # it failed 9.5 s ago: restart 2 is due 10 s after, ~0.5 s from now
+        s.execute(update(InstanceRow).values(updated_at=utcnow() - timedelta(seconds=9.5)))
+    controller.run_once()
+    assert calls == [] and 0 < controller._pause() < 1.0
+    controller.wake()
+    assert controller._wake.is_set()
