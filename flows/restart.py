@@ -24,7 +24,9 @@ def restart(instance_id: int) -> dict[str, str]:
     why = f"restart {attempt}"
     stops = [NodeAction(kind="stop", instance=inst.id, worker=w, reason=why) for w in [inst.worker, *parts]]
     wait_for_node_runs(dispatch("stop", stops, {inst.id: inst}, addresses), timeout=120)
-    report_state(instance_id, InstanceState.STARTING, f"restarting (attempt {attempt})", restart_count=attempt)
+    failure = inst.state_message.splitlines()[0] if inst.state == InstanceState.ERROR and inst.state_message else ""
+    report_state(instance_id, InstanceState.STARTING,
+                 f"restarting (attempt {attempt})" + (f" after: {failure}" if failure else ""), restart_count=attempt)
     restarted = inst.model_copy(update={"restart_count": attempt})
     plan = AppliedPlan(
         deployment=inst.deployment, exists=True, instances=[restarted], worker_addresses=addresses,
