@@ -36,9 +36,10 @@ from gpufleet.store.repository import instance_view, track_lifecycle
 from gpufleet.settings import plan_timing
 from gpufleet.store.workers import fresh
 
-#: A plan applied on its own result converges in two rounds (count → place → serve); the
-#: third is a guard against a rule that keeps producing database actions.
-MAX_ROUNDS = 3
+#: A plan applied on its own result converges in two rounds (count → place → serve), three
+#: for an instance on a lost worker (unreachable → reschedule → place); the fourth is a guard
+#: against a rule that keeps producing database actions.
+MAX_ROUNDS = 4
 
 
 class UnknownDeployment(LookupError):
@@ -119,6 +120,8 @@ def apply_plan(session: Session, name: str, timeout: timedelta, *, stopped: Sequ
         if not result.exists:
             return result
         options = PlanOptions(retry_unplaced=False, fresh=frozenset(placed) | options.fresh)
+    else:
+        current = plan_for(session, dep, now, timeout, options)  # the node actions of the last round's result
     return _with_node_actions(session, dep, current, result)
 
 

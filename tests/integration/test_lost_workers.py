@@ -126,6 +126,7 @@ def test_workers_rm(tmp_path: Path, tiny_gguf: Path) -> None:
             # UNREACHABLE (its worker was removed), then, without a grace, placed again: one call
             moved = plan_apply.apply_plan(s, "tiny", TIMEOUT)
         assert moved.unreachable == [iid] and moved.released == [iid] and moved.placed == {iid: "new"}
+        assert kinds(moved) == [("serve", iid, "new")]
         r = api.delete("/v1/workers/new", params={"force": "true"})
         assert r.status_code == 200
 
