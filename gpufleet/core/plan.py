@@ -53,6 +53,8 @@ S = InstanceState
 UNHEALTHY = (S.ERROR, S.UNREACHABLE)
 #: States in which a backend may run on the instance's workers (watched for lost heartbeats).
 ON_NODE = (S.DOWNLOADING, S.STARTING, S.RUNNING)
+#: Placed states that become UNREACHABLE with their worker (SCHEDULED is released instead).
+MARKED_UNREACHABLE = (*ON_NODE, S.ERROR)
 #: A placed instance nobody has started for this long lost its serve run; serve it again.
 #: Shorter and a second reconcile run might start it twice while the first is on its way
 #: (the node's registry makes that harmless, but it costs a Prefect run).
@@ -277,10 +279,6 @@ def _lost_for(name: str, workers: dict[str, ObservedWorker], now: datetime) -> f
     return (now - worker.last_heartbeat).total_seconds()
 
 
-#: Placed states that become UNREACHABLE with their worker (SCHEDULED is released instead).
-MARKED_UNREACHABLE = (*ON_NODE, S.ERROR)
-
-
 def _unreachable(instances: Sequence[ObservedInstance], workers: dict[str, ObservedWorker]) -> list[Action]:
     """Whatever its state (ERROR included: it cannot be restarted there), an instance with a
     lost worker is UNREACHABLE; one whose GPUs were chosen by hand is told it stays."""
@@ -292,7 +290,7 @@ def _unreachable(instances: Sequence[ObservedInstance], workers: dict[str, Obser
         if lost is None:
             continue
         role = "worker" if lost == inst.worker else "part worker"
-        stays = "; its GPUs were chosen by hand (--gpu-selector), so it is not moved and waits for the worker" \
+        stays = "; its GPUs were chosen by hand (--gpu), so it is not moved and waits for the worker" \
             if inst.pinned else ""
         actions.append(Action(ActionKind.MARK_UNREACHABLE, instance=inst.id, worker=lost,
                               reason=f"{role} {_lost_why(lost, workers)}{stays}"))

@@ -181,7 +181,7 @@ def test_every_action_says_why() -> None:
     looping = plan(D("m", 1), [I(1, S.ERROR, 0, worker="a", restart_count=3)], UP, NOW).actions[0]
     assert looping.reason == "restart 4 after a 40 s back-off; crash-looping"
     pinned = plan(D("m", 1), [I(1, S.RUNNING, worker="a", pinned=True)], A_DOWN, NOW).actions[0]
-    assert pinned.reason.endswith("its GPUs were chosen by hand (--gpu-selector), so it is not moved and waits "
+    assert pinned.reason.endswith("its GPUs were chosen by hand (--gpu), so it is not moved and waits "
                                   "for the worker")
     gone = plan(D("m", 1), [I(1, S.UNREACHABLE, worker="a")], A_GONE, NOW).actions[0]
     assert gone.reason == "worker a silent for 300 s (grace 300 s); placing it on another worker"
