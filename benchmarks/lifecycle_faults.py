@@ -2,6 +2,7 @@
 compressed clock GPUFLEET_TIME_SCALE=0.1) and prints what it measured:
 
 - backend SIGKILL: kill → ERROR, ERROR → restart begun, kill → RUNNING again;
+- backend hang (SIGSTOP): stop → ERROR by failed health probes, → RUNNING again;
 - crash loop: the back-off schedule (stored and measured) on the compressed clock;
 - node agent SIGKILL then return: kill → UNREACHABLE, kill → RUNNING again (re-adopted);
 - node that never returns: kill → UNREACHABLE, kill → RUNNING on another worker after the grace;
@@ -49,6 +50,9 @@ def print_figures(figures: dict) -> None:
     if (k := figures.get("backend_sigkill")) is not None:
         print(f"backend SIGKILL: ERROR after {k['kill_to_error_s']} s; restart begun {k['error_to_restart_begun_s']} s "
               f"after ERROR; RUNNING again {k['kill_to_running_s']} s after the kill; lost: {k['lost']}")
+    if (h := figures.get("backend_hang")) is not None:
+        print(f"backend hang (SIGSTOP; probes every {h['probe_interval_s']} s, {h['probe_failures']} failures): ERROR "
+              f"after {h['sigstop_to_error_s']} s, RUNNING again {h['sigstop_to_running_s']} s after; lost: {h['lost']}")
     if (loop := figures.get("crash_loop")) is not None:
         print(f"crash loop (time scale {loop['time_scale']}):")
         for s in loop["schedule"]:

@@ -19,7 +19,7 @@ from gpufleet import orchestration
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable
 from gpufleet.core.schemas import RPC_CAPABILITY, GpuInfo, InstanceStateUpdate, InstanceView, WorkerRegistration
 from gpufleet.core.states import ACTIVE_ON_NODE, InstanceState
-from gpufleet.node import backends, engines, processes, runtimes
+from gpufleet.node import backends, engines, probes, processes, runtimes
 from gpufleet.node.context import NodeContext
 from gpufleet.node.inventory import total_memory
 from gpufleet.node.log_server import create_log_app
@@ -69,6 +69,7 @@ class NodeAgent:
         self.api_port = config.api_port or free_port(self.node.bind_host)
         self._stop = asyncio.Event()
         self._prefect_worker: object | None = None
+        self._prober = probes.Prober()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -176,7 +177,36 @@ class NodeAgent:
                 runtimes.get("docker").keep_logging(record)  # type: ignore[attr-defined]
         processes.reap_children()
 
+    def probe_once(self) -> None:
+        """Probe every backend that became healthy; one that failed PROBE_FAILURES probes in a
+        row is reported ERROR (first, so a failed report is retried next round) and stopped."""
+        candidates = [r for r in self.registry.all()
+                      if r.role == "server" and r.healthy_path and not r.stopping and backends.is_alive(r)]
+        self._prober.forget({(r.key, r.pid) for r in candidates})
+        for record in candidates:
+            problems = self._prober.observe(record, probes.probe(record, self.node.bind_host))
+            if problems is None:
+                continue
+            with self.registry.lock:
+                current = self.registry.read(record.key)
+                if current is None or current.stopping or current.pid != record.pid:
+                    continue  # stopped on purpose, or relaunched, meanwhile
+            self._report(record.instance_id, InstanceState.ERROR,
+                         f"backend stopped answering its health probe {record.healthy_path} on worker "
+                         f"{self.config.name} ({len(problems)} probes {probes.PROBE_INTERVAL_S:g} s apart: "
+                         f"{problems[-1]}); stopped it (pid {record.pid}); last log lines:\n"
+                         f"{backends.last_log_lines(record)}")
+            backends.stop(record.instance_id, self.node, grace=2)
+
     # ---------------------------------------------------------------- loops
+
+    async def probe_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._sleep(probes.PROBE_INTERVAL_S)
+            try:
+                await asyncio.to_thread(self.probe_once)
+            except (ServerUnavailable, ApiError) as exc:
+                log.warning("probe report failed: %s", exc)
 
     async def heartbeat_loop(self) -> None:
         while not self._stop.is_set():
@@ -244,6 +274,7 @@ class NodeAgent:
         tasks = [
             asyncio.create_task(self.heartbeat_loop()),
             asyncio.create_task(self.supervise_loop()),
+            asyncio.create_task(self.probe_loop()),
             asyncio.create_task(self.worker_loop()),
         ]
         log.info("node %s ready: queue %s, api %s", self.config.name,

@@ -300,6 +300,16 @@ def wait_healthy(
     )
 
 
+def mark_healthy(record: BackendRecord, node: NodeContext, path: str) -> None:
+    """Remember that this backend answered ``path``: the agent's probes start from here (never
+    during a long start-up, which the health check's own timeout bounds)."""
+    reg = registry(node)
+    with reg.lock:
+        current = reg.read(record.key)
+        if current is not None and current.pid == record.pid and not current.stopping:
+            reg.save(current.model_copy(update={"healthy_path": path}))
+
+
 def stop(instance_id: int, node: NodeContext, grace: float = 10.0) -> bool:
     """Stop everything this node runs for the instance (its llama-server first, then
     its RPC servers) and forget it: SIGTERM, SIGKILL after ``grace`` s; a container is

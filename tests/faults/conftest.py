@@ -4,7 +4,7 @@ Like the e2e cluster (tests/e2e/conftest.py: a Prefect server on PostgreSQL, the
 server, node agents as real processes, real llama.cpp backends), with
 ``GPUFLEET_TIME_SCALE=0.1``: the restart back-off runs 1 s, 2 s, 4 s … capped at 30 s, the
 stable window is 60 s and the lost-worker grace 30 s, so the real schedule is asserted in
-seconds. Nodes: ``fa`` (started with the cluster) and ``fb``, ``fc`` labelled ``pool=move``.
+seconds; running backends are probed every second (three failures make an ERROR). Nodes: ``fa`` (started with the cluster) and ``fb``, ``fc`` labelled ``pool=move``.
 
 Figures measured by the tests go to the file named by ``GPUFLEET_FAULT_FIGURES`` (JSON), which
 ``benchmarks/lifecycle_faults.py`` prints.
@@ -27,6 +27,9 @@ from tests.e2e.conftest import E2ECluster, free_port, stop_leftover_backends
 TIME_SCALE = 0.1
 #: seconds on the real clock, before the scale (the default: 300 s)
 LOST_WORKER_GRACE = 300
+#: health probes of running backends: every second, three failures in a row (timeout 2 s each)
+PROBE_INTERVAL = 1
+PROBE_FAILURES = 3
 LABELS = {"fb": {"pool": "move"}, "fc": {"pool": "move"}}
 
 
@@ -43,7 +46,8 @@ def faults_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCl
     home = tmp_path_factory.mktemp("gpufleet-faults")
     saved = {k: os.environ.pop(k) for k in ("PREFECT_API_URL", "GPUFLEET_SERVER_URL") if k in os.environ}
     env = {"GPUFLEET_HEARTBEAT_INTERVAL": "1", "GPUFLEET_WORKER_TIMEOUT": "5", "GPUFLEET_RUNTIME": "process",
-           "GPUFLEET_TIME_SCALE": str(TIME_SCALE), "GPUFLEET_LOST_WORKER_GRACE": str(LOST_WORKER_GRACE)}
+           "GPUFLEET_TIME_SCALE": str(TIME_SCALE), "GPUFLEET_LOST_WORKER_GRACE": str(LOST_WORKER_GRACE),
+           "GPUFLEET_PROBE_INTERVAL": str(PROBE_INTERVAL), "GPUFLEET_PROBE_FAILURES": str(PROBE_FAILURES)}
     saved.update({k: os.environ[k] for k in env if k in os.environ})
     os.environ.update(env)
     try:

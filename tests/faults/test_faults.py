@@ -17,7 +17,7 @@ import pytest
 
 from gpufleet.core.plan import Timing, restart_delay_seconds
 from tests.e2e.conftest import chat, cmdline, pid_alive, wait_until
-from tests.faults.conftest import LOST_WORKER_GRACE, TIME_SCALE, FaultCluster
+from tests.faults.conftest import LOST_WORKER_GRACE, PROBE_FAILURES, PROBE_INTERVAL, TIME_SCALE, FaultCluster
 
 pytestmark = [pytest.mark.faults]
 
@@ -97,6 +97,37 @@ def test_backend_sigkill_error_within_3_s_then_restarted_at_once(faults_cluster:
                                   "kill_to_running_s": round(t_running - t_kill, 2),
                                   "lost": "0 deployments, 0 instances, 0 log runs"}
     c.cli("rm", "killed")
+
+
+def test_hung_backend_fails_its_probes_then_is_restarted(faults_cluster: FaultCluster, tiny_gguf: Path,
+                                                         figures: dict[str, Any]) -> None:
+    """SIGSTOP: the process lives but answers nothing. After PROBE_FAILURES probes (1 s apart,
+    2 s timeout each) it is ERROR saying so, stopped, and restarted at once."""
+    c = faults_cluster
+    c.cli("deploy", "--name", "hung", "--local-path", str(tiny_gguf))
+    first = running(c, "hung")
+    time.sleep(PROBE_INTERVAL * 2)  # the backend was marked healthy by the serve run; probes are under way
+    t_stop = time.time()
+    os.kill(first["pid"], signal.SIGSTOP)
+    try:
+        err = wait_until(lambda: next((i for i in c.api_instances("hung") if i["state"] == "ERROR"), None),
+                         timeout=30, interval=0.05, what="ERROR after SIGSTOP")
+        t_error = time.time()
+    finally:
+        if pid_alive(first["pid"]):
+            os.kill(first["pid"], signal.SIGCONT)
+    bound = PROBE_FAILURES * (PROBE_INTERVAL + 2) + PROBE_INTERVAL + 1  # interval + timeout per probe, + one round
+    assert t_error - t_stop <= bound, (t_error - t_stop, bound)
+    assert "stopped answering its health probe /health" in err["state_message"], err
+    assert wait_until(lambda: not pid_alive(first["pid"]), timeout=10, what="hung backend stopped")
+    back = running(c, "hung", restart_count=1)
+    assert back["id"] == first["id"] and back["pid"] != first["pid"] and chat(back["port"])
+    nothing_lost(c, "hung", first["id"])
+    figures["backend_hang"] = {"probe_interval_s": PROBE_INTERVAL, "probe_failures": PROBE_FAILURES,
+                               "sigstop_to_error_s": round(t_error - t_stop, 2),
+                               "sigstop_to_running_s": round(time.time() - t_stop, 2),
+                               "lost": "0 deployments, 0 instances, 0 log runs"}
+    c.cli("rm", "hung")
 
 
 def test_crash_loop_follows_the_backoff_schedule(faults_cluster: FaultCluster, tiny_gguf: Path, tmp_path: Path,
