@@ -215,8 +215,9 @@ class NodeAgent:
                     log.info("server had lost this node; re-reporting backends")
                     await asyncio.to_thread(self.adopt_backends)
             except ApiError as exc:
-                if exc.status == 404:  # server lost us (new database): register again
-                    await self.register()
+                if exc.status == 404:  # server lost us (new database, `workers rm --force`): register again,
+                    await self.register()  # then stop what is no longer placed here, re-report the rest
+                    await asyncio.to_thread(self.adopt_backends)
             except ServerUnavailable as exc:
                 log.warning("heartbeat failed: %s", exc)
             await self._sleep(HEARTBEAT_INTERVAL_S)
