@@ -68,6 +68,9 @@ STABLE_WINDOW_S = 600.0
 LOST_WORKER_GRACE_S = 300.0
 #: Restarts without a stable window in between after which an instance is crash-looping.
 CRASH_LOOP_AFTER = 3
+#: How a node agent's ERROR report begins for a backend it stopped on purpose when it exited
+#: (`gpufleet down`): not a crash, so it comes back at once, without back-off or count.
+PLANNED_STOP = "stopped on purpose with its node"
 #: The reason of a PLACE action for an instance that did not fit before.
 RETRY_UNPLACED = "did not fit earlier; the cluster changed"
 
@@ -155,7 +158,8 @@ class ObservedInstance:
     instance (each runs RPC servers for it); both are empty until it is placed.
     ``unplaced`` is set when placement was tried and nothing fitted (the message says why).
     ``next_restart_at``: the stored time of its next restart (ERROR only); ``running_since``:
-    when it last became RUNNING; ``pinned``: its GPUs were chosen by hand (never moved).
+    when it last became RUNNING; ``pinned``: its GPUs were chosen by hand (never moved);
+    ``planned_stop``: its ERROR is a backend its node stopped on purpose (not a crash).
     """
 
     id: int
@@ -171,6 +175,7 @@ class ObservedInstance:
     next_restart_at: datetime | None = None
     running_since: datetime | None = None
     pinned: bool = False
+    planned_stop: bool = False
 
     @property
     def placed(self) -> bool:
@@ -469,20 +474,24 @@ def _restart(deployment: DesiredDeployment, instances: Sequence[ObservedInstance
     when it comes."""
     schedule: list[Action] = []
     restart: list[Action] = []
-    if deployment.deleting or not deployment.restart_on_error:
+    if deployment.deleting:
         return schedule, restart
     for inst in instances:
         if inst.deleting or inst.state != S.ERROR or not inst.placed:
             continue
+        if not deployment.restart_on_error and not inst.planned_stop:
+            continue  # a planned stop is no error: it comes back whatever the setting
         if _lost(inst, workers):
             continue  # UNREACHABLE now; restarted when its workers are back
-        attempt = inst.restart_count + 1
+        attempt = inst.restart_count + (0 if inst.planned_stop else 1)
         due = inst.next_restart_at
         if due is None:
-            delay = restart_delay_seconds(inst.restart_count, timing)
+            delay = 0.0 if inst.planned_stop else restart_delay_seconds(inst.restart_count, timing)
             due = inst.updated_at + timedelta(seconds=delay)
             when = "at once" if delay == 0 else f"after a {delay:g} s back-off"
-            looping = "; crash-looping" if crash_looping(inst.restart_count, timing) else ""
+            if inst.planned_stop:
+                when = "at once: its node stopped it on purpose, not a crash"
+            looping = "; crash-looping" if crash_looping(inst.restart_count, timing) and not inst.planned_stop else ""
             schedule.append(Action(ActionKind.SCHEDULE_RESTART, instance=inst.id, worker=inst.worker, at=due,
                                    reason=f"restart {attempt} {when}{looping}"))
         if now >= due:

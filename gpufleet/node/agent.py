@@ -6,17 +6,20 @@ after its own restart and stopping any the server no longer knows)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 
 from gpufleet import orchestration
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable
+from gpufleet.core.plan import PLANNED_STOP
 from gpufleet.core.schemas import RPC_CAPABILITY, GpuInfo, InstanceStateUpdate, InstanceView, WorkerRegistration
 from gpufleet.core.states import ACTIVE_ON_NODE, InstanceState
 from gpufleet.node import backends, engines, probes, processes, runtimes
@@ -128,10 +131,15 @@ class NodeAgent:
                                  f"serving on {inst.worker}:{inst.port}; RPC part on {me} is back")
             else:
                 self._report_exit(record, "exited while the node agent was down")
+        planned = self._planned_stops()
         for inst in known.values():
             if inst.state in ACTIVE_ON_NODE and not inst.deleting and (missing := self._missing(inst)):
-                self._report(inst.id, InstanceState.ERROR,
-                             f"{missing} not running on worker {me} after the node agent restarted")
+                if inst.id in planned:
+                    self._report(inst.id, InstanceState.ERROR,
+                                 f"{PLANNED_STOP} {me} when it last exited ({missing}); starting it again")
+                else:
+                    self._report(inst.id, InstanceState.ERROR,
+                                 f"{missing} not running on worker {me} after the node agent restarted")
 
     def _missing(self, inst: InstanceView) -> str | None:
         """What this node should run for an active instance but does not."""
@@ -291,6 +299,24 @@ class NodeAgent:
         self.client.close()
 
     def stop_all_backends(self) -> None:
-        for instance_id in sorted({r.instance_id for r in self.registry.all()}):
+        """A planned stop (`gpufleet down`): the instances are written down first, so that the
+        next start reports them as stopped on purpose and they come back at once, not through
+        the crash back-off."""
+        stopped = sorted({r.instance_id for r in self.registry.all()})
+        self._planned_file.write_text(json.dumps(stopped))
+        for instance_id in stopped:
             log.info("stopping what runs for instance %d", instance_id)
             backends.stop(instance_id, self.node, grace=5)
+
+    @property
+    def _planned_file(self) -> Path:
+        return self.node.home / "planned-stop.json"
+
+    def _planned_stops(self) -> set[int]:
+        """The instances this node stopped on purpose when it last exited (read once)."""
+        try:
+            ids = set(json.loads(self._planned_file.read_text()))
+        except (FileNotFoundError, ValueError):
+            return set()
+        self._planned_file.unlink(missing_ok=True)
+        return ids

@@ -77,7 +77,8 @@ class Controller:
         self._wake = threading.Event()
         self._next_due: datetime | None = None
         self._thread = threading.Thread(target=self._loop, name="gpufleet-controller", daemon=True)
-        self._restarts_started: set[tuple[int, int]] = set()
+        #: (instance, restart count, stored restart time): one restart run per failure
+        self._restarts_started: set[tuple[int, int, datetime | None]] = set()
         self._last_redrive: dict[str, datetime] = {}
         self._cluster_seen: tuple[object, ...] | None = None
         #: the last run started per ("deployment", name) / ("instance", id)
@@ -159,7 +160,8 @@ class Controller:
     def restart(self, session: Session, plan: Plan) -> None:
         for action in plan.of(ActionKind.RESTART):
             row = session.get(InstanceRow, action.instance)
-            key = (action.instance, row.restart_count if row is not None else 0)
+            key = (action.instance, row.restart_count if row is not None else 0,
+                   _aware(row.next_restart_at) if row is not None and row.next_restart_at else None)
             if key in self._restarts_started:
                 continue
             if self.start_run(("instance", str(action.instance)), "restart", {"instance_id": action.instance},

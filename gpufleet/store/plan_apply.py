@@ -23,6 +23,7 @@ from gpufleet.core.plan import (
     DesiredDeployment,
     ObservedInstance,
     ObservedWorker,
+    PLANNED_STOP,
     Plan,
     PlanOptions,
     Timing,
@@ -66,6 +67,7 @@ def observe_instance(row: InstanceRow) -> ObservedInstance:
         next_restart_at=_aware(row.next_restart_at) if row.next_restart_at else None,
         running_since=_aware(row.running_since) if row.running_since else None,
         pinned=bool((row.config or {}).get("placement", {}).get("gpu_selector")),
+        planned_stop=row.state == InstanceState.ERROR and row.state_message.startswith(PLANNED_STOP),
     )
 
 

@@ -209,3 +209,18 @@ def test_wakes_for_a_restart_due_before_the_next_tick(setup) -> None:  # noqa: A
     assert calls == [] and 0 < controller._pause() < 1.0
     controller.wake()
     assert controller._wake.is_set()
+
+
+def test_a_planned_stop_comes_back_at_once(setup) -> None:  # noqa: ANN001
+    """After `gpufleet down` / `up` the node reports its backends as stopped on purpose: restarted
+    in the same round although 5 restarts would mean a 160 s back-off."""
+    from gpufleet.core.plan import PLANNED_STOP
+
+    state, controller, iid, calls = setup
+    report(state, iid, InstanceState.STARTING, 5)
+    report(state, iid, InstanceState.RUNNING)
+    with state.session() as s:
+        repo.update_instance_state(s, iid, InstanceStateUpdate(
+            state=InstanceState.ERROR, message=f"{PLANNED_STOP} w when it last exited (backend); starting it again"))
+    controller.run_once()
+    assert calls == [("restart", {"instance_id": iid})]

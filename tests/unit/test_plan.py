@@ -109,6 +109,12 @@ def steps(p: object) -> list[tuple[str, int | None, str | None, int]]:
          UP, PlanOptions(), []),
         (D("m", 1), [I(1, S.ERROR, 50, worker="a", restart_count=3, next_restart_at=NOW - timedelta(seconds=1))],
          UP, PlanOptions(), [("restart", 1, "a", 0)]),
+        # a backend its node stopped on purpose (gpufleet down): at once, whatever the count (not 10 × 2⁴ = 160 s)
+        (D("m", 1), [I(1, S.ERROR, 0, worker="a", restart_count=5, planned_stop=True)], UP, PlanOptions(),
+         [("schedule-restart", 1, "a", 0), ("restart", 1, "a", 0)]),
+        # … and with restart on error off too: a planned stop is no error
+        (D("m", 1, restart_on_error=False), [I(1, S.ERROR, 0, worker="a", planned_stop=True)], UP, PlanOptions(),
+         [("schedule-restart", 1, "a", 0), ("restart", 1, "a", 0)]),
         # restart on error off: an ERROR instance stays ERROR
         (D("m", 1, restart_on_error=False), [I(1, S.ERROR, 600, worker="a", restart_count=2)], UP, PlanOptions(), []),
         # a lost worker: its ERROR instance becomes UNREACHABLE (not restarted there), whatever its state
