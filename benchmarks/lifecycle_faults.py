@@ -5,6 +5,7 @@ compressed clock GPUFLEET_TIME_SCALE=0.1) and prints what it measured:
 - backend hang (SIGSTOP): stop → ERROR by failed health probes, → RUNNING again;
 - crash loop: the back-off schedule (stored and measured) on the compressed clock;
 - node agent SIGKILL then return: kill → UNREACHABLE, kill → RUNNING again (re-adopted);
+- planned node stop (SIGTERM, backends stopped with it) and start: back at once, no restart counted;
 - node that never returns: kill → UNREACHABLE, kill → RUNNING on another worker after the grace;
 - for each fault: "lost: 0 deployments, 0 instances, 0 log runs" (the tests assert it).
 
@@ -62,6 +63,9 @@ def print_figures(figures: dict) -> None:
     if (a := figures.get("node_agent_sigkill_and_return")) is not None:
         print(f"node agent SIGKILL then return: UNREACHABLE after {a['kill_to_unreachable_s']} s, RUNNING again "
               f"(re-adopted, same process) {a['kill_to_running_again_s']} s after the kill; lost: {a['lost']}")
+    if (p := figures.get("planned_node_stop")) is not None:
+        print(f"planned node stop and start: RUNNING {p['node_start_to_running_s']} s after the node was started "
+              f"again, restart count {p['restart_count']}; lost: {p['lost']}")
     if (n := figures.get("node_never_returns")) is not None:
         print(f"node never returns: UNREACHABLE after {n['kill_to_unreachable_s']} s, RUNNING on another worker "
               f"{n['kill_to_rescheduled_running_s']} s after the kill (grace {n['grace_s']:g} s); lost: {n['lost']}")

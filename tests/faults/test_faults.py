@@ -240,3 +240,28 @@ def test_node_that_never_returns_is_rescheduled_after_the_grace(faults_cluster: 
                                      "kill_to_rescheduled_running_s": round(t_moved - t_kill, 2),
                                      "lost": "0 deployments, 0 instances, 0 log runs"}
     c.cli("rm", "moved")
+
+
+def test_planned_node_stop_is_not_a_crash(faults_cluster: FaultCluster, tiny_gguf: Path,
+                                          figures: dict[str, Any]) -> None:
+    """A node agent stopped on purpose (SIGTERM; it stops its backends, as under `gpufleet down`)
+    and started again: its instance comes back at once, no restart counted, no back-off."""
+    c = faults_cluster
+    c.cli("deploy", "--name", "planned", "--local-path", str(tiny_gguf), "--worker-selector", "pool=move")
+    first = running(c, "planned")
+    agent = c.node_child(first["worker"])
+    agent.proc.send_signal(signal.SIGTERM)
+    agent.proc.wait(timeout=60)
+    c.children.remove(agent)
+    assert wait_until(lambda: not pid_alive(first["pid"]), timeout=30, what="backend stopped with its node")
+    t_start = time.time()
+    c.restart_node(first["worker"])
+    back = wait_until(lambda: (i := one(c, "planned"))["state"] == "RUNNING" and i["pid"] != first["pid"] and i,
+                      timeout=60, interval=0.1, what="RUNNING again in a new process")
+    assert back["id"] == first["id"] and back["restart_count"] == 0, back
+    assert chat(back["port"])
+    nothing_lost(c, "planned", first["id"])
+    figures["planned_node_stop"] = {"node_start_to_running_s": round(time.time() - t_start, 2),
+                                    "restart_count": back["restart_count"],
+                                    "lost": "0 deployments, 0 instances, 0 log runs"}
+    c.cli("rm", "planned")
