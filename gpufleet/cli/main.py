@@ -492,7 +492,7 @@ def edit(
         restart_on_error=restart_on_error,
     )
     if not update.model_dump(exclude_none=True):
-        fail("nothing to change: give --backend-param, --env, --backend-version or --[no-]restart-on-error", 2)
+        fail("nothing to change: give --backend-param, --env, --backend-version, --restart-on-error or --no-restart-on-error", 2)
     with client() as c:
         dep = c.edit_deployment(name, update)
         running = [i for i in c.list_instances(deployment=name) if not i.deleting]
