@@ -215,10 +215,13 @@ class GpufleetClient:
         data = self._request("POST", f"/v1/instances/{instance_id}/restart")
         return OperationAccepted.model_validate(data)
 
-    def stream_logs(self, instance_id: int, tail: int | None, follow: bool) -> Iterator[str]:
+    def stream_logs(self, instance_id: int, tail: int | None, follow: bool, previous: int = 0) -> Iterator[str]:
+        """``previous``: 0 the current run's log, n the n-th run before it."""
         params: dict[str, Any] = {"follow": str(follow).lower()}
         if tail is not None:
             params["tail"] = tail
+        if previous:
+            params["previous"] = previous
         try:
             with self._http.stream(
                 "GET", f"/v1/instances/{instance_id}/logs", params=params, timeout=None
@@ -287,6 +290,11 @@ class GpufleetClient:
 
     def list_workers(self) -> list[WorkerView]:
         return [WorkerView.model_validate(w) for w in self._request("GET", "/v1/workers")]
+
+    def remove_worker(self, name: str, force: bool = False) -> list[int]:
+        """Decommission a worker; returns the instances that were placed on it."""
+        data = self._request("DELETE", f"/v1/workers/{name}", params={"force": str(force).lower()})
+        return list(data.get("instances", []))
 
     # -- backend versions
     def install_backend(self, worker: str, req: BackendInstallRequest) -> OperationAccepted:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gpufleet.core.plan import Timing
+
 DEFAULT_PORT = 8470
 
 
@@ -19,5 +21,44 @@ def database_url() -> str:
     return os.environ.get("GPUFLEET_DATABASE_URL") or f"sqlite:///{home() / 'gpufleet.db'}"
 
 
+#: Runs of a backend whose logs a node keeps besides the current one (gpufleet.node.run_logs).
+KEEP_PREVIOUS_LOGS = 3
+
 HEARTBEAT_INTERVAL_S = float(os.environ.get("GPUFLEET_HEARTBEAT_INTERVAL", "5"))
 WORKER_TIMEOUT_S = float(os.environ.get("GPUFLEET_WORKER_TIMEOUT", str(4 * HEARTBEAT_INTERVAL_S)))
+
+
+def time_scale() -> float:
+    """``GPUFLEET_TIME_SCALE`` compresses the lifecycle clock (restart back-off, stable window,
+    lost-worker grace): 0.01 runs the real schedule a hundred times faster, so tests assert it
+    without sleeping minutes. 1 in production."""
+    raw = os.environ.get("GPUFLEET_TIME_SCALE", "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise ValueError(f"GPUFLEET_TIME_SCALE must be a number > 0, got {raw!r}") from None
+    if scale <= 0:
+        raise ValueError(f"GPUFLEET_TIME_SCALE must be > 0, got {raw!r}")
+    return scale
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def plan_timing() -> Timing:
+    """The plan's durations: ``GPUFLEET_RESTART_STABLE_WINDOW`` (s, default 600) and
+    ``GPUFLEET_LOST_WORKER_GRACE`` (s, default 300), then everything × the time scale."""
+    base = Timing()
+    configured = Timing(stable_window_s=_seconds("GPUFLEET_RESTART_STABLE_WINDOW", base.stable_window_s),
+                        lost_grace_s=_seconds("GPUFLEET_LOST_WORKER_GRACE", base.lost_grace_s))
+    return configured.scaled(time_scale())

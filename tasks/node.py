@@ -107,6 +107,7 @@ def health_check(records: list[BackendRecord]) -> dict[int, str | Failed]:
 
     def check(record: BackendRecord) -> str:
         path = backends.wait_healthy(record, host, record.readiness_timeout_s, tuple(record.health_paths))
+        backends.mark_healthy(record, current_node(), path)
         get_run_logger().info("%s healthy on port %d (%s)", record.instance_name, record.port, path)
         return path
 

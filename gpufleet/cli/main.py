@@ -63,6 +63,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the deployment converges")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds to wait (more than 0)",
                                            callback=positive_timeout)]
+RestartOnErrorOpt = Annotated[bool, typer.Option(
+    "--restart-on-error/--no-restart-on-error",
+    help="restart failed instances: at once, then after 10 s, 20 s, 40 s … (at most 5 minutes)")]
 
 
 def _setup_logging() -> None:
@@ -291,6 +294,7 @@ def deploy(
     overcommit: OvercommitOpt = False,
     image: Annotated[Optional[str], typer.Option(
         help="container image to run (workers with the docker runtime); default: the engine's own")] = None,
+    restart_on_error: RestartOnErrorOpt = True,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
 ) -> None:
@@ -308,6 +312,8 @@ def deploy(
         fields["category"] = category
     if image is not None:
         fields["image"] = image
+    if not restart_on_error:
+        fields["restart_on_error"] = False
     if kv_cache_cpu_gib is not None:
         kv: dict[str, object] = {"cpu_gib": kv_cache_cpu_gib}
         if kv_cache_chunk_size is not None:
@@ -459,19 +465,28 @@ def edit(
     backend_param: ParamOpt = None,
     env: EnvOpt = None,
     backend_version: Annotated[Optional[str], typer.Option()] = None,
+    restart_on_error: Annotated[Optional[bool], typer.Option(
+        "--restart-on-error/--no-restart-on-error",
+        help="restart failed instances (applies to running instances too)")] = None,
 ) -> None:
-    """Change a deployment. Running instances keep their configuration; new ones use this."""
+    """Change a deployment. Running instances keep their configuration; new ones use this.
+    Restart on error is a policy: it applies to every instance at once."""
     update = DeploymentEdit(
         backend_params=_params(backend_param) if backend_param is not None else None,
         env=_parse_env(env) if env is not None else None,
         backend_version=backend_version,
+        restart_on_error=restart_on_error,
     )
     if not update.model_dump(exclude_none=True):
-        fail("nothing to change: give --backend-param, --env or --backend-version", 2)
+        fail("nothing to change: give --backend-param, --env, --backend-version, --restart-on-error or --no-restart-on-error", 2)
     with client() as c:
         dep = c.edit_deployment(name, update)
         running = [i for i in c.list_instances(deployment=name) if not i.deleting]
     console.print(f"deployment {name} updated (generation {dep.generation}).")
+    if restart_on_error is not None:
+        console.print(f"restart on error: {'on' if dep.restart_on_error else 'off'} for all its instances")
+    if update.model_dump(exclude_none=True).keys() == {"restart_on_error"}:
+        return
     console.print(
         f"{len(running)} existing instance(s) keep running unchanged; instances created from now on "
         "(scale up, rm-instance) use the new configuration.", highlight=False,
@@ -483,25 +498,53 @@ def logs(
     instance_id: int,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new output")] = False,
     tail: Annotated[Optional[int], typer.Option("--tail", "-n", help="last N lines")] = None,
+    previous: Annotated[bool, typer.Option("--previous", "-p", help="the run before the current one (a crash's log)")] = False,
+    run_before: Annotated[Optional[int], typer.Option(
+        "--run-before", help="the N-th run before the current one (1 = --previous; 3 are kept)", min=1)] = None,
 ) -> None:
-    """Print an instance's backend log."""
+    """Print an instance's backend log: the current run's, or with --previous the one before
+    (each run has its own log, starting with gpufleet's lines: worker, GPUs, command)."""
     if tail is not None and tail < 0:
         fail("--tail must be 0 or more", 2)
+    back = run_before or (1 if previous else 0)
+    if back and follow:
+        fail("--follow follows the current run; a previous run's log is complete", 2)
     with client() as c:
-        for chunk in c.stream_logs(instance_id, tail, follow):
+        for chunk in c.stream_logs(instance_id, tail, follow, previous=back):
             sys.stdout.write(chunk)
             sys.stdout.flush()
 
 
-@app.command()
-def workers(as_json: JsonOpt = False) -> None:
+workers_app = typer.Typer(help="List node workers; `workers rm NAME` decommissions one.")
+app.add_typer(workers_app, name="workers")
+
+
+@workers_app.callback(invoke_without_command=True)
+def workers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List node workers."""
+    if ctx.invoked_subcommand is not None:
+        return
     with client() as c:
         ws = c.list_workers()
     if as_json:
         print_json(ws)
     else:
         console.print(workers_table(ws))
+
+
+@workers_app.command("rm")
+def remove_worker(
+    name: str,
+    force: Annotated[bool, typer.Option("--force", help="remove it even while its node still sends heartbeats")] = False,
+) -> None:
+    """Decommission a worker that is gone: its record goes, its instances are placed on other
+    workers (those with GPUs chosen by hand stay UNREACHABLE). Refused while it is alive."""
+    with client() as c:
+        instances = c.remove_worker(name, force)
+    console.print(f"worker {name} removed")
+    if instances:
+        console.print(f"its instances {', '.join(map(str, instances))} are placed on other workers where they fit "
+                      "(`gpufleet ps` shows them)", highlight=False)
 
 
 def _register_commands() -> None:

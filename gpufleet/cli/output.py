@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpufleet.core.schemas import DeploymentView, EngineInstall, InstanceView, WorkerView
+from gpufleet.core.states import InstanceState
 
 # Pipes and files get wide lines: a table wrapped at 80 columns is hard to read or grep.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -31,7 +33,21 @@ def deployments_table(deps: list[DeploymentView]) -> Table:
     return t
 
 
-def instances_table(instances: list[InstanceView]) -> Table:
+def restarts_note(inst: InstanceView, now: datetime | None = None) -> str:
+    """The RESTARTS column: the count, whether it is crash-looping, and when the next restart
+    comes (``3, crash-looping, restarting in 40 s, attempt 4``)."""
+    parts = [str(inst.restart_count)]
+    if inst.crash_looping and inst.state in (InstanceState.ERROR, InstanceState.STARTING, InstanceState.DOWNLOADING):
+        parts.append("crash-looping")
+    if inst.state == InstanceState.ERROR and inst.next_restart_at is not None:
+        due = inst.next_restart_at if inst.next_restart_at.tzinfo else inst.next_restart_at.replace(tzinfo=timezone.utc)
+        wait = max(0.0, (due - (now or datetime.now(timezone.utc))).total_seconds())
+        parts.append(f"restarting in {wait:.0f} s, attempt {inst.restart_count + 1}" if wait >= 0.5
+                     else f"restarting now, attempt {inst.restart_count + 1}")
+    return ", ".join(parts)
+
+
+def instances_table(instances: list[InstanceView], now: datetime | None = None) -> Table:
     t = Table("ID", "NAME", "DEPLOYMENT", "STATE", "MESSAGE", "WORKER", "GPUS", "PORT", "PID", "RESTARTS", box=None)
     for i in instances:
         state = i.state + (" (deleting)" if i.deleting else "")
@@ -39,7 +55,7 @@ def instances_table(instances: list[InstanceView]) -> Table:
         t.add_row(
             str(i.id), i.name, i.deployment, state, message, i.worker or "-",
             ",".join(map(str, i.gpu_indexes)) or "-", str(i.port or "-"), str(i.pid or "-"),
-            str(i.restart_count),
+            restarts_note(i, now),
         )
     return t
 

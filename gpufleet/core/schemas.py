@@ -94,6 +94,8 @@ class DeploymentConfig(Strict):
     kv_cache: KvCacheSpec | None = Field(default=None, description="extended KV cache (vLLM with LMCache)")
     image: str | None = Field(default=None, description="container image to run instead of the engine's default "
                                                         "(nodes with the docker runtime)")
+    restart_on_error: bool = Field(default=True, description="restart an instance whose backend failed, with a "
+                                   "back-off (at once, then 10 s, 20 s … capped at 300 s)")
 
     @model_validator(mode="after")
     def _placement_fits_backend(self) -> DeploymentConfig:
@@ -144,6 +146,7 @@ class DeploymentEdit(Strict):
     backend_version: str | None = None
     backend_params: list[str] | None = None
     env: dict[str, str] | None = None
+    restart_on_error: bool | None = Field(default=None, description="applies to running instances too")
 
 
 class ScaleRequest(Strict):
@@ -275,6 +278,9 @@ class InstanceView(BaseModel):
     port: int | None = None
     pid: int | None = None
     restart_count: int = 0
+    next_restart_at: datetime | None = Field(default=None, description="when it is restarted next (ERROR only)")
+    crash_looping: bool = Field(default=False, description="restarted several times without a stable run between")
+    running_since: datetime | None = None
     deleting: bool = False
     config: DeploymentConfig
     placement: Placement | None = None
@@ -305,6 +311,8 @@ class InstanceStateUpdate(Strict):
     port: int | None = None
     pid: int | None = None
     restart_count: int | None = None
+    worker: str | None = Field(default=None, description="the reporting node: refused (409) if the instance is no "
+                               "longer placed there (rescheduled away while the node was lost)")
 
 
 class Heartbeat(Strict):

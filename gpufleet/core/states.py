@@ -43,8 +43,10 @@ TRANSITIONS: dict[InstanceState, frozenset[InstanceState]] = {
     S.DOWNLOADING: frozenset({S.STARTING, S.ERROR, S.UNREACHABLE}),
     S.STARTING: frozenset({S.RUNNING, S.ERROR, S.UNREACHABLE}),
     S.RUNNING: frozenset({S.DOWNLOADING, S.STARTING, S.ERROR, S.UNREACHABLE}),
-    S.ERROR: frozenset({S.PENDING, S.SCHEDULED, S.DOWNLOADING, S.STARTING}),
-    S.UNREACHABLE: frozenset({S.RUNNING, S.STARTING, S.DOWNLOADING, S.ERROR}),
+    # to UNREACHABLE: its worker was lost (it cannot be restarted there meanwhile)
+    S.ERROR: frozenset({S.PENDING, S.SCHEDULED, S.DOWNLOADING, S.STARTING, S.UNREACHABLE}),
+    # to PENDING: rescheduled after the lost-worker grace (its placement released)
+    S.UNREACHABLE: frozenset({S.PENDING, S.RUNNING, S.STARTING, S.DOWNLOADING, S.ERROR}),
 }
 
 #: States in which an instance holds (or is about to hold) a backend process.

@@ -6,20 +6,23 @@ after its own restart and stopping any the server no longer knows)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 
 from gpufleet import orchestration
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable
+from gpufleet.core.plan import PLANNED_STOP
 from gpufleet.core.schemas import RPC_CAPABILITY, GpuInfo, InstanceStateUpdate, InstanceView, WorkerRegistration
 from gpufleet.core.states import ACTIVE_ON_NODE, InstanceState
-from gpufleet.node import backends, engines, processes, runtimes
+from gpufleet.node import backends, engines, probes, processes, runtimes
 from gpufleet.node.context import NodeContext
 from gpufleet.node import inventory
 from gpufleet.node.inventory import total_memory
@@ -71,6 +74,7 @@ class NodeAgent:
         self.api_port = config.api_port or free_port(self.node.bind_host)
         self._stop = asyncio.Event()
         self._prefect_worker: object | None = None
+        self._prober = probes.Prober()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -129,10 +133,15 @@ class NodeAgent:
                                  f"serving on {inst.worker}:{inst.port}; RPC part on {me} is back")
             else:
                 self._report_exit(record, "exited while the node agent was down")
+        planned = self._planned_stops()
         for inst in known.values():
             if inst.state in ACTIVE_ON_NODE and not inst.deleting and (missing := self._missing(inst)):
-                self._report(inst.id, InstanceState.ERROR,
-                             f"{missing} not running on worker {me} after the node agent restarted")
+                if inst.id in planned:
+                    self._report(inst.id, InstanceState.ERROR,
+                                 f"{PLANNED_STOP} {me} when it last exited ({missing}); starting it again")
+                else:
+                    self._report(inst.id, InstanceState.ERROR,
+                                 f"{missing} not running on worker {me} after the node agent restarted")
 
     def _missing(self, inst: InstanceView) -> str | None:
         """What this node should run for an active instance but does not."""
@@ -144,7 +153,8 @@ class NodeAgent:
 
     def _report(self, instance_id: int, state: InstanceState, message: str) -> None:
         try:
-            self.client.report_state(instance_id, InstanceStateUpdate(state=state, message=message))
+            self.client.report_state(instance_id, InstanceStateUpdate(state=state, message=message,
+                                                                      worker=self.config.name))
         except ApiError as exc:
             log.info("could not report %s for instance %d: %s", state, instance_id, exc.detail)
 
@@ -177,7 +187,36 @@ class NodeAgent:
                 runtimes.get("docker").keep_logging(record)  # type: ignore[attr-defined]
         processes.reap_children()
 
+    def probe_once(self) -> None:
+        """Probe every backend that became healthy; one that failed PROBE_FAILURES probes in a
+        row is reported ERROR (first, so a failed report is retried next round) and stopped."""
+        candidates = [r for r in self.registry.all()
+                      if r.role == "server" and r.healthy_path and not r.stopping and backends.is_alive(r)]
+        self._prober.forget({(r.key, r.pid) for r in candidates})
+        for record in candidates:
+            problems = self._prober.observe(record, probes.probe(record, self.node.bind_host))
+            if problems is None:
+                continue
+            with self.registry.lock:
+                current = self.registry.read(record.key)
+                if current is None or current.stopping or current.pid != record.pid:
+                    continue  # stopped on purpose, or relaunched, meanwhile
+            self._report(record.instance_id, InstanceState.ERROR,
+                         f"backend stopped answering its health probe {record.healthy_path} on worker "
+                         f"{self.config.name} ({len(problems)} probes {probes.PROBE_INTERVAL_S:g} s apart: "
+                         f"{problems[-1]}); stopped it (pid {record.pid}); last log lines:\n"
+                         f"{backends.last_log_lines(record)}")
+            backends.stop(record.instance_id, self.node, grace=2)
+
     # ---------------------------------------------------------------- loops
+
+    async def probe_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._sleep(probes.PROBE_INTERVAL_S)
+            try:
+                await asyncio.to_thread(self.probe_once)
+            except (ServerUnavailable, ApiError) as exc:
+                log.warning("probe report failed: %s", exc)
 
     async def heartbeat_loop(self) -> None:
         while not self._stop.is_set():
@@ -187,8 +226,9 @@ class NodeAgent:
                     log.info("server had lost this node; re-reporting backends")
                     await asyncio.to_thread(self.adopt_backends)
             except ApiError as exc:
-                if exc.status == 404:  # server lost us (new database): register again
-                    await self.register()
+                if exc.status == 404:  # server lost us (new database, `workers rm --force`): register again,
+                    await self.register()  # then stop what is no longer placed here, re-report the rest
+                    await asyncio.to_thread(self.adopt_backends)
             except ServerUnavailable as exc:
                 log.warning("heartbeat failed: %s", exc)
             await self._sleep(HEARTBEAT_INTERVAL_S)
@@ -257,6 +297,7 @@ class NodeAgent:
         tasks = [
             asyncio.create_task(self.heartbeat_loop()),
             asyncio.create_task(self.supervise_loop()),
+            asyncio.create_task(self.probe_loop()),
             asyncio.create_task(self.worker_loop()),
         ]
         log.info("node %s ready: queue %s, api %s", self.config.name,
@@ -272,6 +313,24 @@ class NodeAgent:
         self.client.close()
 
     def stop_all_backends(self) -> None:
-        for instance_id in sorted({r.instance_id for r in self.registry.all()}):
+        """A planned stop (`gpufleet down`): the instances are written down first, so that the
+        next start reports them as stopped on purpose and they come back at once, not through
+        the crash back-off."""
+        stopped = sorted({r.instance_id for r in self.registry.all()})
+        self._planned_file.write_text(json.dumps(stopped))
+        for instance_id in stopped:
             log.info("stopping what runs for instance %d", instance_id)
             backends.stop(instance_id, self.node, grace=5)
+
+    @property
+    def _planned_file(self) -> Path:
+        return self.node.home / "planned-stop.json"
+
+    def _planned_stops(self) -> set[int]:
+        """The instances this node stopped on purpose when it last exited (read once)."""
+        try:
+            ids = set(json.loads(self._planned_file.read_text()))
+        except (FileNotFoundError, ValueError):
+            return set()
+        self._planned_file.unlink(missing_ok=True)
+        return ids

@@ -21,7 +21,7 @@ from gpufleet.core.backends.launch import LaunchDescription
 from gpufleet.core.backends.registry import engine
 from gpufleet.core.estimation.llama_params import DEFAULT_CONTEXT
 from gpufleet.core.schemas import InstanceView, ModelMetadata
-from gpufleet.node import engines, processes, runtimes, weights
+from gpufleet.node import engines, processes, run_logs, runtimes, weights
 from gpufleet.node.context import NodeContext
 from gpufleet.node.logs import tail_lines
 from gpufleet.node.registry import BackendRecord, BackendRegistry
@@ -149,8 +149,11 @@ def _spawn(instance: InstanceView, node: NodeContext, command: list[str], env: d
     and record it before returning (the caller holds the registry lock). A failed start
     leaves nothing behind and says why, with the backend's last log lines."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    run_logs.rotate(log)  # the previous run's log is kept as .log.1 (a crash's log survives its restart)
+    gpus = [gpu_index] if gpu_index is not None else (instance.placement.gpu_indexes if instance.placement else [])
     with log.open("a") as f:
-        f.write(f"[gpufleet] starting on {node.name} ({runtime_records.node_runtime(node)}): {' '.join(command)}\n")
+        f.write(run_logs.header(instance=instance.name, run=instance.restart_count + 1, worker=node.name,
+                                runtime=runtime_records.node_runtime(node), gpus=gpus, command=command, env=env))
     try:
         record = runtime_records.start_record(instance, node, command, env, port, log, role, gpu_index,
                                               desc or runtime_records.fallback_description(command, env, port))
@@ -303,6 +306,16 @@ def wait_healthy(
         f"backend not healthy after {timeout:.0f} s on port {record.port}; "
         f"last log lines:\n{last_log_lines(record)}"
     )
+
+
+def mark_healthy(record: BackendRecord, node: NodeContext, path: str) -> None:
+    """Remember that this backend answered ``path``: the agent's probes start from here (never
+    during a long start-up, which the health check's own timeout bounds)."""
+    reg = registry(node)
+    with reg.lock:
+        current = reg.read(record.key)
+        if current is not None and current.pid == record.pid and not current.stopping:
+            reg.save(current.model_copy(update={"healthy_path": path}))
 
 
 def stop(instance_id: int, node: NodeContext, grace: float = 10.0) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
+from gpufleet.node import run_logs
 from gpufleet.node.context import NodeContext
 from gpufleet.node.logs import read_log
 from gpufleet.node.registry import BackendRegistry
@@ -35,11 +36,19 @@ def create_log_app(
 
     @app.get("/v1/instances/{instance_id}/logs")
     def logs(
-        instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False
+        instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False,
+        previous: int = Query(default=0, ge=0, le=run_logs.KEEP_PREVIOUS,
+                              description="0: the current run; n: the n-th run before it"),
     ) -> StreamingResponse:
         path = find_log(node, instance_id)
         if path is None:
             raise HTTPException(404, f"no log for instance {instance_id} on worker {node.name}")
+        if previous:
+            path = run_logs.previous_path(path, previous)
+            if not path.exists():
+                raise HTTPException(404, f"no log of run -{previous} of instance {instance_id} on worker {node.name} "
+                                         f"(it has not been restarted {previous} time(s) there)")
+            return StreamingResponse(read_log(path, tail, follow=False), media_type="text/plain")
 
         def backend_registered() -> bool:
             return registry.get(instance_id) is not None

@@ -37,6 +37,9 @@ class BackendRecord(BaseModel):
     #: what runs it (docs/runtimes.md): a process of the node, or a container whose main process is `pid`
     runtime: Literal["process", "docker"] = "process"
     container_id: str | None = None
+    #: the health path that answered once the backend became healthy: from then on the agent
+    #: probes it, and a backend that stops answering (hung, SIGSTOP) is reported ERROR
+    healthy_path: str | None = None
 
     @property
     def key(self) -> str:

@@ -40,8 +40,9 @@ from gpufleet.core.schemas import (
     WorkerRegistration,
     WorkerView,
 )
-from gpufleet.core.states import InvalidTransition
-from gpufleet.server.controller import Controller
+from gpufleet.core.states import InstanceState, InvalidTransition
+from gpufleet.server.controller import Controller, prefect_run_state
+from gpufleet.settings import KEEP_PREVIOUS_LOGS
 from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
@@ -100,7 +101,7 @@ def create_app(
     node_trigger: NodeTrigger = prefect_node_trigger,
 ) -> FastAPI:
     state = ServerState(database_url, trigger)
-    controller = Controller(state, trigger)
+    controller = Controller(state, trigger, prefect_run_state if trigger is prefect_trigger else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -290,7 +291,9 @@ def create_app(
 
     @app.get("/v1/instances/{instance_id}/logs")
     async def instance_logs(
-        instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False
+        instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False,
+        previous: int = Query(default=0, ge=0, le=KEEP_PREVIOUS_LOGS,
+                              description="0: the current run's log; n: the n-th run before it"),
     ) -> StreamingResponse:
         with state.session() as s:
             inst = repo.get_instance(s, instance_id)
@@ -300,6 +303,8 @@ def create_app(
         params: dict[str, Any] = {"follow": str(follow).lower()}
         if tail is not None:
             params["tail"] = tail
+        if previous:
+            params["previous"] = previous
         client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
         try:
             upstream = await client.send(
@@ -348,6 +353,14 @@ def create_app(
         with state.session() as s:
             return next(w for w in repo.list_workers(s, state.worker_timeout) if w.name == name)
 
+    @app.delete("/v1/workers/{name}")
+    def remove_worker(name: str, force: bool = False) -> dict[str, Any]:
+        """Decommission a worker (409 while it beats, unless ``force``); its instances are
+        rescheduled by the plan (manual GPU selections stay UNREACHABLE)."""
+        with state.placement_lock, state.session() as s:
+            instances = repo.remove_worker(s, name, state.worker_timeout, force)
+        return {"status": "removed", "worker": name, "instances": instances}
+
     @app.post("/v1/workers/{name}/heartbeat")
     def heartbeat(name: str, body: Heartbeat | None = None) -> dict[str, Any]:
         """`resync` tells a node that was considered lost to re-report its backends. The body,
@@ -388,12 +401,18 @@ def create_app(
         """A node run's phase (STARTING, RUNNING, ERROR …) for all its instances in one request;
         each report stands alone: one refused or missing instance does not refuse the others."""
         with state.session() as s:
-            return repo.update_instance_states(s, body.reports)
+            result = repo.update_instance_states(s, body.reports)
+        if any(body.reports[i].state == InstanceState.ERROR for i in result.applied):
+            controller.wake()  # a failure's first restart is due at once
+        return result
 
     @app.put("/v1/internal/instances/{instance_id}/state")
     def report_state(instance_id: int, update: InstanceStateUpdate) -> InstanceView:
         with state.session() as s:
-            return repo.instance_view(repo.update_instance_state(s, instance_id, update))
+            view = repo.instance_view(repo.update_instance_state(s, instance_id, update))
+        if update.state == InstanceState.ERROR:
+            controller.wake()  # a failure's first restart is due at once
+        return view
 
     @app.put("/v1/internal/instances/{instance_id}/rpc-servers/{worker}")
     def report_rpc_servers(instance_id: int, worker: str, servers: list[RpcServerInfo]) -> InstanceView:

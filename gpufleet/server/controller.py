@@ -1,17 +1,23 @@
 """The server's control loop: what no user operation triggers, decided by the same plan as
 every operation (:mod:`gpufleet.core.plan`), read from the database every INTERVAL_S.
 
-- MARK_UNREACHABLE is applied at once: instances on a worker whose heartbeats stopped
-  become UNREACHABLE (the node re-reports them when it is back).
-- RESTART starts a `restart` flow run, once per failure, after the plan's back-off
-  (10 s × 2^restarts, capped at 5 minutes).
-- A placement on a worker lost before the instance started is released and placed again
-  (a `reconcile` run at once), like PENDING instances that did not fit, which are planned for
-  placement again only when the cluster changed (a worker registers, returns or leaves, claims are released): a `reconcile` run
-  of their deployment within one round.
+- MARK_UNREACHABLE, RESET_BACKOFF and SCHEDULE_RESTART are applied here at once: instances
+  on a lost worker become UNREACHABLE (the node re-reports them when it is back), a stable
+  run forgets its restart count, a failure gets its stored restart time.
+- RESTART starts a `restart` flow run, once per failure, when its stored time comes (the
+  first at once, then 10 s, 20 s, 40 s … capped at 5 minutes).
+- A placement on a worker lost before the instance started is released and placed again,
+  and one on a worker lost past the grace is rescheduled (a `reconcile` run at once), like
+  PENDING instances that did not fit, which are planned for placement again only when the
+  cluster changed (a worker registers, returns or leaves, claims are released): a
+  `reconcile` run of their deployment within one round.
 - Any other action left in a plan whose deployment and instances have been idle for
   REDRIVE_AFTER_S means an operation's flow run stopped half-way (e.g. Prefect refused a
   request): a `reconcile` (or, while deleting, `delete`) run, at most every REDRIVE_AFTER_S.
+
+Runs never pile up: the controller remembers the flow runs it started, per deployment and
+per instance, and starts no other for the same one while Prefect says that run is still
+scheduled, pending or running (a Late run is a scheduled one).
 """
 
 from __future__ import annotations
@@ -26,40 +32,84 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpufleet.core.plan import RETRY_UNPLACED, ActionKind, Plan, PlanOptions
+from gpufleet.core.states import InstanceState
 from gpufleet.store import repository as repo
 from gpufleet.store.models import DeploymentRow, InstanceRow
-from gpufleet.store.plan_apply import mark_unreachable, plan_for
+from gpufleet.store.plan_apply import mark_unreachable, plan_for, reset_backoff, schedule_restart
 
 log = logging.getLogger("gpufleet.controller")
 INTERVAL_S = 2.0
+#: The shortest pause between rounds (a restart due sooner waits this long at most).
+MIN_PAUSE_S = 0.05
 REDRIVE_AFTER_S = 30.0
 #: Left to the controller itself (applied here, or a run of their own), never a re-drive.
-OWN_ACTIONS = frozenset({ActionKind.MARK_UNREACHABLE, ActionKind.RESTART})
+APPLIED_HERE = frozenset({ActionKind.MARK_UNREACHABLE, ActionKind.RESET_BACKOFF, ActionKind.SCHEDULE_RESTART})
+OWN_ACTIONS = APPLIED_HERE | {ActionKind.RESTART}
+#: Prefect state types of a run that is over; any other (SCHEDULED incl. Late, PENDING,
+#: RUNNING, PAUSED, CANCELLING) is still going.
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+
+#: The Prefect state type of a flow run by id (None: Prefect does not know it).
+RunState = Callable[[str], str | None]
 
 
 def _aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
+def prefect_run_state(run_id: str) -> str | None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    return run.state.type.value if run.state is not None else None
+
+
 class Controller:
-    def __init__(self, state: Any, trigger: Callable[[str, dict[str, Any]], str]) -> None:
+    def __init__(self, state: Any, trigger: Callable[[str, dict[str, Any]], str],
+                 run_state: RunState | None = None) -> None:
+        """``run_state`` reads a run's Prefect state (``prefect_run_state`` with the real
+        trigger); None: runs are not tracked (a trigger that starts no Prefect runs)."""
         self.state = state
         self.trigger = trigger
+        self.run_state = run_state
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._next_due: datetime | None = None
         self._thread = threading.Thread(target=self._loop, name="gpufleet-controller", daemon=True)
-        self._restarts_started: set[tuple[int, int]] = set()
+        #: (instance, restart count, stored restart time): one restart run per failure
+        self._restarts_started: set[tuple[int, int, datetime | None]] = set()
         self._last_redrive: dict[str, datetime] = {}
         self._cluster_seen: tuple[object, ...] | None = None
+        #: the last run started per ("deployment", name) / ("instance", id)
+        self._runs: dict[tuple[str, str], str] = {}
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(5)
 
+    def wake(self) -> None:
+        """Plan now rather than at the next tick (an instance just failed: its first restart
+        is due at once)."""
+        self._wake.set()
+
+    def _pause(self) -> float:
+        """Until the next tick, or sooner when a stored restart time comes before it."""
+        if self._next_due is None:
+            return INTERVAL_S
+        until = (self._next_due - datetime.now(timezone.utc)).total_seconds()
+        return min(INTERVAL_S, max(MIN_PAUSE_S, until))
+
     def _loop(self) -> None:
-        while not self._stop.wait(INTERVAL_S):
+        while not self._stop.is_set():
+            self._wake.wait(self._pause())
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.run_once()
             except Exception:  # noqa: BLE001 - the loop must survive a bad round
@@ -73,34 +123,76 @@ class Controller:
                 plan = plan_for(s, dep, now, self.state.worker_timeout, options)
                 if not plan.empty:
                     self.act(s, dep, plan, now)
+            s.flush()
+            pending = s.scalars(select(InstanceRow.next_restart_at).where(InstanceRow.state == InstanceState.ERROR)
+                                .where(InstanceRow.next_restart_at.is_not(None))).all()
+        future = [_aware(t) for t in pending if _aware(t) > now]
+        self._next_due = min(future) if future else None
 
     def act(self, session: Session, dep: DeploymentRow, plan: Plan, now: datetime) -> None:
-        for action in plan.of(ActionKind.MARK_UNREACHABLE):
-            row = session.get(InstanceRow, action.instance)
-            if row is not None:
-                log.info("instance %s: %s", row.name, action.reason)
-                mark_unreachable(row, action)
+        self.apply_here(session, plan)
         self.restart(session, plan)
         rest = [a for a in plan.actions if a.kind not in OWN_ACTIONS]
         if not rest:
             return
-        replace_pending = any(a.kind == ActionKind.RELEASE or a.kind == ActionKind.PLACE and a.reason == RETRY_UNPLACED
-                              for a in rest)
+        replace_pending = any(a.kind in (ActionKind.RELEASE, ActionKind.RESCHEDULE)
+                              or a.kind == ActionKind.PLACE and a.reason == RETRY_UNPLACED for a in rest)
         if replace_pending or self.stalled(session, dep, rest, now):
             operation = "delete" if dep.deleting else "reconcile"
-            log.info("deployment %s: %s (%s)", dep.name, operation, "; ".join(sorted({a.reason for a in rest})))
-            self.trigger(operation, {"name": dep.name})
-            self._last_redrive[dep.name] = now
+            if self.start_run(("deployment", dep.name), operation, {"name": dep.name},
+                              "; ".join(sorted({a.reason for a in rest}))):
+                self._last_redrive[dep.name] = now
+
+    def apply_here(self, session: Session, plan: Plan) -> None:
+        for action in plan.of(*APPLIED_HERE):
+            row = session.get(InstanceRow, action.instance)
+            if row is None:
+                continue
+            log.info("instance %s: %s", row.name, action.reason)
+            match action.kind:
+                case ActionKind.MARK_UNREACHABLE:
+                    mark_unreachable(row, action)
+                case ActionKind.RESET_BACKOFF:
+                    reset_backoff(row)
+                case ActionKind.SCHEDULE_RESTART:
+                    schedule_restart(row, action)
 
     def restart(self, session: Session, plan: Plan) -> None:
         for action in plan.of(ActionKind.RESTART):
             row = session.get(InstanceRow, action.instance)
-            key = (action.instance, row.restart_count if row is not None else 0)
+            key = (action.instance, row.restart_count if row is not None else 0,
+                   _aware(row.next_restart_at) if row is not None and row.next_restart_at else None)
             if key in self._restarts_started:
                 continue
-            log.info("instance %d: %s", action.instance, action.reason)
-            self.trigger("restart", {"instance_id": action.instance})
-            self._restarts_started.add(key)
+            if self.start_run(("instance", str(action.instance)), "restart", {"instance_id": action.instance},
+                              action.reason):
+                self._restarts_started.add(key)
+
+    def busy(self, key: tuple[str, str]) -> bool:
+        """A run this controller started for ``key`` is still scheduled, pending or running."""
+        run_id = self._runs.get(key)
+        if run_id is None or self.run_state is None:
+            return False
+        try:
+            state = self.run_state(run_id)
+        except Exception as exc:  # noqa: BLE001 - Prefect unreachable: starting another would pile up
+            log.warning("could not read flow run %s of %s %s: %s", run_id, *key, exc)
+            return True
+        if state is None or state in FINAL_STATES:
+            del self._runs[key]
+            return False
+        return True
+
+    def start_run(self, key: tuple[str, str], operation: str, parameters: dict[str, Any], why: str) -> bool:
+        """Start ``operation`` for ``key`` unless a run of it is still going; True if started."""
+        if self.busy(key):
+            log.debug("%s %s: run %s still going; no new %s run", *key, self._runs[key], operation)
+            return False
+        log.info("%s %s: %s (%s)", *key, operation, why)
+        run_id = self.trigger(operation, parameters)
+        if run_id:
+            self._runs[key] = run_id
+        return True
 
     def stalled(self, session: Session, dep: DeploymentRow, actions: list, now: datetime) -> bool:
         """The deployment and every instance the actions name untouched for REDRIVE_AFTER_S,

@@ -83,6 +83,10 @@ class InstanceRow(Base):
     #: RpcServerInfo dicts reported by the part workers of a distributed instance
     rpc_servers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: when the plan restarts it next (ERROR only; migration 0008): survives a server restart
+    next_restart_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: when it last became RUNNING (the stable window that resets restart_count counts from here)
+    running_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

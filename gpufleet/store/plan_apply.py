@@ -23,20 +23,24 @@ from gpufleet.core.plan import (
     DesiredDeployment,
     ObservedInstance,
     ObservedWorker,
+    PLANNED_STOP,
     Plan,
     PlanOptions,
+    Timing,
     plan,
 )
-from gpufleet.core.schemas import AppliedPlan, ModelMetadata, NodeAction
+from gpufleet.core.schemas import AppliedPlan, DeploymentConfig, ModelMetadata, NodeAction
 from gpufleet.core.states import InstanceState, check_transition
 from gpufleet.store import ledger
 from gpufleet.store.models import DeploymentRow, InstanceRow, WorkerRow, utcnow
-from gpufleet.store.repository import instance_view
+from gpufleet.store.repository import instance_view, track_lifecycle
+from gpufleet.settings import plan_timing
 from gpufleet.store.workers import fresh
 
-#: A plan applied on its own result converges in two rounds (count → place → serve); the
-#: third is a guard against a rule that keeps producing database actions.
-MAX_ROUNDS = 3
+#: A plan applied on its own result converges in two rounds (count → place → serve), three
+#: for an instance on a lost worker (unreachable → reschedule → place); the fourth is a guard
+#: against a rule that keeps producing database actions.
+MAX_ROUNDS = 4
 
 
 class UnknownDeployment(LookupError):
@@ -60,6 +64,10 @@ def observe_instance(row: InstanceRow) -> ObservedInstance:
         score=float(placement.get("score", 0.0)),
         restart_count=row.restart_count,
         unplaced=row.state == InstanceState.PENDING and row.state_message.startswith(ledger.UNPLACED_PREFIX),
+        next_restart_at=_aware(row.next_restart_at) if row.next_restart_at else None,
+        running_since=_aware(row.running_since) if row.running_since else None,
+        pinned=bool((row.config or {}).get("placement", {}).get("gpu_selector")),
+        planned_stop=row.state == InstanceState.ERROR and row.state_message.startswith(PLANNED_STOP),
     )
 
 
@@ -69,7 +77,10 @@ def observe_workers(session: Session, now: datetime, timeout: timedelta) -> list
 
 
 def desired(row: DeploymentRow) -> DesiredDeployment:
-    return DesiredDeployment(row.name, row.replicas, row.deleting)
+    """Restart on error is read from the deployment, not the instance's copy of the config:
+    it is a policy, so an edit applies to running instances too."""
+    restart_on_error = DeploymentConfig.model_validate(row.config).restart_on_error
+    return DesiredDeployment(row.name, row.replicas, row.deleting, restart_on_error)
 
 
 def instance_rows(session: Session, dep: DeploymentRow) -> list[InstanceRow]:
@@ -78,12 +89,13 @@ def instance_rows(session: Session, dep: DeploymentRow) -> list[InstanceRow]:
 
 
 def plan_for(session: Session, dep: DeploymentRow, now: datetime, timeout: timedelta,
-             options: PlanOptions = PlanOptions()) -> Plan:
+             options: PlanOptions = PlanOptions(), timing: Timing | None = None) -> Plan:
     """The plan for ``dep`` as the database stands (reads only). Worker readiness is judged
-    by the wall clock (heartbeats are), the rest of the plan by ``now``."""
+    by the wall clock (heartbeats are), the rest of the plan by ``now``; ``timing`` defaults
+    to the settings' (GPUFLEET_TIME_SCALE …)."""
     rows = instance_rows(session, dep)
     workers = observe_workers(session, utcnow(), timeout)
-    return plan(desired(dep), [observe_instance(r) for r in rows], workers, now, options)
+    return plan(desired(dep), [observe_instance(r) for r in rows], workers, now, options, timing or plan_timing())
 
 
 def apply_plan(session: Session, name: str, timeout: timedelta, *, stopped: Sequence[int] = (),
@@ -110,6 +122,8 @@ def apply_plan(session: Session, name: str, timeout: timedelta, *, stopped: Sequ
         if not result.exists:
             return result
         options = PlanOptions(retry_unplaced=False, fresh=frozenset(placed) | options.fresh)
+    else:
+        current = plan_for(session, dep, now, timeout, options)  # the node actions of the last round's result
     return _with_node_actions(session, dep, current, result)
 
 
@@ -140,6 +154,17 @@ def _apply(session: Session, dep: DeploymentRow, actions: Sequence[Action], time
                 assert row is not None
                 mark_unreachable(row, action)
                 result.unreachable.append(row.id)
+            case ActionKind.RESET_BACKOFF:
+                assert row is not None
+                reset_backoff(row)
+            case ActionKind.SCHEDULE_RESTART:
+                assert row is not None
+                schedule_restart(row, action)
+            case ActionKind.RESCHEDULE:
+                assert row is not None
+                release(row, action)
+                released = True
+                result.released.append(row.id)
             case ActionKind.CREATE:
                 result.created += create_instances(session, dep, action.count)
             case ActionKind.MARK_FOR_REMOVAL:
@@ -181,15 +206,30 @@ def _apply(session: Session, dep: DeploymentRow, actions: Sequence[Action], time
 
 
 def release(row: InstanceRow, action: Action) -> None:
-    """Give up a placement that never started: its claims go, the instance is PENDING again."""
+    """Give up a placement (one that never started, or one on a worker lost past the grace):
+    its claims go, the instance is PENDING again and is placed anew."""
     check_transition(InstanceState(row.state), InstanceState.PENDING)
+    track_lifecycle(row, InstanceState.PENDING)
+    row.port = row.pid = None
     # SQL NULL (the claim ledger selects `placement IS NOT NULL`), not JSON null
     row.placement, row.worker_name, row.rpc_servers = null(), None, []
     row.state, row.state_message, row.updated_at = InstanceState.PENDING, action.reason, utcnow()
 
 
+def reset_backoff(row: InstanceRow) -> None:
+    """A stable run: the next failure restarts at once again."""
+    row.restart_count = 0
+
+
+def schedule_restart(row: InstanceRow, action: Action) -> None:
+    """Store when the plan restarts this instance (a server restart keeps the back-off)."""
+    assert action.at is not None
+    row.next_restart_at = action.at
+
+
 def mark_unreachable(row: InstanceRow, action: Action) -> None:
     check_transition(InstanceState(row.state), InstanceState.UNREACHABLE)
+    track_lifecycle(row, InstanceState.UNREACHABLE)
     row.state, row.state_message, row.updated_at = InstanceState.UNREACHABLE, action.reason, utcnow()
 
 

@@ -30,6 +30,8 @@ from gpufleet.core.schemas import (
     WorkerView,
 )
 from gpufleet.core.states import InstanceState, InvalidTransition, check_transition, summarize
+from gpufleet.core.plan import crash_looping
+from gpufleet.settings import plan_timing
 from gpufleet.store import ledger
 from gpufleet.store.models import DeploymentRow, InstanceRow, WorkerRow, utcnow
 from gpufleet.store.workers import is_ready
@@ -165,6 +167,9 @@ def instance_view(row: InstanceRow) -> InstanceView:
         port=row.port,
         pid=row.pid,
         restart_count=row.restart_count,
+        next_restart_at=row.next_restart_at if row.state == InstanceState.ERROR else None,
+        crash_looping=crash_looping(row.restart_count, plan_timing()),
+        running_since=row.running_since,
         deleting=row.deleting,
         config=DeploymentConfig.model_validate(row.config),
         placement=Placement.model_validate(row.placement) if row.placement else None,
@@ -226,7 +231,11 @@ def update_instance_state(
     session: Session, instance_id: int, update: InstanceStateUpdate
 ) -> InstanceRow:
     row = _instance(session, instance_id)
+    if update.worker is not None and row.worker_name != update.worker and not _has_part_on(row, update.worker):
+        raise Conflict(f"instance {row.name} is no longer placed on worker {update.worker} "
+                       f"(now on {row.worker_name or 'no worker'}); its report from there is stale")
     check_transition(InstanceState(row.state), update.state)
+    track_lifecycle(row, update.state)
     row.state = update.state
     row.state_message = update.message
     if update.port is not None:
@@ -237,6 +246,17 @@ def update_instance_state(
         row.restart_count = update.restart_count
     row.updated_at = utcnow()
     return row
+
+
+def track_lifecycle(row: InstanceRow, new: InstanceState) -> None:
+    """The facts the plan's restart rules read: when the instance became RUNNING (its stable
+    window counts from there) and a stored restart time, which belongs to one ERROR only."""
+    if new == InstanceState.RUNNING and row.state != InstanceState.RUNNING:
+        row.running_since = utcnow()
+    elif new != InstanceState.RUNNING:
+        row.running_since = None
+    if new != InstanceState.ERROR:
+        row.next_restart_at = None
 
 
 def update_instance_states(session: Session, reports: dict[int, InstanceStateUpdate]) -> StateReportsResult:
@@ -250,7 +270,7 @@ def update_instance_states(session: Session, reports: dict[int, InstanceStateUpd
             continue
         try:
             update_instance_state(session, iid, update)
-        except InvalidTransition as exc:  # raised by the check, before the row changed
+        except (InvalidTransition, Conflict) as exc:  # raised by the checks, before the row changed
             result.refused[iid] = str(exc)
             continue
         result.applied.append(iid)
@@ -296,6 +316,23 @@ def heartbeat(session: Session, name: str, gpus_used_outside: dict[int, int] | N
             row.gpus = gpus
             ledger.bump_workers_version(session)
     return row
+
+
+def remove_worker(session: Session, name: str, timeout: timedelta, force: bool = False) -> list[int]:
+    """Decommission a worker: its record goes (refused while it beats, unless ``force``).
+    Its instances are left to the plan, which sees a removed worker as lost past the grace:
+    UNREACHABLE, then placed elsewhere (or, with GPUs chosen by hand, kept UNREACHABLE).
+    Returns the instances placed on it, for the caller to say so."""
+    row = session.get(WorkerRow, name)
+    if row is None:
+        raise NotFound(f"worker {name!r} is not registered; `gpufleet workers` lists workers")
+    if is_ready(row, utcnow(), timeout) and not force:
+        raise Conflict(f"worker {name!r} is alive (last heartbeat {row.last_heartbeat:%Y-%m-%d %H:%M:%S}); stop its "
+                       "node first, or pass --force (a node still running registers again)")
+    on_it = [r.id for r in session.scalars(select(InstanceRow)).all() if r.worker_name == name or _has_part_on(r, name)]
+    session.delete(row)
+    ledger.bump_claims_version(session)  # the cluster changed: the controller plans again
+    return on_it
 
 
 def list_workers(session: Session, timeout: timedelta) -> list[WorkerView]:

@@ -53,6 +53,14 @@ class E2ECluster:
     def instances(self, deployment: str | None = None) -> list[dict[str, Any]]:
         return self.cli_json("ps", *([deployment] if deployment else []))
 
+    def api_instances(self, deployment: str | None = None) -> list[dict[str, Any]]:
+        """What `ps --json` shows, straight from the REST API: fast enough to poll for a state
+        that lasts a second (an ERROR whose first restart begins at once)."""
+        params = {"deployment": deployment} if deployment else {}
+        resp = httpx.get(f"{self.api_url}/v1/instances", params=params, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
     def node_home(self, node: str) -> Path:
         return self.home / "nodes" / node
 

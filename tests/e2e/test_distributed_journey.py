@@ -87,8 +87,8 @@ def test_distributed_instance_runs_across_two_workers(cluster: E2ECluster, rpc_p
 
     # an RPC server dies: the instance goes to ERROR, then the whole instance is restarted
     os.kill(remote.pid, signal.SIGKILL)
-    failed = wait_until(lambda: next((i for i in cluster.instances("dist") if i["state"] == "ERROR"), None),
-                        timeout=60, what="ERROR after the RPC server was killed")
+    failed = wait_until(lambda: next((i for i in cluster.api_instances("dist") if i["state"] == "ERROR"), None),
+                        timeout=60, interval=0.05, what="ERROR after the RPC server was killed")
     assert "rpc-server for GPU 0" in failed["state_message"] or "exited" in failed["state_message"]
     again = running(cluster, "dist", restarts=1)
     [remote2] = records(cluster, part["worker"])

@@ -78,9 +78,9 @@ def test_docker_node_runs_each_replica_in_its_own_container(cluster: E2ECluster,
         # a container killed under it: ERROR with the exit code, then restarted in a new container
         victim = by_instance[str(first["id"])]
         subprocess.run(["docker", "kill", victim.id], check=True, capture_output=True)
-        err = wait_until(lambda: next((i for i in cluster.instances("dtiny")
+        err = wait_until(lambda: next((i for i in cluster.api_instances("dtiny")
                                        if i["id"] == first["id"] and i["state"] == "ERROR"), None),
-                         timeout=30, what="ERROR after docker kill")
+                         timeout=30, interval=0.05, what="ERROR after docker kill")
         assert "exited unexpectedly with code 137" in err["state_message"] and NODE in err["state_message"]
         back = wait_until(lambda: next((i for i in running(cluster)
                                         if i["id"] == first["id"] and i["restart_count"] == 1), None),

@@ -14,6 +14,8 @@ from gpufleet.core.plan import (
     ObservedWorker as W,
     PlanOptions,
     plan,
+    Timing,
+    crash_looping,
     restart_delay_seconds,
 )
 from gpufleet.core.states import InstanceState as S
@@ -28,6 +30,7 @@ def I(id: int, state: S, age_s: float = 0.0, **kw: object) -> ObservedInstance: 
 
 UP = [W("a", True), W("b", True)]
 A_DOWN = [W("a", False, NOW - timedelta(seconds=95)), W("b", True)]
+A_GONE = [W("a", False, NOW - timedelta(seconds=300)), W("b", True)]  # silent for the whole grace
 
 
 def steps(p: object) -> list[tuple[str, int | None, str | None, int]]:
@@ -93,18 +96,61 @@ def steps(p: object) -> list[tuple[str, int | None, str | None, int]]:
          [("release", 1, "a", 0)]),
         # an already UNREACHABLE or still PENDING instance is not marked again
         (D("m", 1), [I(1, S.UNREACHABLE, worker="a")], A_DOWN, PlanOptions(), []),
-        # restart back-off: restart_count 0 waits 10 s, 2 waits 10 × 2² = 40 s
-        (D("m", 1), [I(1, S.ERROR, 9, worker="a")], UP, PlanOptions(), []),
-        (D("m", 1), [I(1, S.ERROR, 10, worker="a")], UP, PlanOptions(), [("restart", 1, "a", 0)]),
-        (D("m", 1), [I(1, S.ERROR, 39, worker="a", restart_count=2)], UP, PlanOptions(), []),
-        (D("m", 1), [I(1, S.ERROR, 40, worker="a", restart_count=2)], UP, PlanOptions(), [("restart", 1, "a", 0)]),
-        # capped at 300 s however many restarts: 10 × 2⁹ = 5120 → 300
-        (D("m", 1), [I(1, S.ERROR, 300, worker="a", restart_count=9)], UP, PlanOptions(), [("restart", 1, "a", 0)]),
-        # not restarted while its worker is down, nor when being deleted, nor before it was ever placed
-        (D("m", 1), [I(1, S.ERROR, 600, worker="a")], A_DOWN, PlanOptions(), []),
+        # ERROR: its next restart time is stored first (failure time + back-off); the first restart is due
+        # at once (restart_count 0 → 0 s), so it is restarted in the same plan
+        (D("m", 1), [I(1, S.ERROR, 0, worker="a")], UP, PlanOptions(),
+         [("schedule-restart", 1, "a", 0), ("restart", 1, "a", 0)]),
+        # restart_count 1 → 10 × 2⁰ = 10 s: failed 9 s ago, stored but not due; 10 s ago: due
+        (D("m", 1), [I(1, S.ERROR, 9, worker="a", restart_count=1)], UP, PlanOptions(), [("schedule-restart", 1, "a", 0)]),
+        (D("m", 1), [I(1, S.ERROR, 10, worker="a", restart_count=1)], UP, PlanOptions(),
+         [("schedule-restart", 1, "a", 0), ("restart", 1, "a", 0)]),
+        # a stored time is not stored again; restarted only once it has come (NOW − 1 s: due)
+        (D("m", 1), [I(1, S.ERROR, 30, worker="a", restart_count=3, next_restart_at=NOW + timedelta(seconds=10))],
+         UP, PlanOptions(), []),
+        (D("m", 1), [I(1, S.ERROR, 50, worker="a", restart_count=3, next_restart_at=NOW - timedelta(seconds=1))],
+         UP, PlanOptions(), [("restart", 1, "a", 0)]),
+        # a backend its node stopped on purpose (gpufleet down): at once, whatever the count (not 10 × 2⁴ = 160 s)
+        (D("m", 1), [I(1, S.ERROR, 0, worker="a", restart_count=5, planned_stop=True)], UP, PlanOptions(),
+         [("schedule-restart", 1, "a", 0), ("restart", 1, "a", 0)]),
+        # … and with restart on error off too: a planned stop is no error
+        (D("m", 1, restart_on_error=False), [I(1, S.ERROR, 0, worker="a", planned_stop=True)], UP, PlanOptions(),
+         [("schedule-restart", 1, "a", 0), ("restart", 1, "a", 0)]),
+        # restart on error off: an ERROR instance stays ERROR
+        (D("m", 1, restart_on_error=False), [I(1, S.ERROR, 600, worker="a", restart_count=2)], UP, PlanOptions(), []),
+        # a lost worker: its ERROR instance becomes UNREACHABLE (not restarted there), whatever its state
+        (D("m", 1), [I(1, S.ERROR, 600, worker="a")], A_DOWN, PlanOptions(), [("mark-unreachable", 1, "a", 0)]),
+        (D("m", 1), [I(1, S.DOWNLOADING, 5, worker="a")], A_DOWN, PlanOptions(), [("mark-unreachable", 1, "a", 0)]),
+        # not restarted while being deleted, nor before it was ever placed
         (D("m", 1, deleting=True), [I(1, S.ERROR, 600, worker="a", deleting=True)], UP, PlanOptions(),
          [("stop", 1, "a", 0)]),
         (D("m", 1), [I(1, S.ERROR, 600)], UP, PlanOptions(), []),
+        # stable window 600 s: RUNNING for 599 s keeps restart_count 4, for 600 s it is reset
+        (D("m", 1), [I(1, S.RUNNING, worker="a", restart_count=4, running_since=NOW - timedelta(seconds=599))],
+         UP, PlanOptions(), []),
+        (D("m", 1), [I(1, S.RUNNING, worker="a", restart_count=4, running_since=NOW - timedelta(seconds=600))],
+         UP, PlanOptions(), [("reset-backoff", 1, "a", 0)]),
+        # nothing to reset at 0
+        (D("m", 1), [I(1, S.RUNNING, worker="a", running_since=NOW - timedelta(hours=5))], UP, PlanOptions(), []),
+        # lost worker a (last heartbeat 95 s ago, grace 300 s): UNREACHABLE waits; a silent 300 s: rescheduled
+        (D("m", 1), [I(1, S.UNREACHABLE, 95, worker="a")], A_DOWN, PlanOptions(), []),
+        (D("m", 1), [I(1, S.UNREACHABLE, 300, worker="a")], A_GONE, PlanOptions(), [("reschedule", 1, "a", 0)]),
+        # … a distributed one whose part worker is gone, too
+        (D("m", 1), [I(1, S.UNREACHABLE, 300, worker="b", part_workers=("a",))], A_GONE, PlanOptions(),
+         [("reschedule", 1, "a", 0)]),
+        # … but never one whose GPUs were chosen by hand
+        (D("m", 1), [I(1, S.UNREACHABLE, 300, worker="a", pinned=True)], A_GONE, PlanOptions(), []),
+        # a removed worker (`workers rm`): UNREACHABLE at once, rescheduled without waiting for the grace
+        (D("m", 1), [I(1, S.RUNNING, worker="x")], UP, PlanOptions(), [("mark-unreachable", 1, "x", 0)]),
+        (D("m", 1), [I(1, S.UNREACHABLE, worker="x")], UP, PlanOptions(), [("reschedule", 1, "x", 0)]),
+        # removing an instance on a lost worker completes at once: forgotten, nothing to stop
+        (D("m", 0), [I(1, S.UNREACHABLE, worker="a")], A_DOWN, PlanOptions(),
+         [("mark-for-removal", 1, None, 0), ("forget", 1, "a", 0)]),
+        # … a deleted deployment goes in the same plan
+        (D("m", 1, deleting=True), [I(1, S.UNREACHABLE, worker="a")], A_DOWN, PlanOptions(),
+         [("mark-for-removal", 1, None, 0), ("forget", 1, "a", 0), ("forget-deployment", None, None, 0)]),
+        # … distributed with only the part worker lost: stopped on the main worker (forgotten once stopped)
+        (D("m", 0), [I(1, S.UNREACHABLE, worker="b", part_workers=("a",))], A_DOWN, PlanOptions(),
+         [("mark-for-removal", 1, None, 0), ("stop", 1, "b", 0)]),
     ],
 )
 def test_plan(deployment: D, instances: list[ObservedInstance], workers: list[W], options: PlanOptions,
@@ -133,9 +179,18 @@ def test_every_action_says_why() -> None:
     p = plan(D("m", 1), [I(1, S.ERROR, 45, worker="a", restart_count=1), I(2, S.RUNNING, worker="a")], UP, NOW)
     assert [a.kind for a in p.actions] == [K.MARK_FOR_REMOVAL, K.STOP]  # the ERROR one goes rather than restarts
     assert p.actions[0].reason == "2 replicas exist, 1 wanted; ERROR on a"
-    restart = plan(D("m", 1), [I(1, S.ERROR, 45, worker="a", restart_count=1)], UP, NOW).actions[0]
+    schedule, restart = plan(D("m", 1), [I(1, S.ERROR, 45, worker="a", restart_count=2)], UP, NOW).actions
+    assert schedule == Action(K.SCHEDULE_RESTART, instance=1, worker="a", at=NOW - timedelta(seconds=25),
+                              reason="restart 3 after a 20 s back-off")  # failed at NOW − 45 s, + 20 s
     assert restart == Action(K.RESTART, instance=1, worker="a",
-                             reason="failed 45 s ago; restart 2 after a 20 s back-off")
+                             reason="failed 45 s ago; restart 3 due 2026-12-05T11:59:35+00:00")
+    looping = plan(D("m", 1), [I(1, S.ERROR, 0, worker="a", restart_count=3)], UP, NOW).actions[0]
+    assert looping.reason == "restart 4 after a 40 s back-off; crash-looping"
+    pinned = plan(D("m", 1), [I(1, S.RUNNING, worker="a", pinned=True)], A_DOWN, NOW).actions[0]
+    assert pinned.reason.endswith("its GPUs were chosen by hand (--gpu), so it is not moved and waits "
+                                  "for the worker")
+    gone = plan(D("m", 1), [I(1, S.UNREACHABLE, worker="a")], A_GONE, NOW).actions[0]
+    assert gone.reason == "worker a silent for 300 s (grace 300 s); placing it on another worker"
     lost = plan(D("m", 1), [I(1, S.RUNNING, worker="a")], A_DOWN, NOW).actions[0]
     assert lost.reason == "worker a stopped sending heartbeats (last 2026-12-05T11:58:25+00:00)"
 
@@ -153,8 +208,41 @@ def test_negative_replicas_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("restarts", "delay"),
-    [(0, 10.0), (1, 20.0), (2, 40.0), (4, 160.0), (5, 300.0), (50, 300.0)],  # 10 × 2^n, capped at 300
+    ("restart_count", "delay_s"),
+    [
+        (0, 0),  # the first restart at once
+        (1, 10),  # 10 × 2⁰
+        (2, 20),  # 10 × 2¹
+        (3, 40),  # 10 × 2²: "restarting in 40 s, attempt 4"
+        (4, 80),
+        (5, 160),
+        (6, 300),  # 10 × 2⁵ = 320 → capped at 300
+        (40, 300),  # no overflow however long it loops
+    ],
 )
-def test_restart_backoff(restarts: int, delay: float) -> None:
-    assert restart_delay_seconds(restarts) == delay
+def test_backoff_schedule(restart_count: int, delay_s: float) -> None:
+    assert restart_delay_seconds(restart_count) == delay_s
+
+
+def test_compressed_clock_keeps_the_shape() -> None:
+    fast = Timing().scaled(0.01)  # what GPUFLEET_TIME_SCALE=0.01 gives the fault suite
+    assert [restart_delay_seconds(n, fast) for n in range(8)] == pytest.approx([0, 0.1, 0.2, 0.4, 0.8, 1.6, 3, 3])
+    assert fast.stable_window_s == pytest.approx(6.0) and fast.lost_grace_s == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="time scale must be > 0"):
+        Timing().scaled(0)
+    with pytest.raises(ValueError, match="restart_count must be >= 0"):
+        restart_delay_seconds(-1)
+
+
+@pytest.mark.parametrize(("restart_count", "looping"), [(0, False), (2, False), (3, True), (9, True)])
+def test_crash_looping_after_three_restarts_without_a_stable_window(restart_count: int, looping: bool) -> None:
+    assert crash_looping(restart_count) is looping
+
+
+def test_timing_is_a_plan_input() -> None:
+    """The same failure, on the compressed clock: restart 2 is due 0.1 s after it failed."""
+    fast = Timing().scaled(0.01)
+    failed = [I(1, S.ERROR, 0.05, worker="a", restart_count=1)]
+    assert steps(plan(D("m", 1), failed, UP, NOW, timing=fast)) == [("schedule-restart", 1, "a", 0)]
+    failed = [I(1, S.ERROR, 0.1, worker="a", restart_count=1)]
+    assert [a.kind for a in plan(D("m", 1), failed, UP, NOW, timing=fast).actions] == [K.SCHEDULE_RESTART, K.RESTART]
