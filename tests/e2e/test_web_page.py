@@ -202,10 +202,13 @@ def test_local_path_journey(cluster: E2ECluster, browser: Browser, tiny_gguf: Pa
     b.click("#edit-param-add")
     b.type("#edit-param-1-a", "--ctx-size")
     b.type("#edit-param-1-b", "256")
+    assert api(cluster, f"/v1/deployments/{name}")["restart_on_error"] is True  # the form's default at deploy
+    b.click("#edit-restart-on-error")  # auto-restart off, in the same edit
     b.screenshot("edit")
     b.click("#edit-save")
     b.wait(lambda: not b.find_all("#edit-form"), 30, "the edit dialog to close")
     b.wait(lambda: api(cluster, f"/v1/deployments/{name}")["backend_params"] == ["--ctx-size=256"], 10, "the edit saved")
+    assert api(cluster, f"/v1/deployments/{name}")["restart_on_error"] is False
     [running] = api(cluster, f"/v1/instances?deployment={name}")
     assert running["id"] == replaced["id"] and running["config"]["backend_params"] == []
 

@@ -69,7 +69,7 @@ function splitPlanMessage(message) {
 }
 
 const TOP_FIELDS = new Set(["name", "replicas", "backend", "backend_version", "backend_params", "env",
-  "category", "image", "kv_cache", "labels"]);
+  "category", "image", "kv_cache", "labels", "restart_on_error"]);
 
 export function fieldFromLocation(loc) {
   const [first, second] = loc.map(String);

@@ -97,6 +97,7 @@ export function openDeployDialog({ onDeployed }) {
     field("deploy", "kv_cache.chunk_size", "Chunk size (tokens)", kvChunk),
     field("deploy", "kv_cache.remote_url", "Remote URL", kvRemote));
   const image = h("input", { type: "text", id: "deploy-image", autocomplete: "off", placeholder: "the engine's default image" });
+  const restartOnError = h("input", { type: "checkbox", id: "deploy-restart-on-error", checked: true });
   const advanced = h("details", { class: "advanced", id: "deploy-advanced" }, h("summary", {}, "Advanced"),
     h("div", { class: "row" },
       field("deploy", "category", "Category", category, "Detected from the model; override it here."),
@@ -108,8 +109,9 @@ export function openDeployDialog({ onDeployed }) {
     field("deploy", "placement.distributed", "Distributed inference across workers (llama.cpp RPC)", distributed),
     kvBox,
     field("deploy", "image", "Container image", image, "Only for nodes with the docker runtime."),
-    h("p", { class: "hint", id: "deploy-restart-note" }, "Auto-restart on error is always on: the server restarts a ",
-      "failed instance after 10 s × 2^restarts, at most 5 minutes apart (the Restarts column counts them)."));
+    field("deploy", "restart_on_error", "Auto-restart on error", restartOnError,
+      "A failed instance is restarted at once, then after 10 s, 20 s, 40 s … at most 5 minutes apart; " +
+      "the count resets after 10 minutes of healthy running."));
 
   // ---- buttons, results
   const checkResult = h("div", { class: "check-result", id: "deploy-check-result", "aria-live": "polite" });
@@ -319,6 +321,7 @@ export function openDeployDialog({ onDeployed }) {
       name: name.value.trim(), replicas: intOrText(replicas.value), source: source(), placement,
       backend_params: paramList(params.values()),
       env: Object.fromEntries(env.values().map(([k, v]) => [k, v])),
+      restart_on_error: restartOnError.checked,
     };
     if (backend.value) s.backend = backend.value;
     if (category.value) s.category = category.value;

@@ -144,7 +144,7 @@ export function showDeployments(main) {
       setText(c.worker, inst.worker || "-");
       setText(c.gpus, inst.gpu_indexes.length ? inst.gpu_indexes.join(", ") : (inst.worker ? "CPU" : "-"));
       setText(c.port, inst.port ?? "-");
-      setText(c.restarts, inst.restart_count);
+      setText(c.restarts, restartsNote(inst));
       setText(c.created, ago(inst.created_at));
       row.logs.disabled = !inst.worker;
     }
@@ -210,4 +210,18 @@ export function showDeployments(main) {
   }
 
   return poll(refresh, POLL_MS);
+}
+
+/** The Restarts cell, as `gpufleet ps` says it: "3, crash-looping, restarting in 40 s, attempt 4". */
+export function restartsNote(inst, now = Date.now()) {
+  const parts = [String(inst.restart_count)];
+  const failing = ["ERROR", "STARTING", "DOWNLOADING"].includes(inst.state);
+  if (inst.crash_looping && failing) parts.push("crash-looping");
+  if (inst.state === "ERROR" && inst.next_restart_at) {
+    const wait = Math.max(0, (Date.parse(inst.next_restart_at.endsWith("Z") || /[+-]\d\d:\d\d$/.test(inst.next_restart_at)
+      ? inst.next_restart_at : `${inst.next_restart_at}Z`) - now) / 1000);
+    parts.push(wait >= 0.5 ? `restarting in ${Math.round(wait)} s, attempt ${inst.restart_count + 1}`
+      : `restarting now, attempt ${inst.restart_count + 1}`);
+  }
+  return parts.join(", ");
 }

@@ -29,6 +29,7 @@ export function openEditDialog(dep, instances, { onSaved }) {
     hint: "A flag with its value (--ctx-size and 4096) or a flag alone (--flash-attn)." });
   const env = pairRows({ prefix: "edit-env", key: "env", legend: "Environment variables",
     first: "Name", second: "Value", addLabel: "Add variable", initial: Object.entries(dep.env) });
+  const restartOnError = h("input", { type: "checkbox", id: "edit-restart-on-error", checked: dep.restart_on_error !== false });
   const running = instances.filter((i) => !i.deleting);
   const replace = h("input", { type: "checkbox", id: "edit-replace" });
   const formError = h("p", { class: "field-error form-error", dataset: { errorFor: "" }, hidden: true, id: "edit-form-error" });
@@ -41,6 +42,7 @@ export function openEditDialog(dep, instances, { onSaved }) {
     field("edit", "replicas", "Replicas", replicas, "0 stops the deployment; more adds instances, fewer removes some."),
     field("edit", "backend_version", "Backend version", version),
     params.el, env.el,
+    field("edit", "restart_on_error", "Auto-restart on error (applies to running instances too)", restartOnError),
     field("edit", "replace", `Replace the ${running.length} running instance(s) now, one at a time, so they use the new configuration`,
       replace),
     formError,
@@ -63,6 +65,7 @@ export function openEditDialog(dep, instances, { onSaved }) {
     const newEnv = Object.fromEntries(env.values());
     if (!sameList(newParams, dep.backend_params)) edit.backend_params = newParams;
     if (!sameEnv(newEnv, dep.env)) edit.env = newEnv;
+    if (restartOnError.checked !== (dep.restart_on_error !== false)) edit.restart_on_error = restartOnError.checked;
     if ((version.value.trim() || null) !== (dep.backend_version || null)) {
       if (!version.value.trim()) { showErrors(form, { backend_version: "A backend version cannot be unset by an edit; give one." }); return; }
       edit.backend_version = version.value.trim();
