@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=250)
     parser.add_argument("--replicas", type=int, default=1000)
     parser.add_argument("--database-url")
+    parser.add_argument("--through-server", action="store_true",
+                        help="also place the same number through the server's HTTP route, one request each")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
@@ -52,12 +54,17 @@ def main() -> None:
             ids = plan_apply.create_missing(s, "bench")
             repo.create_deployment(s, spec.model_copy(update={"name": "batch"}), meta, ResourceEstimate.unknown("-"))
             batch_ids = plan_apply.create_missing(s, "batch")
+            served_ids = []
+            if args.through_server:
+                repo.create_deployment(s, spec.model_copy(update={"name": "served"}), meta, ResourceEstimate.unknown("-"))
+                served_ids = plan_apply.create_missing(s, "served")
         times = []
         for iid in ids:
             start = time.perf_counter()
             with sessions.begin() as s:
                 repo.place_instance(s, iid, TIMEOUT)
             times.append(time.perf_counter() - start)
+        served = through_server(url, served_ids) if served_ids else []
         start = time.perf_counter()
         with sessions.begin() as s:
             rows = repo.place_instances(s, batch_ids, TIMEOUT)
@@ -71,6 +78,47 @@ def main() -> None:
           f"total {sum(times):.2f} s ({len(times) / sum(times):,.0f}/s)")
     print(f"  {len(batch_ids)} more in one place_instances call (on top of those): {batch:.2f} s "
           f"({len(batch_ids) / batch:,.0f}/s)")
+    if served:
+        sms = [x * 1000 for x in served]
+        print(f"  {len(served)} more through the server, one HTTP request each "
+              f"(POST /v1/internal/instances/ID/place, uvicorn on 127.0.0.1): median {statistics.median(sms):.1f} ms, "
+              f"total {sum(served):.2f} s ({len(served) / sum(served):,.0f}/s)")
+
+
+def through_server(url: str, ids: list[int]) -> list[float]:
+    """The same placements through the gpufleet server's HTTP route, one request each."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from gpufleet.server.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(url, trigger=lambda op, params: "", run_controller=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    times = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            while True:
+                try:
+                    http.get("/v1/health")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            for iid in ids:
+                start = time.perf_counter()
+                http.post(f"/v1/internal/instances/{iid}/place").raise_for_status()
+                times.append(time.perf_counter() - start)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    return times
 
 
 if __name__ == "__main__":
