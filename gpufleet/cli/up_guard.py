@@ -157,11 +157,15 @@ def listening_pid(port: int) -> int | None:
         if not proc.name.isdigit():
             continue
         try:
-            for fd in (proc / "fd").iterdir():
+            fds = list((proc / "fd").iterdir())
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        for fd in fds:
+            try:
                 if os.readlink(fd) in inodes:
                     return int(proc.name)
-        except OSError:
-            continue
+            except OSError:  # that descriptor closed meanwhile: the process's others still count
+                continue
     return None
 
 
