@@ -28,37 +28,33 @@ HEARTBEAT_INTERVAL_S = float(os.environ.get("GPUFLEET_HEARTBEAT_INTERVAL", "5"))
 WORKER_TIMEOUT_S = float(os.environ.get("GPUFLEET_WORKER_TIMEOUT", str(4 * HEARTBEAT_INTERVAL_S)))
 
 
+def env_number(name: str, default: float, *, positive: bool) -> float:
+    """A number from the environment (``default`` when unset); ``positive``: > 0, else >= 0.
+    A bad value is an error naming the variable, never a silent default."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    bound = "> 0" if positive else ">= 0"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number {bound}, got {raw!r}") from None
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a number {bound}, got {raw!r}")
+    return value
+
+
 def time_scale() -> float:
     """``GPUFLEET_TIME_SCALE`` compresses the lifecycle clock (restart back-off, stable window,
     lost-worker grace): 0.01 runs the real schedule a hundred times faster, so tests assert it
     without sleeping minutes. 1 in production."""
-    raw = os.environ.get("GPUFLEET_TIME_SCALE", "1")
-    try:
-        scale = float(raw)
-    except ValueError:
-        raise ValueError(f"GPUFLEET_TIME_SCALE must be a number > 0, got {raw!r}") from None
-    if scale <= 0:
-        raise ValueError(f"GPUFLEET_TIME_SCALE must be > 0, got {raw!r}")
-    return scale
-
-
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}")
-    return value
+    return env_number("GPUFLEET_TIME_SCALE", 1.0, positive=True)
 
 
 def plan_timing() -> Timing:
     """The plan's durations: ``GPUFLEET_RESTART_STABLE_WINDOW`` (s, default 600) and
     ``GPUFLEET_LOST_WORKER_GRACE`` (s, default 300), then everything × the time scale."""
     base = Timing()
-    configured = Timing(stable_window_s=_seconds("GPUFLEET_RESTART_STABLE_WINDOW", base.stable_window_s),
-                        lost_grace_s=_seconds("GPUFLEET_LOST_WORKER_GRACE", base.lost_grace_s))
+    configured = Timing(stable_window_s=env_number("GPUFLEET_RESTART_STABLE_WINDOW", base.stable_window_s, positive=False),
+                        lost_grace_s=env_number("GPUFLEET_LOST_WORKER_GRACE", base.lost_grace_s, positive=False))
     return configured.scaled(time_scale())

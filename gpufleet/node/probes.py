@@ -9,30 +9,17 @@ the backend, so the plan restarts it like a crash.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import httpx
 
 from gpufleet.node.registry import BackendRecord
+from gpufleet.settings import env_number
 
 
-def _positive(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number > 0, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be a number > 0, got {raw!r}")
-    return value
-
-
-PROBE_INTERVAL_S = _positive("GPUFLEET_PROBE_INTERVAL", 5.0)
-PROBE_FAILURES = int(_positive("GPUFLEET_PROBE_FAILURES", 3))
-PROBE_TIMEOUT_S = _positive("GPUFLEET_PROBE_TIMEOUT", 2.0)
+PROBE_INTERVAL_S = env_number("GPUFLEET_PROBE_INTERVAL", 5.0, positive=True)
+PROBE_FAILURES = int(env_number("GPUFLEET_PROBE_FAILURES", 3, positive=True))
+PROBE_TIMEOUT_S = env_number("GPUFLEET_PROBE_TIMEOUT", 2.0, positive=True)
 
 
 def probe(record: BackendRecord, host: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
