@@ -35,7 +35,8 @@ from gpufleet.core.plan import RETRY_UNPLACED, ActionKind, Plan, PlanOptions
 from gpufleet.core.states import InstanceState
 from gpufleet.store import repository as repo
 from gpufleet.store.models import DeploymentRow, InstanceRow
-from gpufleet.store.plan_apply import mark_unreachable, plan_for, reset_backoff, schedule_restart
+from gpufleet.settings import plan_timing
+from gpufleet.store.plan_apply import mark_unreachable, observe_workers, plan_for, reset_backoff, schedule_restart
 
 log = logging.getLogger("gpufleet.controller")
 INTERVAL_S = 2.0
@@ -119,8 +120,11 @@ class Controller:
         now = _aware(now or datetime.now(timezone.utc))
         options = PlanOptions(retry_unplaced=self.cluster_changed())
         with self.state.session() as s:
+            # the workers once per round, not once per deployment; the timing likewise
+            workers = observe_workers(s, datetime.now(timezone.utc), self.state.worker_timeout)
+            timing = plan_timing()
             for dep in s.scalars(select(DeploymentRow).order_by(DeploymentRow.name)).all():
-                plan = plan_for(s, dep, now, self.state.worker_timeout, options)
+                plan = plan_for(s, dep, now, self.state.worker_timeout, options, timing, workers)
                 if not plan.empty:
                     self.act(s, dep, plan, now)
             s.flush()

@@ -89,12 +89,15 @@ def instance_rows(session: Session, dep: DeploymentRow) -> list[InstanceRow]:
 
 
 def plan_for(session: Session, dep: DeploymentRow, now: datetime, timeout: timedelta,
-             options: PlanOptions = PlanOptions(), timing: Timing | None = None) -> Plan:
+             options: PlanOptions = PlanOptions(), timing: Timing | None = None,
+             workers: Sequence[ObservedWorker] | None = None) -> Plan:
     """The plan for ``dep`` as the database stands (reads only). Worker readiness is judged
     by the wall clock (heartbeats are), the rest of the plan by ``now``; ``timing`` defaults
-    to the settings' (GPUFLEET_TIME_SCALE …)."""
+    to the settings' (GPUFLEET_TIME_SCALE …). ``workers``: observed once by a caller that
+    plans many deployments (the controller's round), else read here."""
     rows = instance_rows(session, dep)
-    workers = observe_workers(session, utcnow(), timeout)
+    if workers is None:
+        workers = observe_workers(session, utcnow(), timeout)
     return plan(desired(dep), [observe_instance(r) for r in rows], workers, now, options, timing or plan_timing())
 
 
