@@ -12,6 +12,7 @@ temporary directory unless --database-url is given.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -35,7 +36,11 @@ def main() -> None:
     parser.add_argument("--database-url")
     parser.add_argument("--through-server", action="store_true",
                         help="also place the same number through the server's HTTP route, one request each")
+    parser.add_argument("--serve", metavar="DATABASE_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve(args.serve, args.port)
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
         engine = make_engine(url)
@@ -82,43 +87,68 @@ def main() -> None:
         sms = [x * 1000 for x in served]
         print(f"  {len(served)} more through the server, one HTTP request each "
               f"(POST /v1/internal/instances/ID/place, uvicorn on 127.0.0.1): median {statistics.median(sms):.1f} ms, "
-              f"total {sum(served):.2f} s ({len(served) / sum(served):,.0f}/s)")
+              f"total {sum(served):.2f} s ({len(served) / sum(served):,.0f}/s); server CPU "
+              f"{server_cpu[-1] / len(served) * 1000:.2f} ms per placement "
+              f"(≤ {len(served) / server_cpu[-1]:,.0f}/s on one free core)")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): the server's own cost per request,
+    which a busy machine does not inflate the way it inflates wall-clock time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: CPU seconds the server process spent on the requests of the last through_server call
+server_cpu: list[float] = []
 
 
 def through_server(url: str, ids: list[int]) -> list[float]:
-    """The same placements through the gpufleet server's HTTP route, one request each."""
+    """The same placements through the gpufleet server's HTTP route, one request each. The
+    server runs in its own process, as it does in production: a client in the same process
+    would share its interpreter lock and make the server look slower than it is."""
     import socket
-    import threading
+    import subprocess
+    import sys
 
     import httpx
-    import uvicorn
-
-    from gpufleet.server.app import create_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(url, trigger=lambda op, params: "", run_controller=False)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", url, "--port", str(port)])
     times = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            deadline = time.monotonic() + 60
             while True:
                 try:
                     http.get("/v1/health")
                     break
                 except httpx.TransportError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise RuntimeError("the benchmark's server did not start") from None
                     time.sleep(0.05)
+            cpu_before = _cpu_seconds(server.pid)
             for iid in ids:
                 start = time.perf_counter()
                 http.post(f"/v1/internal/instances/{iid}/place").raise_for_status()
                 times.append(time.perf_counter() - start)
+            server_cpu.append(_cpu_seconds(server.pid) - cpu_before)
     finally:
-        server.should_exit = True
-        thread.join(10)
+        server.terminate()
+        server.wait(10)
     return times
+
+
+def serve(url: str, port: int) -> None:
+    """The server process of --through-server: no flows are triggered, no controller runs."""
+    import uvicorn
+
+    from gpufleet.server.app import create_app
+
+    app = create_app(url, trigger=lambda op, params: "", run_controller=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
-
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpufleet.store import request_log
 
@@ -38,18 +38,52 @@ def is_operation(method: str, path: str) -> bool:
 
 
 def add_request_ids(app: FastAPI, state) -> None:  # noqa: ANN001 - ServerState (its module imports this one)
-    @app.middleware("http")
-    async def once_per_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        key = request.headers.get(HEADER)
-        if key is None or not is_operation(request.method, request.url.path):
-            return await call_next(request)
+    """A plain ASGI middleware, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
+    runs every request (the many that carry no request id included) through an extra task and
+    memory stream, which cost about as much as a one-replica placement itself."""
+    app.add_middleware(_RequestIds, state=state)
+
+
+class _RequestIds:
+    def __init__(self, app: ASGIApp, state) -> None:  # noqa: ANN001
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        key = Headers(scope=scope).get(HEADER)
+        method, path = scope["method"], scope["path"]
+        if key is None or not is_operation(method, path):
+            return await self.app(scope, receive, send)
         if not _KEY.match(key):
-            return JSONResponse(status_code=400, content={
-                "detail": f"{HEADER} must be 1 to 64 letters, digits or ._:- characters, got {key[:80]!r}"})
-        method, path = request.method, request.url.path
+            return await JSONResponse(status_code=400, content={
+                "detail": f"{HEADER} must be 1 to 64 letters, digits or ._:- characters, got {key[:80]!r}"
+            })(scope, receive, send)
+        early = await self._claim(key, method, path)
+        if early is not None:
+            return await early(scope, receive, send)
+        messages: list[Message] = []
+
+        async def keep_message(message: Message) -> None:
+            messages.append(message)  # held back until the answer is stored
+
+        try:
+            await self.app(scope, receive, keep_message)
+        except BaseException:
+            await asyncio.to_thread(_release, self.state, key)
+            raise
+        start = next(m for m in messages if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+        await asyncio.to_thread(_answer, self.state, key, start["status"], body.decode(errors="replace"))
+        for message in messages:
+            await send(message)
+
+    async def _claim(self, key: str, method: str, path: str) -> Response | None:
+        """None when this request is the first with its id; else the answer to give instead."""
 
         def claim() -> object:
-            with state.session() as s:
+            with self.state.session() as s:
                 return request_log.claim(s, key, method, path)
 
         outcome = await asyncio.to_thread(claim)
@@ -63,20 +97,12 @@ def add_request_ids(app: FastAPI, state) -> None:  # noqa: ANN001 - ServerState 
             return JSONResponse(status_code=422, content={
                 "detail": f"{HEADER} {key} was already used for {outcome.method} {outcome.path}; "
                           "send a new id with every new request"})
-        try:
-            response = await call_next(request)
-        except BaseException:
-            await asyncio.to_thread(_release, state, key)
-            raise
-        body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
+        return None
 
-        def keep() -> None:
-            with state.session() as s:
-                request_log.answer(s, key, response.status_code, body.decode(errors="replace"))
 
-        await asyncio.to_thread(keep)
-        return Response(content=body, status_code=response.status_code, headers=dict(response.headers),
-                        media_type=response.media_type)
+def _answer(state, key: str, status: int, body: str) -> None:  # noqa: ANN001
+    with state.session() as s:
+        request_log.answer(s, key, status, body)
 
 
 def _release(state, key: str) -> None:  # noqa: ANN001

@@ -48,15 +48,33 @@ class InstanceNotFound(LookupError):
     pass
 
 
-def lock_ledger(session: Session) -> None:
+_LEDGER = PlacementLedgerRow.__table__
+
+
+@dataclass(frozen=True)
+class LedgerLock:
+    """What the database's ledger row held when this transaction locked it."""
+
+    claims_token: str
+    workers_version: int
+
+
+def lock_ledger(session: Session) -> LedgerLock:
     """Must be the first statement of the transaction (SQLite: a read before it
-    would pin an older snapshot). Creates the row if a database predates it."""
-    result = session.execute(
-        update(PlacementLedgerRow).where(PlacementLedgerRow.id == LEDGER_ID).values(locked_at=utcnow())
-    )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    would pin an older snapshot). Creates the row if a database predates it.
+
+    One statement locks and reads (``UPDATE … RETURNING``, SQLite ≥ 3.35 and PostgreSQL), and it
+    is a Core statement: the ORM's bulk-update path evaluates its criteria against the session's
+    objects, which cost more than the placement itself on the one-replica-per-request path."""
+    row = session.execute(
+        _LEDGER.update().where(_LEDGER.c.id == LEDGER_ID).values(locked_at=utcnow())
+        .returning(_LEDGER.c.claims_token, _LEDGER.c.workers_version)
+    ).first()
+    if row is None:
         session.add(PlacementLedgerRow(id=LEDGER_ID, claims_version=0, locked_at=utcnow()))
         session.flush()
+        return LedgerLock("", 0)
+    return LedgerLock(row[0] or "", row[1] or 0)
 
 
 def bump_claims_version(session: Session) -> str:
@@ -64,9 +82,8 @@ def bump_claims_version(session: Session) -> str:
     the ledger stale but the one that writes it). Returns the token."""
     token = secrets.token_hex(16)
     session.execute(
-        update(PlacementLedgerRow)
-        .where(PlacementLedgerRow.id == LEDGER_ID)
-        .values(claims_version=PlacementLedgerRow.claims_version + 1, claims_token=token)
+        _LEDGER.update().where(_LEDGER.c.id == LEDGER_ID)
+        .values(claims_version=_LEDGER.c.claims_version + 1, claims_token=token)
     )
     return token
 
@@ -160,7 +177,7 @@ def place_instances(session: Session, instance_ids: list[int], timeout: timedelt
     """Place several instances in one transaction, in order, against one snapshot of
     the ledger that each placement updates (one read of the cluster for all of them:
     placing a deployment's 1,000 replicas costs one snapshot, not 1,000)."""
-    lock_ledger(session)
+    lock = lock_ledger(session)
     rows = []
     for iid in instance_ids:
         row = session.get(InstanceRow, iid)
@@ -172,7 +189,8 @@ def place_instances(session: Session, instance_ids: list[int], timeout: timedelt
     with _CACHE_LOCK:
         # taken out of the cache: an exception below leaves it out (it may hold claims the
         # database will not), and a rolled-back transaction leaves a token it does not match
-        live, cache_key, token, workers_version = _live_ledger(session, timeout)
+        live, cache_key = _live_ledger(session, lock, timeout)
+        token, workers_version = lock.claims_token, lock.workers_version
         requests: dict[tuple[int, str], PlacementRequest] = {}
         placed = False
         for row in rows:
@@ -180,7 +198,7 @@ def place_instances(session: Session, instance_ids: list[int], timeout: timedelt
                 continue  # already placed (idempotent retry)
             key = (row.deployment_id, json.dumps(row.config, sort_keys=True))
             if key not in requests:
-                requests[key] = _request(session, row)
+                requests[key] = _request(row)
             result = live.place(requests[key], row.id)
             placed |= isinstance(result, Placement)
             _record(row, result)
@@ -212,33 +230,39 @@ _CACHE: dict[str, _Cached] = {}  # keyed by database URL and engine
 _CACHE_LOCK = threading.Lock()
 
 
-def _live_ledger(session: Session, timeout: timedelta) -> tuple[LiveLedger, str, str, int]:
-    """(the ledger to place with, its cache key, the database's claims token and workers version)."""
+def _live_ledger(session: Session, lock: LedgerLock, timeout: timedelta) -> tuple[LiveLedger, str]:
+    """(the ledger to place with, its cache key), current with the database as ``lock`` read it."""
     bind = session.get_bind()
     key = f"{bind.url}#{id(bind)}"  # one copy per engine: two engines act as two server processes
-    token, workers_version = session.execute(
-        select(PlacementLedgerRow.claims_token, PlacementLedgerRow.workers_version)
-        .where(PlacementLedgerRow.id == LEDGER_ID)).one()
     cached = _CACHE.pop(key, None)
     now = utcnow()
-    if cached is not None and token and cached.token == token:
-        live = cached.live
-        if cached.workers_version == workers_version:
-            beats = session.execute(select(WorkerRow.name, WorkerRow.last_heartbeat)).all()
-            for name, beat in beats:
-                ready = fresh(beat, now, timeout)
-                if name in live.ledger.workers and live.ledger.workers[name].ready != ready:
-                    live.set_ready(name, ready)
-        else:
-            live.sync_workers(_worker_snapshots(session, now, timeout))
+    if cached is None or not lock.claims_token or cached.token != lock.claims_token:
+        return LiveLedger(cluster_snapshot(session, timeout)), key
+    live = cached.live
+    if cached.workers_version != lock.workers_version:
+        live.sync_workers(_worker_snapshots(session, now, timeout))
     else:
-        live = LiveLedger(cluster_snapshot(session, timeout))
-    return live, key, token, workers_version
+        _refresh_readiness(session, live, now, timeout)
+    return live, key
 
 
-def _request(session: Session, row: InstanceRow) -> PlacementRequest:
-    dep = session.get(DeploymentRow, row.deployment_id)
-    assert dep is not None
+def _refresh_readiness(session: Session, live: LiveLedger, now: datetime, timeout: timedelta) -> None:
+    """Readiness from heartbeats, read as the set of workers *without* a fresh one (usually
+    none): one indexed-free scan in the database, not one Python row per worker per placement.
+    Same rule as :func:`gpufleet.store.workers.fresh`: ready ⇔ last beat ≥ now − timeout."""
+    cutoff = now - timeout
+    stale = set(session.scalars(select(WorkerRow.name).where(
+        (WorkerRow.last_heartbeat.is_(None)) | (WorkerRow.last_heartbeat < cutoff))))
+    for name, worker in live.ledger.workers.items():
+        ready = name not in stale
+        if worker.ready != ready:
+            live.set_ready(name, ready)
+
+
+def _request(row: InstanceRow) -> PlacementRequest:
+    # through the relationship, not session.get: the instance then holds the deployment, so the
+    # view built from it later reads it from memory (the session only references it weakly)
+    dep = row.deployment
     metadata = ModelMetadata.model_validate(dep.model_metadata) if dep.model_metadata else None
     return PlacementRequest.from_config(dep.name, DeploymentConfig.model_validate(row.config), metadata)
 
