@@ -19,7 +19,7 @@ from fastapi import Body, FastAPI, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpufleet.core.placement import ClusterSnapshot, PlanResult
-from gpufleet.core.schemas import DeploymentSpec, InstanceView, ResourceEstimate
+from gpufleet.core.schemas import DeploymentSpec, InstanceView
 from gpufleet.server.validation import validate_spec
 from gpufleet.store import repository as repo
 
@@ -47,13 +47,12 @@ def validation_message(exc: ValidationError) -> str:
 
 def add_placement_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/internal/instances/{instance_id}/place", response_model=InstanceView)
-    def place(instance_id: int, estimate: ResourceEstimate | None = None) -> Response:
-        """``estimate`` (the first API's body) is ignored: the server estimates itself.
+    def place(instance_id: int) -> Response:
+        """A body (the first API sent an estimate) is not read: the server estimates itself.
 
         The view is serialized once, here: FastAPI would validate the returned model again
         and then encode it, which on this one-replica-per-request path cost as much as the
         placement (benchmarks/placement_ledger.py --through-server)."""
-        del estimate
         with state.placement_lock, state.session() as s:
             row = repo.place_instance(s, instance_id, state.worker_timeout)
             return Response(repo.instance_view(row).model_dump_json(), media_type="application/json")
