@@ -92,6 +92,7 @@ def _wait_http(url: str, child: Child, timeout: float) -> None:
 
 
 def _wait_for_worker(server_url: str, name: str, child: Child, timeout: float, api_key: str | None = None) -> None:
+    api_key = api_key or os.environ.get(credentials.API_KEY_ENV)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
 
     def registered() -> bool:

@@ -193,7 +193,7 @@ def test_node_loss_restart_readoption_and_backoff_restart(cluster: E2ECluster, t
     assert all("node-b stopped sending heartbeats" in x["state_message"] for x in lost)
 
     # while it is down the server forgets instance b (as if deleted elsewhere)
-    httpx.delete(f"{cluster.api_url}/v1/internal/instances/{b['id']}").raise_for_status()
+    httpx.delete(f"{cluster.api_url}/v1/internal/instances/{b['id']}", headers=cluster.headers).raise_for_status()
 
     cluster.start_node("node-b", virtual_gpus="T4-2.5G:1")
     # a is re-adopted: same process, RUNNING again; b's backend, now unknown, is stopped
