@@ -184,7 +184,7 @@ def create_app(
 
     @app.post("/v1/deployments", status_code=202)
     def create_deployment(spec: DeploymentSpec, request: Request) -> OperationAccepted:
-        check_env(principal_of(request), spec.name, spec.env)
+        check_env(principal_of(request), spec.name, spec.env, spec.secret_keys)
         spec, metadata, estimate = validate_spec(spec, known_workers())
         with state.session() as s:
             repo.create_deployment(s, spec, metadata, estimate)
@@ -235,7 +235,7 @@ def create_app(
     @app.patch("/v1/deployments/{name}")
     def edit_deployment(name: str, edit: DeploymentEdit, request: Request,
                         issued_at: str | None = Header(default=None, alias=ISSUED_AT)) -> DeploymentView:
-        check_env(principal_of(request), name, {**(edit.env or {}), **(edit.secret_env or {})})
+        check_env(principal_of(request), name, {**(edit.env or {}), **(edit.secret_env or {})}, list(edit.secret_env or ()))
         with state.session() as s:
             current = repo.get_deployment(s, name)
         workers = known_workers()

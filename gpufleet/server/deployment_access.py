@@ -23,10 +23,14 @@ from gpufleet.store.models import DeploymentRow
 T = TypeVar("T", DeploymentView, InstanceView)
 
 
-def check_env(p: Principal, deployment: str, env: Mapping[str, str]) -> None:
+def check_env(p: Principal, deployment: str, env: Mapping[str, str], secret_keys: Sequence[str] = ()) -> None:
     """May ``p`` set these variables on this deployment? Operators: within scope, and never a
-    loader variable (LD_PRELOAD …: that is running code on the workers)."""
+    loader variable (LD_PRELOAD …: that is running code on the workers). A secret given as the
+    mask itself (copied from an answer) is refused: it would replace the value with ``***``."""
     authz.require_operate(p, deployment)
+    if masked := secrets.still_masked(env, secret_keys):
+        raise HTTPException(400, f"secret variables {masked} are given as {secrets.MASK}, the mask shown for "
+                                 "secret values; give their real values")
     if p.is_admin:
         return
     loaders = secrets.loader_vars(env)

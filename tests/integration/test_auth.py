@@ -239,6 +239,11 @@ def test_secret_env_is_masked_in_the_api_and_in_prefect_run_parameters(server: S
     with server.app.state.gpufleet.session() as s:
         from gpufleet.store.repository import _deployment  # noqa: PLC2701
         assert _deployment(s, "chat").config["env"]["API_SECRET"] == "s3cr3t-value"
+    # the mask itself as a value is refused (it would store "***")
+    r = server.deploy("copied", env={"API_SECRET": MASK}, secret_keys=["API_SECRET"])
+    assert r.status_code == 400 and "the mask shown for secret values" in r.json()["detail"]
+    r = server.call("PATCH", "/v1/deployments/chat", server.admin, json={"secret_env": {"API_SECRET": MASK}})
+    assert r.status_code == 400
     # a masked value with nothing stored behind it is refused
     spec = {**params["spec"], "name": "other"}
     r = server.call("PUT", "/v1/deployments/other/record", server.admin, json=spec)
