@@ -110,3 +110,16 @@ def test_backend_starts_without_the_nodes_secrets(tmp_path: Path, monkeypatch) -
     assert "SOME_UNRELATED_SETTING" not in environ
     assert environ["DEPLOYMENT_VAR"] == "mine" and environ["HF_TOKEN"] == "hf_DEPLOYMENT_OWN"  # its own
     assert environ["PATH"] == os.environ["PATH"] and environ["OMP_NUM_THREADS"] == "2"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--expires", "soon"], "--expires: expiry 'soon' is not a duration"),
+    (["--role", "node"], "cannot be created by hand"),
+    (["--role", "boss"], "--role"),
+])
+def test_keys_create_refuses_bad_input_before_sending_anything(tmp_path: Path, args: list[str], words: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "gpufleet.cli.main", "keys", "create", "--name", "x", *args],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "GPUFLEET_HOME": str(tmp_path), "GPUFLEET_SERVER_URL": "http://127.0.0.1:9"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert words in " ".join(proc.stderr.split()) and "cannot reach" not in proc.stderr
