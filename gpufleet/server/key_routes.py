@@ -16,6 +16,7 @@ from gpufleet.core.access import Role
 from gpufleet.core.keys import JOIN_ROLE, JoinRequest, KeyCreate, KeyCreated, KeyView, NodeCredentials, parse_duration
 from gpufleet.core.schemas import _NAME_RE  # noqa: PLC2701 - the one name rule of workers and deployments
 from gpufleet.server.auth import Authenticator
+from gpufleet.server.bootstrap import CONTROLLER_PREFIX
 from gpufleet.store import keys as key_store
 
 
@@ -42,6 +43,12 @@ def add_key_routes(app: FastAPI, state, auth: Authenticator) -> None:  # noqa: A
                 raise HTTPException(409, str(exc)) from exc
             if row is None:
                 raise HTTPException(404, f"no key {ref!r}; `gpufleet keys ls` lists them")
+            if row.role == Role.ADMIN.value and not row.name.startswith(CONTROLLER_PREFIX):
+                people = [k for k in key_store.list_keys(s) if k.role == Role.ADMIN.value and not k.expired
+                          and not k.name.startswith(CONTROLLER_PREFIX)]
+                if [k.id for k in people] == [row.id]:
+                    raise HTTPException(409, f"key {row.name} is the last admin key; create another admin key "
+                                             "first (`gpufleet keys create --role admin`), then remove this one")
             shown = key_store.view(row)
             key_store.delete_key(s, row)
         auth.forget_all()

@@ -164,6 +164,8 @@ def test_bad_key_requests_are_refused_with_clear_errors(server: Server) -> None:
         r = server.call("POST", "/v1/keys", server.admin, json=body)
         assert r.status_code == 422 and words in r.text, r.text
     assert server.call("DELETE", "/v1/keys/nope", server.admin).status_code == 404
+    r = server.call("DELETE", "/v1/keys/admin", server.admin)  # the last admin key: nobody could manage keys
+    assert r.status_code == 409 and "last admin key" in r.json()["detail"]
 
 
 def test_tokens_never_reach_the_logs(server: Server, caplog: pytest.LogCaptureFixture) -> None:
