@@ -136,3 +136,37 @@ def test_backend_gets_its_secret_but_not_the_nodes_and_the_secret_is_masked_ever
             assert DEPLOY_SECRET not in text and cluster.api_key not in text, log  # type: ignore[operator]
     finally:
         cluster.cli("rm", "secretive")
+
+
+def test_up_no_auth_says_so_loudly_and_needs_no_key(tmp_path: Path) -> None:
+    """A single-user laptop: `gpufleet up --no-auth` warns at start-up, writes no key, and its node
+    registers without a join token."""
+    import os
+    import subprocess
+
+    from tests.e2e.conftest import free_port, wait_until
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GPUFLEET_"))}
+    env.update(GPUFLEET_HOME=str(tmp_path / "home"), GPUFLEET_RUNTIME="process", GPUFLEET_PREFECT_DATABASE="sqlite")
+    port = free_port()
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        up = subprocess.Popen([sys.executable, "-m", "gpufleet.cli.main", "up", "--no-auth", "--port", str(port),
+                               "--prefect-port", str(free_port()), "--node-name", "laptop"],
+                              env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "gpufleet is up" in log.read_text() or up.poll() is not None, timeout=240, what="up")
+        text = " ".join(log.read_text().split())
+        assert up.poll() is None, text
+        assert "authentication is OFF" in text and "single-user laptop" in text
+        assert "authentication is OFF" in (tmp_path / "home" / "logs" / "server.log").read_text()
+        [worker] = httpx.get(f"http://127.0.0.1:{port}/v1/workers", timeout=10).json()
+        assert worker["name"] == "laptop" and worker["ready"]
+        assert not (tmp_path / "home" / "credentials").exists()
+        down = subprocess.run([sys.executable, "-m", "gpufleet.cli.main", "down"], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
