@@ -21,8 +21,13 @@ NAMES = frozenset({
     # source for its xllamacpp launcher): set by whoever runs the node, not by a deployment
     "LD_LIBRARY_PATH", "PYTHONPATH",
     "CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HIP_VISIBLE_DEVICES",
-    "ROCR_VISIBLE_DEVICES", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+    "ROCR_VISIBLE_DEVICES", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR",
+    "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "NUMBA_CACHE_DIR",
+    "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
 })
+# Not passed: proxies (their URLs may carry a password; a deployment that needs one sets it,
+# as a secret), hub and cloud credentials, gpufleet's own variables.
 #: families passed through by prefix (engines' and accelerators' settings; none holds a credential)
 PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCM_", "HSA_", "OMP_", "MKL_", "OPENBLAS_", "KMP_",
             "VLLM_", "GGML_", "LLAMA_", "TORCH_", "TRITON_", "NCCL_", "XLA_")
