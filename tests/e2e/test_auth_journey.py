@@ -170,3 +170,25 @@ def test_up_no_auth_says_so_loudly_and_needs_no_key(tmp_path: Path) -> None:
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def test_a_revoked_node_credential_is_refused_and_the_node_joins_again(cluster: E2ECluster) -> None:
+    """`keys rm` of a node's credential: its next heartbeat is refused, and the node (which still
+    has the join token) joins again with a new credential and stays ready."""
+    from tests.e2e.conftest import wait_until
+
+    creds = cluster.node_home("node-b") / "credentials.json"
+    before = json.loads(creds.read_text())["node_key"]
+    cluster.cli("keys", "rm", "node:node-b")
+    r = httpx.post(f"{cluster.api_url}/v1/workers/node-b/heartbeat", headers={"Authorization": f"Bearer {before}"})
+    assert r.status_code == 401
+    def current() -> str | None:
+        try:  # the node removes the refused credential before it joins again
+            return json.loads(creds.read_text())["node_key"]
+        except FileNotFoundError:
+            return None
+
+    wait_until(lambda: current() not in (None, before), timeout=30, what="node-b joined again")
+    wait_until(lambda: any(w["name"] == "node-b" and w["ready"] for w in cluster.cli_json("workers")),
+               timeout=30, what="node-b ready")
+    assert oct(creds.stat().st_mode & 0o777) == "0o600"
