@@ -109,6 +109,7 @@ def test_forged_reports_fake_workers_and_unauthenticated_node_logs_are_refused(
 def test_backend_gets_its_secret_but_not_the_nodes_and_the_secret_is_masked_everywhere(
         cluster: E2ECluster, secret_node: Child, tiny_gguf: Path) -> None:
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.sorting import LogSort
 
     cluster.cli("deploy", "--name", "secretive", "--local-path", str(tiny_gguf), "--worker-selector", "auth=journey",
                 "--env", "PLAIN_VAR=visible", "--secret-env", f"MY_API_SECRET={DEPLOY_SECRET}")
@@ -129,6 +130,12 @@ def test_backend_gets_its_secret_but_not_the_nodes_and_the_secret_is_masked_ever
         with SyncPrefectClient(cluster.prefect_api_url) as client:
             runs = [r for r in client.read_flow_runs(limit=200) if "secretive" in json.dumps(r.parameters)]
             assert runs and all(DEPLOY_SECRET not in json.dumps(r.parameters) for r in runs)
+            # nor in any flow or task run's log, nor any key
+            logged = " ".join(entry.message for entry in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC))
+            node_keys = [json.loads((cluster.node_home(n) / "credentials.json").read_text())["node_key"]
+                         for n in ("node-a", "node-b", "node-s")]
+            assert logged and DEPLOY_SECRET not in logged and "gf_" not in logged
+            assert all(key not in logged for key in [cluster.api_key, *node_keys])
         edited = cluster.cli("edit", "secretive", "--env", "OTHER=1").stdout
         assert "environment merged" in edited and "MY_API_SECRET=***" in edited and "PLAIN_VAR=visible" in edited
         for log in (cluster.home / "logs").glob("*.log"):  # the server's and nodes' own logs
