@@ -281,3 +281,26 @@ def test_auth_off_makes_everyone_an_admin(tmp_path: Path) -> None:
     http = TestClient(app)
     assert http.get("/v1/deployments").status_code == 200
     assert http.post("/v1/workers", json=registration("w")).status_code == 200
+
+
+def test_keys_in_the_store_on_sqlite_and_postgresql(database_url: str) -> None:
+    """Migration 0009 and the key store on both databases: create, verify, expire, scope, remove."""
+    app = create_app(database_url, trigger=Recorder(), run_controller=False)
+    state = app.state.gpufleet
+    with state.session() as s:
+        created = key_store.create_key(s, "ops", Role.OPERATOR.value, ["b", "a", "a"], timedelta(days=1))
+        old = key_store.create_key(s, "old", Role.ADMIN.value, expires_in=timedelta(seconds=-1))
+    assert created.models == ["a", "b"] and created.expires_at is not None
+    with state.session() as s:
+        verified = key_store.verify(s, created.token)
+        assert verified is not None and verified.principal is not None
+        assert verified.principal.may_operate("a") and not verified.principal.may_operate("c")
+        assert key_store.verify(s, old.token) is None  # expired
+        assert key_store.verify(s, created.token[:-1] + ("A" if created.token[-1] != "A" else "B")) is None
+        assert [k.expired for k in key_store.list_keys(s)] == [False, True]
+        row = key_store.find(s, "ops")
+        assert row is not None
+        key_store.delete_key(s, row)
+    with state.session() as s:
+        assert key_store.verify(s, created.token) is None
+    state.engine.dispose()
