@@ -11,6 +11,9 @@ from typing import Any
 
 import httpx
 
+from gpufleet import credentials
+
+from gpufleet.core.keys import KeyCreate, KeyCreated, KeyView, NodeCredentials
 from gpufleet.core.placement import ClusterSnapshot, PlanResult
 from gpufleet.core.schemas import (
     BackendInstallRequest,
@@ -86,17 +89,20 @@ def _detail(resp: httpx.Response) -> str:
 
 class GpufleetClient:
     def __init__(self, base_url: str | None = None, timeout: float = 30.0, retries: int = 0,
-                 retry_timeouts: bool = True) -> None:
+                 retry_timeouts: bool = True, api_key: str | None = None) -> None:
         """`retries`: how often to retry, with exponential backoff from 0.25 s, when the server
         cannot be reached, answers 502/503/504, or is still applying the same request (409 with
         Retry-After). A retry is safe: it carries the first try's request id and issue time, so
         the server applies the operation once. `retry_timeouts=False` reports a timeout at once
-        instead (the CLI: a person decides whether to wait longer)."""
+        instead (the CLI: a person decides whether to wait longer). `api_key`: default
+        GPUFLEET_API_KEY, else the credentials file (gpufleet.credentials)."""
+        key = api_key if api_key is not None else credentials.api_key()
         self.base_url = (base_url or server_url()).rstrip("/")
         self.retries = retries
         self.retry_timeouts = retry_timeouts
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
+                                  headers={"Authorization": f"Bearer {key}"} if key else None)
 
     def close(self) -> None:
         self._http.close()
@@ -147,6 +153,9 @@ class GpufleetClient:
                 f"cannot reach the gpufleet server at {self.base_url} ({type(exc).__name__}: {exc}); "
                 "is `gpufleet up` (or `gpufleet server`) running? Set GPUFLEET_SERVER_URL otherwise"
             ) from exc
+        if resp.status_code == 401:
+            raise ApiError(401, f"{_detail(resp)} — the CLI reads its key from {credentials.API_KEY_ENV} or "
+                                f"{credentials.credentials_path()}")
         if resp.status_code >= 400:
             raise ApiError(resp.status_code, _detail(resp), retry_after="retry-after" in resp.headers)
         return resp.json() if resp.content else None
@@ -305,6 +314,23 @@ class GpufleetClient:
         data = self._request("PUT", f"/v1/internal/workers/{worker}/engines",
                              json=[e.model_dump(mode="json") for e in engines])
         return WorkerView.model_validate(data)
+
+    # -- API keys (admin) and node joins: docs/auth.md
+    def create_key(self, body: KeyCreate) -> KeyCreated:
+        return KeyCreated.model_validate(self._request("POST", "/v1/keys", json=body.model_dump(mode="json")))
+
+    def list_keys(self) -> list[KeyView]:
+        return [KeyView.model_validate(k) for k in self._request("GET", "/v1/keys")]
+
+    def delete_key(self, ref: str) -> KeyView:
+        return KeyView.model_validate(self._request("DELETE", f"/v1/keys/{ref}"))
+
+    def create_join_token(self) -> KeyCreated:
+        return KeyCreated.model_validate(self._request("POST", "/v1/join-tokens"))
+
+    def join(self, name: str) -> NodeCredentials:
+        """With a join token as this client's key: this node's own credentials."""
+        return NodeCredentials.model_validate(self._request("POST", "/v1/nodes/join", json={"name": name}))
 
     def run_progress(self, flow_run_id: str, offset: int = 0) -> RunProgress:
         return RunProgress.model_validate(self._request("GET", f"/v1/runs/{flow_run_id}", params={"offset": offset}))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from gpufleet import credentials
 from gpufleet.cli import prefect_postgres
 from gpufleet.settings import home
 
@@ -90,9 +91,12 @@ def _wait_http(url: str, child: Child, timeout: float) -> None:
     _wait_ready(child, lambda: httpx.get(url, timeout=1).status_code == 200, f"answer {url}", timeout)
 
 
-def _wait_for_worker(server_url: str, name: str, child: Child, timeout: float) -> None:
+def _wait_for_worker(server_url: str, name: str, child: Child, timeout: float, api_key: str | None = None) -> None:
+    api_key = api_key or os.environ.get(credentials.API_KEY_ENV)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+
     def registered() -> bool:
-        workers = httpx.get(f"{server_url}/v1/workers", timeout=2).json()
+        workers = httpx.get(f"{server_url}/v1/workers", timeout=2, headers=headers).json()
         return any(w["name"] == name and w["ready"] for w in workers)
 
     _wait_ready(child, registered, f"register node {name}", timeout)
@@ -120,6 +124,11 @@ class Cluster:
     prefect_ui_url: str | None
     children: list[Child]
     env: dict[str, str]
+    #: the admin key the server wrote to <home>/credentials, and its join token (None: auth off)
+    api_key: str | None = None
+    join_token: str | None = None
+    #: the admin key was created by this start (shown once by `up`)
+    new_admin_key: bool = False
 
     def stop(self) -> None:
         stop_children(self.children)
@@ -168,9 +177,11 @@ def start_cluster(
             children.append(prefect)
             _wait_http(f"{prefect_api}/health", prefect, 120)
         log(f"starting gpufleet server on {server_url}")
+        had_key = (gpufleet_home / credentials.FILE_NAME).exists()
         server = _spawn("server", [py, "-m", "gpufleet.cli.main", "server", "--port", str(port)], env, logs)
         children.append(server)
         _wait_http(f"{server_url}/v1/health", server, 120)
+        api_key, join_token = _server_credentials(gpufleet_home, server) if credentials.auth_enabled() else (None, None)
         node_args = [py, "-m", "gpufleet.cli.main", "node", "--name", node_name, "--server", server_url,
                      "--stop-backends-on-exit"]
         if virtual_gpus:
@@ -180,14 +191,36 @@ def start_cluster(
             # environments) rather than engine images a registry may not be there to serve
             node_args += ["--runtime", "process"]
         log(f"starting node {node_name}")
-        node = _spawn(f"node-{node_name}", node_args, env, logs)
+        node = _spawn(f"node-{node_name}", node_args, node_env(env, join_token), logs)
         children.append(node)
-        _wait_for_worker(server_url, node_name, node, 60)
+        _wait_for_worker(server_url, node_name, node, 60, api_key)
     except BaseException:
         stop_children(children)
         raise
     ui = None if external_prefect else f"http://127.0.0.1:{prefect_port}"
-    return Cluster(server_url, prefect_api, ui, children, env)
+    return Cluster(server_url, prefect_api, ui, children, env, api_key, join_token, new_admin_key=not had_key)
+
+
+def node_env(env: dict[str, str], join_token: str | None) -> dict[str, str]:
+    """A node's environment: the join token (not on its command line, which `ps` shows), and
+    no user key: the node uses the credential it receives."""
+    out = {k: v for k, v in env.items() if k != credentials.API_KEY_ENV}
+    if join_token:
+        out["GPUFLEET_JOIN_TOKEN"] = join_token
+    return out
+
+
+def _server_credentials(gpufleet_home: Path, server: Child) -> tuple[str | None, str | None]:
+    """The admin key and join token the server wrote under the home on start-up (before it answered)."""
+    from gpufleet.server.bootstrap import JOIN_FILE
+
+    try:
+        admin = credentials.read_private_json(gpufleet_home / credentials.FILE_NAME) or {}
+        join = credentials.read_private_json(gpufleet_home / JOIN_FILE) or {}
+    except credentials.CredentialsError as exc:
+        raise StartFailed(str(exc)) from exc
+    key = os.environ.get(credentials.API_KEY_ENV) or admin.get("api_key")
+    return key, join.get("join_token")
 
 
 

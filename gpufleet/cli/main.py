@@ -42,6 +42,7 @@ from gpufleet.cli.source_options import (
 )
 from gpufleet.cli.wait import WaitFailed, positive_timeout, wait_for_deployment
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable, server_url
+from gpufleet.credentials import CredentialsError
 from gpufleet.core.backends.params import BackendParamError, parse_param
 from gpufleet.core.schemas import DeploymentEdit, DeploymentSpec, ModelSource
 from gpufleet.settings import DEFAULT_PORT, database_url, home
@@ -58,6 +59,11 @@ ParamOpt = Annotated[
     Optional[list[str]],
     typer.Option("--backend-param", help="backend flag, e.g. --backend-param=--ctx-size=1024 (repeatable)"),
 ]
+SecretEnvOpt = Annotated[Optional[list[str]], typer.Option(
+    "--secret-env", help="KEY=VALUE for the backend whose value is secret: never shown by the API, CLI, "
+                         "Prefect or logs (repeatable)")]
+NoAuthOpt = Annotated[bool, typer.Option("--no-auth", help="authentication off (GPUFLEET_AUTH=off): "
+                                         "a single-user laptop only; anyone who reaches the port is admin")]
 EnvOpt = Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the backend (repeatable)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the deployment converges")]
@@ -84,12 +90,12 @@ def client() -> GpufleetClient:
     return GpufleetClient(retries=3, retry_timeouts=False)
 
 
-def _parse_env(pairs: list[str] | None) -> dict[str, str]:
+def _parse_env(pairs: list[str] | None, option: str = "--env") -> dict[str, str]:
     env = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            fail(f"--env {pair!r} must be KEY=VALUE")
+            fail(f"{option} {pair!r} must be KEY=VALUE")
         env[key] = value
     return env
 
@@ -129,6 +135,7 @@ def up(
     node_name: Annotated[Optional[str], typer.Option(help="name of the local node")] = None,
     virtual_gpus: Annotated[Optional[str], typer.Option(help='declare GPUs, e.g. "A100-80G:4"')] = None,
     demo: Annotated[bool, typer.Option(help="deploy a generated tiny model and chat with it")] = False,
+    no_auth: NoAuthOpt = False,
 ) -> None:
     """Start an embedded cluster (Prefect server, gpufleet server, one node) in the foreground.
 
@@ -136,6 +143,8 @@ def up(
     backoff); exits non-zero only when it gives up on one."""
     from gpufleet.cli.up_run import run_up
 
+    if no_auth:
+        os.environ["GPUFLEET_AUTH"] = "off"  # the children inherit it
     code = run_up(port, prefect_port, node_name or _default_node_name(), virtual_gpus,
                   _run_demo if demo else None)
     if code:
@@ -190,12 +199,15 @@ def server(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = DEFAULT_PORT,
     no_control_worker: Annotated[bool, typer.Option(help="do not serve the control queue here")] = False,
+    no_auth: NoAuthOpt = False,
 ) -> None:
-    """Run the gpufleet server (REST API; the only writer of the gpufleet database)."""
+    """Run the gpufleet server (REST API; the only writer of the gpufleet database).
+    Authentication is on: the first start creates an admin key (docs/auth.md)."""
+    from gpufleet.credentials import auth_enabled
     from gpufleet.server.main import serve
 
     _setup_logging()
-    serve(host, port, database_url(), control_worker=not no_control_worker)
+    serve(host, port, database_url(), control_worker=not no_control_worker, auth=auth_enabled() and not no_auth)
 
 
 @app.command()
@@ -218,6 +230,9 @@ def node(
     host_runtime_image: Annotated[Optional[str], typer.Option(
         help="docker runtime: run this node's own engine builds in this base image, the host runtime mounted "
              "read-only (air-gapped nodes; `python -m gpufleet.node.runtimes.host_image` builds one)")] = None,
+    join_token: Annotated[Optional[str], typer.Option(
+        envvar="GPUFLEET_JOIN_TOKEN", help="the server's join token (printed by `gpufleet server`/`up`): "
+        "needed once, to receive this node's own credential")] = None,
 ) -> None:
     """Run a node agent: Prefect worker for this node's queue, inventory, heartbeat, backends."""
     import asyncio
@@ -257,6 +272,7 @@ def node(
         name=node_name, server_url=url, context=ctx, gpus=gpus, labels=labels,
         api_port=api_port, stop_backends_on_exit=stop_backends_on_exit,
         ram_reserved=ram_reserved, vram_reserved=vram_reserved, virtual_gpus_spec=virtual_gpus,
+        join_token=join_token,
     )
     asyncio.run(NodeAgent(config).run())
 
@@ -277,6 +293,7 @@ def deploy(
     category: Annotated[Optional[str], typer.Option(help="override the detected category (llm, embedding, reranker, ...)")] = None,
     backend_param: ParamOpt = None,
     env: EnvOpt = None,
+    secret_env: SecretEnvOpt = None,
     backend_version: Annotated[Optional[str], typer.Option(
         help="engine version to run (installed on a worker: `gpufleet backends ls`); default: the pinned one")] = None,
     kv_cache_cpu_gib: Annotated[Optional[float], typer.Option(
@@ -330,7 +347,8 @@ def deploy(
             replicas=replicas,
             source=source,
             backend_params=_params(backend_param),
-            env=_parse_env(env),
+            env={**_parse_env(env), **_parse_env(secret_env, "--secret-env")},
+            secret_keys=sorted(_parse_env(secret_env, "--secret-env")),
             backend_version=backend_version,
             placement=placement_fields(placement, worker_selector, gpu, gpus_per_replica,
                                        cpu_offloading, distributed, overcommit),
@@ -463,7 +481,13 @@ def restart(instance_id: int) -> None:
 def edit(
     name: str,
     backend_param: ParamOpt = None,
-    env: EnvOpt = None,
+    env: Annotated[Optional[list[str]], typer.Option(
+        "--env", help="KEY=VALUE, merged into the deployment's variables (repeatable; --replace-env: replace them)")] = None,
+    secret_env: Annotated[Optional[list[str]], typer.Option(
+        "--secret-env", help="KEY=VALUE merged in as a secret (masked everywhere; repeatable)")] = None,
+    unset_env: Annotated[Optional[list[str]], typer.Option("--unset-env", help="KEY to remove (repeatable)")] = None,
+    replace_env: Annotated[bool, typer.Option(
+        "--replace-env", help="the variables become exactly --env and --secret-env (default: merge)")] = False,
     backend_version: Annotated[Optional[str], typer.Option()] = None,
     restart_on_error: Annotated[Optional[bool], typer.Option(
         "--restart-on-error/--no-restart-on-error",
@@ -474,15 +498,22 @@ def edit(
     update = DeploymentEdit(
         backend_params=_params(backend_param) if backend_param is not None else None,
         env=_parse_env(env) if env is not None else None,
+        secret_env=_parse_env(secret_env, "--secret-env") if secret_env is not None else None,
+        unset_env=unset_env or None,
+        env_replace=True if replace_env else None,
         backend_version=backend_version,
         restart_on_error=restart_on_error,
     )
     if not update.model_dump(exclude_none=True):
-        fail("nothing to change: give --backend-param, --env, --backend-version, --restart-on-error or --no-restart-on-error", 2)
+        fail("nothing to change: give --backend-param, --env, --secret-env, --unset-env, --backend-version, "
+             "--restart-on-error or --no-restart-on-error", 2)
     with client() as c:
         dep = c.edit_deployment(name, update)
         running = [i for i in c.list_instances(deployment=name) if not i.deleting]
     console.print(f"deployment {name} updated (generation {dep.generation}).")
+    if update.env is not None or update.secret_env is not None or update.unset_env or replace_env:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(dep.env.items())) or "none"
+        console.print(f"environment {'replaced' if replace_env else 'merged'}; now: {shown}", highlight=False)
     if restart_on_error is not None:
         console.print(f"restart on error: {'on' if dep.restart_on_error else 'off'} for all its instances")
     if update.model_dump(exclude_none=True).keys() == {"restart_on_error"}:
@@ -553,6 +584,7 @@ def _register_commands() -> None:
 
     for module in (sources_cmd, estimate_cmd, plan_cmd, backends_cmd):
         module.register(app)
+    from gpufleet.cli import keys_cmd; keys_cmd.register(app)  # noqa: E702 - API keys (docs/auth.md)
 
 
 _register_commands()
@@ -564,7 +596,7 @@ def main() -> None:
     except ApiError as exc:
         err_console.print(f"[red]error:[/red] {exc.detail}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except ServerUnavailable as exc:
+    except (ServerUnavailable, CredentialsError) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
 

@@ -72,6 +72,7 @@ def run_up(port: int, prefect_port: int, node_name: str, virtual_gpus: str | Non
         _say(f"  Prefect API:  {cluster.prefect_api_url}\n  node:         {node_name}\n"
              f"  home:         {gpufleet_home} (pid {os.getpid()})\n"
              f"  use it from another shell with: export GPUFLEET_SERVER_URL={cluster.api_url}\n"
+             + _auth_lines(cluster, gpufleet_home) +
              "Ctrl-C (or `gpufleet down`) stops everything.")
         os.environ["GPUFLEET_SERVER_URL"] = cluster.api_url
         code = _supervise(cluster.children, stopping, demo)
@@ -83,6 +84,23 @@ def run_up(port: int, prefect_port: int, node_name: str, virtual_gpus: str | Non
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         held.release()
+
+
+def _auth_lines(cluster, gpufleet_home) -> str:  # noqa: ANN001 - Cluster, Path
+    """How to authenticate; the admin key itself only the first time (it is shown once)."""
+    from gpufleet.credentials import FILE_NAME
+
+    if cluster.api_key is None:
+        return ("  [bold red]authentication is OFF[/bold red] (--no-auth / GPUFLEET_AUTH=off): anyone who can "
+                "reach the port is admin — a single-user laptop only\n")
+    lines = ""
+    if cluster.new_admin_key:
+        lines += f"  admin API key (shown once): {cluster.api_key}\n"
+    lines += (f"  the CLI of this home reads its key from {gpufleet_home / FILE_NAME} (mode 0600); other tools:\n"
+              f"    curl -H \"Authorization: Bearer $(jq -r .api_key {gpufleet_home / FILE_NAME})\" "
+              f"{cluster.api_url}/v1/deployments\n"
+              "  more keys: gpufleet keys create --name NAME [--role operator|inference] [--models a,b] [--expires 30d]\n")
+    return lines
 
 
 def _supervise(children: list, stopping: threading.Event, demo: Callable[[], object] | None) -> int:  # type: ignore[type-arg]

@@ -91,11 +91,20 @@ class DeploymentConfig(Strict):
     backend_version: str | None = None
     backend_params: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    secret_keys: list[str] = Field(default_factory=list, description="names in env whose values are secret: "
+                                   "never shown in clear by the API, CLI, Prefect run parameters or logs")
     kv_cache: KvCacheSpec | None = Field(default=None, description="extended KV cache (vLLM with LMCache)")
     image: str | None = Field(default=None, description="container image to run instead of the engine's default "
                                                         "(nodes with the docker runtime)")
     restart_on_error: bool = Field(default=True, description="restart an instance whose backend failed, with a "
                                    "back-off (at once, then 10 s, 20 s … capped at 300 s)")
+
+    @model_validator(mode="after")
+    def _secrets_in_env(self) -> DeploymentConfig:
+        missing = sorted(set(self.secret_keys) - set(self.env))
+        if missing:
+            raise ValueError(f"secret_keys {missing} name no variable in env")
+        return self
 
     @model_validator(mode="after")
     def _placement_fits_backend(self) -> DeploymentConfig:
@@ -141,11 +150,18 @@ class DeploymentSpec(DeploymentConfig):
 
 
 class DeploymentEdit(Strict):
-    """Fields `gpufleet edit` may change. Unset fields stay as they are."""
+    """Fields `gpufleet edit` may change. Unset fields stay as they are.
+
+    ``env`` and ``secret_env`` are merged into the current variables (a name given again takes
+    the new value; a secret given as plain ``env`` stops being secret), ``unset_env`` removes
+    names; ``env_replace`` replaces all of them with ``env`` + ``secret_env`` instead."""
 
     backend_version: str | None = None
     backend_params: list[str] | None = None
     env: dict[str, str] | None = None
+    secret_env: dict[str, str] | None = None
+    unset_env: list[str] | None = None
+    env_replace: bool | None = None
     restart_on_error: bool | None = Field(default=None, description="applies to running instances too")
 
 

@@ -22,7 +22,7 @@ from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable
 from gpufleet.core.plan import PLANNED_STOP
 from gpufleet.core.schemas import RPC_CAPABILITY, GpuInfo, InstanceStateUpdate, InstanceView, WorkerRegistration
 from gpufleet.core.states import ACTIVE_ON_NODE, InstanceState
-from gpufleet.node import backends, engines, probes, processes, runtimes
+from gpufleet.node import backends, engines, node_auth, probes, processes, runtimes
 from gpufleet.node.context import NodeContext
 from gpufleet.node import inventory
 from gpufleet.node.inventory import total_memory
@@ -48,6 +48,7 @@ class NodeConfig:
     ram_reserved: int = 0  # bytes of RAM placement leaves free (the OS, other services)
     vram_reserved: int = 0  # bytes left free on each GPU
     virtual_gpus_spec: str | None = None  # --virtual-gpus, re-read for each heartbeat's usage
+    join_token: str | None = None  # --join-token: traded once for this node's credentials (node_auth)
 
 
 def node_capabilities() -> list[str]:
@@ -70,7 +71,9 @@ class NodeAgent:
         self.config = config
         self.node = config.context
         self.registry = backends.registry(self.node)
-        self.client = GpufleetClient(config.server_url)
+        # the node's own key once it has one (never an inherited GPUFLEET_API_KEY): see credentials()
+        self.credentials = node_auth.load(self.node.home, config.name)
+        self.client = GpufleetClient(config.server_url, api_key=self.credentials.node_key if self.credentials else "")
         self.api_port = config.api_port or free_port(self.node.bind_host)
         self._stop = asyncio.Event()
         self._prefect_worker: object | None = None
@@ -94,13 +97,36 @@ class NodeAgent:
             runtime="docker" if self.node.runtime == "docker" else "process",
         )
 
+    def _use_credentials(self, creds: node_auth.NodeCredentials | None) -> None:
+        self.credentials = creds
+        self.client.close()
+        self.client = GpufleetClient(self.config.server_url, api_key=creds.node_key if creds else "")
+        node_auth.use_in_process(creds)
+
     async def register(self) -> None:
+        """Join first when there is a join token and no credential yet; a stored credential the
+        server refuses (revoked, new database) is replaced by joining again with the token."""
         delay = 0.2
         while not self._stop.is_set():
             try:
+                if self.credentials is None and self.config.join_token:
+                    self._use_credentials(await asyncio.to_thread(
+                        node_auth.join, self.config.server_url, self.config.name, self.config.join_token,
+                        self.node.home))
                 await asyncio.to_thread(self.client.register_worker, self.registration())
                 log.info("registered node %s with %s", self.config.name, self.client.base_url)
                 return
+            except ApiError as exc:
+                if exc.status not in (401, 403):
+                    raise
+                if self.credentials is not None and self.config.join_token:
+                    log.warning("the server refused this node's credential (%s); joining again", exc.detail)
+                    node_auth.forget(self.node.home)
+                    self.credentials = None
+                    continue
+                raise node_auth.JoinFailed(
+                    f"the server at {self.config.server_url} refused node {self.config.name}: {exc.detail}. "
+                    "Start it with --join-token (printed by `gpufleet server`/`up`; GPUFLEET_JOIN_TOKEN)") from exc
             except ServerUnavailable as exc:
                 log.warning("%s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -226,7 +252,8 @@ class NodeAgent:
                     log.info("server had lost this node; re-reporting backends")
                     await asyncio.to_thread(self.adopt_backends)
             except ApiError as exc:
-                if exc.status == 404:  # server lost us (new database, `workers rm --force`): register again,
+                if exc.status in (401, 404):  # server lost us (new database, `workers rm --force`, a revoked
+                    # credential: register, joining again with the token), then
                     await self.register()  # then stop what is no longer placed here, re-report the rest
                     await asyncio.to_thread(self.adopt_backends)
             except ServerUnavailable as exc:
@@ -279,7 +306,8 @@ class NodeAgent:
             self._prefect_worker.poke()  # type: ignore[attr-defined]
 
     def start_api(self) -> uvicorn.Server:
-        app = create_log_app(self.node, self.registry, poke=self.poke)
+        app = create_log_app(self.node, self.registry, poke=self.poke,
+                             server_key=lambda: self.credentials.server_key if self.credentials else None)
         server = uvicorn.Server(
             uvicorn.Config(app, host=self.node.bind_host, port=self.api_port, log_level="warning")
         )
@@ -288,6 +316,7 @@ class NodeAgent:
 
     async def run(self) -> None:
         self.node.export()
+        node_auth.use_in_process(self.credentials)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)

@@ -62,7 +62,8 @@ def build_llama_cpp(version: str, device: str, node: NodeContext,
         raise InstallFailed(f"cannot build llama.cpp {version} on {node.name}: {script} not found (this node has "
                             f"no gpufleet repository checkout); copy scripts/build-llama-cpp.sh there and set "
                             f"{BUILD_SCRIPT_ENV}, or set GPUFLEET_LLAMA_SERVER to a llama-server")
-    env = dict(os.environ)
+    # the build needs the node's tools, not its gpufleet credentials
+    env = {k: v for k, v in os.environ.items() if k not in ("GPUFLEET_API_KEY", "GPUFLEET_JOIN_TOKEN")}
     if device == "cuda":
         env["GPUFLEET_LLAMA_CPP_CUDA"] = "on"
     progress(f"running {script} (log: {llama_rpc.install_dir()}.log)")

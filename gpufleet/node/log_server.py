@@ -1,14 +1,18 @@
-"""The node agent's small HTTP API: backend logs, read where they are written."""
+"""The node agent's small HTTP API: backend logs, read where they are written.
+
+The logs answer only the server's credential for this node (given at join, docs/auth.md):
+backend logs hold prompts and paths. ``/v1/health`` and ``/v1/poke`` (poll Prefect now; it
+reads nothing and starts nothing Prefect has not scheduled) stay open."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
-from gpufleet.node import run_logs
+from gpufleet.node import node_auth, run_logs
 from gpufleet.node.context import NodeContext
 from gpufleet.node.logs import read_log
 from gpufleet.node.registry import BackendRegistry
@@ -20,7 +24,8 @@ def find_log(node: NodeContext, instance_id: int) -> Path | None:
 
 
 def create_log_app(
-    node: NodeContext, registry: BackendRegistry, poke: Callable[[], object] = lambda: None
+    node: NodeContext, registry: BackendRegistry, poke: Callable[[], object] = lambda: None,
+    server_key: Callable[[], str | None] = lambda: None,
 ) -> FastAPI:
     app = FastAPI(title=f"gpufleet node {node.name}")
 
@@ -39,7 +44,11 @@ def create_log_app(
         instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False,
         previous: int = Query(default=0, ge=0, le=run_logs.KEEP_PREVIOUS,
                               description="0: the current run; n: the n-th run before it"),
+        authorization: str | None = Header(default=None),
     ) -> StreamingResponse:
+        if not node_auth.server_may_call(server_key(), authorization):
+            raise HTTPException(401, f"node {node.name}'s logs answer the gpufleet server's credential only",
+                                headers={"WWW-Authenticate": "Bearer"})
         path = find_log(node, instance_id)
         if path is None:
             raise HTTPException(404, f"no log for instance {instance_id} on worker {node.name}")

@@ -10,6 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpufleet.node.backend_env import backend_env
+
 PORT_RANGE = (40000, 41000)
 # A port handed out is claimed machine-wide for this long: the time between choosing a port and
 # the backend binding it (engine probes, a container start) during which another node agent on
@@ -104,6 +106,7 @@ def allocate_port(host: str, taken: set[int], port_range: tuple[int, int] = PORT
 
 
 def spawn(command: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> tuple[int, int]:
+    # ``env``: the launch's variables, added to gpufleet.node.backend_env's minimal environment
     """Start a backend in its own session (so Ctrl-C of the agent does not reach it),
     with stdout and stderr appended to its log file. Returns (pid, start_time)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,7 @@ def spawn(command: list[str], env: dict[str, str], log_path: Path, cwd: Path) ->
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+            env=backend_env(env),  # an allowlist of the node's variables, never its secrets
             cwd=cwd,
             start_new_session=True,
         )

@@ -56,8 +56,14 @@ from gpufleet.server.validation import (
     validate_spec,
 )
 from gpufleet.server.api_docs import add_api_docs
+from gpufleet.server.auth import AuthMiddleware, Authenticator, principal_of
+from gpufleet.server import authz
+from gpufleet.server.deployment_access import (
+    check_env, check_instance, check_reporter, flow_spec, node_reads, record_spec, scoped,
+)
+from gpufleet.server.key_routes import add_key_routes
 from gpufleet.server.request_ids import add_request_ids
-from gpufleet.store import ordering, plan_apply, repository as repo
+from gpufleet.store import keys as key_store, ordering, plan_apply, repository as repo
 from gpufleet.store.models import utcnow
 from gpufleet.store.db import make_engine, migrate, session_factory
 from gpufleet.web import mount_web
@@ -99,8 +105,11 @@ def create_app(
     on_shutdown: Callable[[], None] | None = None,
     run_controller: bool = True,
     node_trigger: NodeTrigger = prefect_node_trigger,
+    auth: bool = True,
 ) -> FastAPI:
+    """``auth=False``: every request is an anonymous admin (a single-user laptop; docs/auth.md)."""
     state = ServerState(database_url, trigger)
+    authenticator = Authenticator(state, enabled=auth)
     controller = Controller(state, trigger, prefect_run_state if trigger is prefect_trigger else None)
 
     @asynccontextmanager
@@ -119,6 +128,7 @@ def create_app(
     # the API docs page is served from local assets (gpufleet.server.api_docs), not a CDN
     app = FastAPI(title="gpufleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gpufleet = state
+    app.state.auth = authenticator
 
     @app.exception_handler(repo.NotFound)
     async def _not_found(_: Request, exc: repo.NotFound) -> JSONResponse:
@@ -173,7 +183,8 @@ def create_app(
             return repo.list_workers(s, state.worker_timeout)
 
     @app.post("/v1/deployments", status_code=202)
-    def create_deployment(spec: DeploymentSpec) -> OperationAccepted:
+    def create_deployment(spec: DeploymentSpec, request: Request) -> OperationAccepted:
+        check_env(principal_of(request), spec.name, spec.env, spec.secret_keys)
         spec, metadata, estimate = validate_spec(spec, known_workers())
         with state.session() as s:
             repo.create_deployment(s, spec, metadata, estimate)
@@ -183,29 +194,21 @@ def create_app(
         if not estimate.known and estimate.reason:
             notes.append(f"estimate unknown: {estimate.reason}")
         try:
-            return start_flow("deploy", {"spec": spec.model_dump(mode="json")}, detail="\n".join(notes))
+            return start_flow("deploy", {"spec": flow_spec(spec)}, detail="\n".join(notes))
         except HTTPException:
             with state.session() as s:  # nothing half-written: undo the record
                 repo.delete_deployment_row(s, spec.name)
             raise
 
     @app.put("/v1/deployments/{name}/record")
-    def record_deployment(name: str, spec: DeploymentSpec) -> DeploymentView:
+    def record_deployment(name: str, spec: DeploymentSpec, request: Request) -> DeploymentView:
         """Used by the deploy flow: create the record, or accept an identical one."""
         if spec.name != name:
             raise HTTPException(400, f"name in path ({name}) and body ({spec.name}) differ")
+        check_env(principal_of(request), name, spec.env)
         with state.session() as s:
-            try:
-                existing = repo.get_deployment(s, name)
-            except repo.NotFound:
-                existing = None
+            spec, existing = record_spec(s, spec)  # 409 when it exists with another configuration
             if existing is not None:
-                if existing.config() != spec.config():
-                    raise HTTPException(
-                        409,
-                        f"deployment {name!r} exists with a different configuration; "
-                        "use edit or scale, or delete it first",
-                    )
                 return existing
         spec, metadata, estimate = validate_spec(spec, known_workers())
         with state.session() as s:
@@ -213,9 +216,9 @@ def create_app(
             return repo.deployment_view(s, row)
 
     @app.get("/v1/deployments")
-    def list_deployments() -> list[DeploymentView]:
+    def list_deployments(request: Request) -> list[DeploymentView]:
         with state.session() as s:
-            return repo.list_deployments(s)
+            return scoped(principal_of(request), repo.list_deployments(s))
 
     @app.get("/v1/deployments/{name}")
     def get_deployment(name: str) -> DeploymentView:
@@ -230,8 +233,9 @@ def create_app(
             raise HTTPException(400, f"Gpufleet-Issued-At: {exc}") from exc
 
     @app.patch("/v1/deployments/{name}")
-    def edit_deployment(name: str, edit: DeploymentEdit,
+    def edit_deployment(name: str, edit: DeploymentEdit, request: Request,
                         issued_at: str | None = Header(default=None, alias=ISSUED_AT)) -> DeploymentView:
+        check_env(principal_of(request), name, {**(edit.env or {}), **(edit.secret_env or {})}, list(edit.secret_env or ()))
         with state.session() as s:
             current = repo.get_deployment(s, name)
         workers = known_workers()
@@ -267,39 +271,43 @@ def create_app(
         return start_flow("delete", {"name": name})
 
     @app.get("/v1/instances")
-    def list_instances(deployment: str | None = None, worker: str | None = None,
+    def list_instances(request: Request, deployment: str | None = None, worker: str | None = None,
                        id: list[int] | None = Query(default=None)) -> list[InstanceView]:  # noqa: A002 - the query name
+        p = principal_of(request)
         with state.session() as s:
-            return repo.list_instances(s, deployment, worker, ids=id)
+            if (own := node_reads(p, worker)) is not None:  # a node: its own instances, secrets in clear
+                return repo.list_instances(s, deployment, own, ids=id, reveal=True)
+            return scoped(p, repo.list_instances(s, deployment, worker, ids=id))
 
     @app.get("/v1/instances/{instance_id}")
-    def get_instance(instance_id: int) -> InstanceView:
+    def get_instance(instance_id: int, request: Request) -> InstanceView:
         with state.session() as s:
-            return repo.get_instance(s, instance_id)
+            return check_instance(principal_of(request), repo.get_instance(s, instance_id), s)
 
     @app.delete("/v1/instances/{instance_id}", status_code=202)
-    def delete_instance(instance_id: int) -> OperationAccepted:
+    def delete_instance(instance_id: int, request: Request) -> OperationAccepted:
         with state.session() as s:
-            repo.get_instance(s, instance_id)
+            check_instance(principal_of(request), repo.get_instance(s, instance_id), s, operate=True)
         return start_flow("delete-instance", {"instance_id": instance_id})
 
     @app.post("/v1/instances/{instance_id}/restart", status_code=202)
-    def restart_instance(instance_id: int) -> OperationAccepted:
+    def restart_instance(instance_id: int, request: Request) -> OperationAccepted:
         with state.session() as s:
-            repo.get_instance(s, instance_id)
+            check_instance(principal_of(request), repo.get_instance(s, instance_id), s, operate=True)
         return start_flow("restart", {"instance_id": instance_id})
 
     @app.get("/v1/instances/{instance_id}/logs")
     async def instance_logs(
-        instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False,
+        instance_id: int, request: Request, tail: int | None = Query(default=None, ge=0), follow: bool = False,
         previous: int = Query(default=0, ge=0, le=KEEP_PREVIOUS_LOGS,
                               description="0: the current run's log; n: the n-th run before it"),
     ) -> StreamingResponse:
         with state.session() as s:
-            inst = repo.get_instance(s, instance_id)
+            inst = check_instance(principal_of(request), repo.get_instance(s, instance_id), s, operate=True)
             if inst.worker is None:
                 raise HTTPException(409, f"instance {instance_id} is not placed on a worker yet")
             address = repo.get_worker(s, inst.worker).address
+            peer = key_store.peer_token(s, inst.worker)  # the node asks the server for it (docs/auth.md)
         params: dict[str, Any] = {"follow": str(follow).lower()}
         if tail is not None:
             params["tail"] = tail
@@ -308,7 +316,8 @@ def create_app(
         client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
         try:
             upstream = await client.send(
-                client.build_request("GET", f"{address}/v1/instances/{instance_id}/logs", params=params),
+                client.build_request("GET", f"{address}/v1/instances/{instance_id}/logs", params=params,
+                                     headers={"Authorization": f"Bearer {peer}"} if peer else None),
                 stream=True,
             )
         except httpx.TransportError as exc:
@@ -338,7 +347,8 @@ def create_app(
             return repo.list_workers(s, state.worker_timeout)
 
     @app.post("/v1/workers")
-    def register_worker(reg: WorkerRegistration) -> WorkerView:
+    def register_worker(reg: WorkerRegistration, request: Request) -> WorkerView:
+        authz.require_worker(principal_of(request), reg.name)
         with state.session() as s:
             repo.register_worker(s, reg)
         with state.session() as s:
@@ -397,18 +407,21 @@ def create_app(
         return {"status": "deleted"}
 
     @app.put("/v1/internal/instances/states")
-    def report_states(body: StateReports) -> StateReportsResult:
+    def report_states(body: StateReports, request: Request) -> StateReportsResult:
         """A node run's phase (STARTING, RUNNING, ERROR …) for all its instances in one request;
-        each report stands alone: one refused or missing instance does not refuse the others."""
+        each report stands alone: one refused or missing instance does not refuse the others.
+        A node may report only instances placed on it (403 for the whole request otherwise)."""
         with state.session() as s:
+            check_reporter(principal_of(request), list(body.reports), s)
             result = repo.update_instance_states(s, body.reports)
         if any(body.reports[i].state == InstanceState.ERROR for i in result.applied):
             controller.wake()  # a failure's first restart is due at once
         return result
 
     @app.put("/v1/internal/instances/{instance_id}/state")
-    def report_state(instance_id: int, update: InstanceStateUpdate) -> InstanceView:
+    def report_state(instance_id: int, update: InstanceStateUpdate, request: Request) -> InstanceView:
         with state.session() as s:
+            check_reporter(principal_of(request), [instance_id], s)
             view = repo.instance_view(repo.update_instance_state(s, instance_id, update))
         if update.state == InstanceState.ERROR:
             controller.wake()  # a failure's first restart is due at once
@@ -432,6 +445,8 @@ def create_app(
         return {"status": "deleted"}
 
     add_request_ids(app, state)
+    app.add_middleware(AuthMiddleware, authenticator=authenticator)  # outside request ids: a refused call claims none
+    add_key_routes(app, state, authenticator)
     add_metrics(app)
     add_placement_routes(app, state)
     add_backend_routes(app, state, node_trigger)

@@ -121,3 +121,25 @@ class RequestLogRow(Base):
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: being applied
     body: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class ApiKeyRow(Base):
+    """A credential the server accepts, stored hashed (migration 0009, gpufleet.store.keys)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: the public part of the token (`gf_<prefix>_<secret>`): how a key is found and named
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(63))
+    #: admin, operator, inference, node or join
+    role: Mapped[str] = mapped_column(String(16))
+    models: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    worker: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    #: for a node credential: what the server presents to that node's API
+    peer_token: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

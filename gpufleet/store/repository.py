@@ -30,6 +30,7 @@ from gpufleet.core.schemas import (
     WorkerView,
 )
 from gpufleet.core.states import InstanceState, InvalidTransition, check_transition, summarize
+from gpufleet.core import secrets
 from gpufleet.core.plan import crash_looping
 from gpufleet.settings import plan_timing
 from gpufleet.store import ledger
@@ -83,7 +84,7 @@ def deployment_view(session: Session, row: DeploymentRow) -> DeploymentView:
         select(InstanceRow).where(InstanceRow.deployment_id == row.id)
     ).all()
     states = [InstanceState(i.state) for i in instances if not i.deleting]
-    config = DeploymentConfig.model_validate(row.config)
+    config = _shown(DeploymentConfig.model_validate(row.config))
     return DeploymentView(
         id=row.id,
         name=row.name,
@@ -108,11 +109,36 @@ def list_deployments(session: Session) -> list[DeploymentView]:
     return [deployment_view(session, r) for r in rows]
 
 
+def _shown(config: DeploymentConfig) -> DeploymentConfig:
+    """The configuration as anyone but the instance's node sees it: secret values masked."""
+    if not config.secret_keys:
+        return config
+    return config.model_copy(update={"env": secrets.masked_env(config.env, config.secret_keys)})
+
+
+def edited_env(config: DeploymentConfig, edit: DeploymentEdit) -> tuple[dict[str, str], list[str]]:
+    """The variables and secret names after an edit: merged by default, replaced with
+    ``env_replace`` (see DeploymentEdit)."""
+    env, secret = ({}, set()) if edit.env_replace else (dict(config.env), set(config.secret_keys))
+    for name in edit.unset_env or ():
+        env.pop(name, None)
+        secret.discard(name)
+    for name, value in (edit.env or {}).items():
+        env[name] = value
+        secret.discard(name)
+    for name, value in (edit.secret_env or {}).items():
+        env[name] = value
+        secret.add(name)
+    return env, sorted(secret)
+
+
 def edit_deployment(session: Session, name: str, edit: DeploymentEdit) -> DeploymentRow:
     row = _deployment(session, name)
     config = DeploymentConfig.model_validate(row.config)
-    changes = edit.model_dump(exclude_none=True)
-    row.config = config.model_copy(update=changes).model_dump(mode="json")
+    changes = edit.model_dump(exclude_none=True, exclude={"env", "secret_env", "unset_env", "env_replace"})
+    if edit.env is not None or edit.secret_env is not None or edit.unset_env or edit.env_replace:
+        changes["env"], changes["secret_keys"] = edited_env(config, edit)
+    row.config = DeploymentConfig.model_validate({**config.model_dump(mode="json"), **changes}).model_dump(mode="json")
     row.generation += 1
     row.updated_at = utcnow()
     return row
@@ -155,7 +181,9 @@ def _instance(session: Session, instance_id: int) -> InstanceRow:
     return row
 
 
-def instance_view(row: InstanceRow) -> InstanceView:
+def instance_view(row: InstanceRow, reveal: bool = False) -> InstanceView:
+    """``reveal``: secret values in clear (only for the node the instance runs on)."""
+    config = DeploymentConfig.model_validate(row.config)
     return InstanceView(
         id=row.id,
         name=row.name,
@@ -171,7 +199,7 @@ def instance_view(row: InstanceRow) -> InstanceView:
         crash_looping=crash_looping(row.restart_count, plan_timing()),
         running_since=row.running_since,
         deleting=row.deleting,
-        config=DeploymentConfig.model_validate(row.config),
+        config=config if reveal else _shown(config),
         placement=Placement.model_validate(row.placement) if row.placement else None,
         rpc_servers=[RpcServerInfo.model_validate(r) for r in row.rpc_servers or ()],
         created_at=row.created_at,
@@ -184,8 +212,10 @@ def get_instance(session: Session, instance_id: int) -> InstanceView:
 
 
 def list_instances(
-    session: Session, deployment: str | None = None, worker: str | None = None, ids: list[int] | None = None
+    session: Session, deployment: str | None = None, worker: str | None = None, ids: list[int] | None = None,
+    reveal: bool = False,
 ) -> list[InstanceView]:
+    """``reveal`` (with ``worker``: a node reading its own instances): secret values in clear."""
     query = select(InstanceRow).order_by(InstanceRow.id)
     if ids:
         query = query.where(InstanceRow.id.in_(ids))
@@ -194,7 +224,14 @@ def list_instances(
     rows = session.scalars(query).all()
     if worker is not None:  # its backends, and its RPC parts of distributed instances
         rows = [r for r in rows if r.worker_name == worker or _has_part_on(r, worker)]
-    return [instance_view(r) for r in rows]
+    return [instance_view(r, reveal=reveal and worker is not None) for r in rows]
+
+
+def instance_workers(session: Session, instance_ids: list[int]) -> dict[int, set[str]]:
+    """Each instance's workers: where its backend runs and where its RPC parts run."""
+    rows = session.scalars(select(InstanceRow).where(InstanceRow.id.in_(instance_ids))).all()
+    return {r.id: {w for w in [r.worker_name, *(p.get("worker") for p in (r.placement or {}).get("parts", ()))] if w}
+            for r in rows}
 
 
 def _has_part_on(row: InstanceRow, worker: str) -> bool:

@@ -35,6 +35,13 @@ class E2ECluster:
     home: Path
     env: dict[str, str]
     children: list[Child]
+    #: the admin key the server created (<home>/credentials) and its join token for nodes
+    api_key: str | None = None
+    join_token: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def cli(self, *args: str, check: bool = True, timeout: float = 400) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
@@ -57,7 +64,7 @@ class E2ECluster:
         """What `ps --json` shows, straight from the REST API: fast enough to poll for a state
         that lasts a second (an ERROR whose first restart begins at once)."""
         params = {"deployment": deployment} if deployment else {}
-        resp = httpx.get(f"{self.api_url}/v1/instances", params=params, timeout=10)
+        resp = httpx.get(f"{self.api_url}/v1/instances", params=params, timeout=10, headers=self.headers)
         resp.raise_for_status()
         return resp.json()
 
@@ -73,7 +80,7 @@ class E2ECluster:
         for key, value in (labels or {}).items():
             args += ["--label", f"{key}={value}"]
         child = _spawn(f"node-{name}", args, {**self.env, **(env or {})}, self.home / "logs")
-        _wait_for_worker(self.api_url, name, child, 60)
+        _wait_for_worker(self.api_url, name, child, 60, self.api_key)
         self.children.append(child)
         return child
 
@@ -95,14 +102,43 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
         for k in fast:
             os.environ.pop(k, None)
         os.environ.update(saved)
-    e2e = E2ECluster(c.api_url, c.prefect_api_url, home, c.env, c.children)
+    e2e = E2ECluster(c.api_url, c.prefect_api_url, home, authenticated_env(c), c.children, c.api_key, c.join_token)
+    restore = use_key(c.api_key)
     try:
         e2e.start_node("node-b", virtual_gpus="T4-2.5G:1")
         yield e2e
     finally:
+        restore()
         stop_children(e2e.children)
         stop_leftover_backends(home)
         prefect_postgres.discard(home)
+
+
+def authenticated_env(c) -> dict[str, str]:  # noqa: ANN001 - gpufleet.cli.embedded.Cluster
+    """The environment of the tests' CLI calls and extra nodes: the cluster's admin key (the CLI
+    would also read it from <home>/credentials) and its join token (nodes started by tests join
+    with it; a node ignores an inherited user key and uses its own credential)."""
+    env = dict(c.env)
+    if c.api_key:
+        env["GPUFLEET_API_KEY"] = c.api_key
+    if c.join_token:
+        env["GPUFLEET_JOIN_TOKEN"] = c.join_token
+    return env
+
+
+def use_key(api_key: str | None):  # noqa: ANN201
+    """This test process's clients (GpufleetClient, the tasks a test runs in-process) use the
+    cluster's admin key; returns the undo."""
+    saved = os.environ.get("GPUFLEET_API_KEY")
+    if api_key:
+        os.environ["GPUFLEET_API_KEY"] = api_key
+
+    def restore() -> None:
+        if saved is None:
+            os.environ.pop("GPUFLEET_API_KEY", None)
+        else:
+            os.environ["GPUFLEET_API_KEY"] = saved
+    return restore
 
 
 #: The token the hub stand-in's gated repositories want; it must never show in output or states.

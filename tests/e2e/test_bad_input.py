@@ -112,12 +112,13 @@ def test_api_bad_input(cluster: E2ECluster, keeper: None, tiny_gguf: Path) -> No
     before = state(cluster)
     api = cluster.api_url
     body = {"name": "y", "replicas": -1, "source": {"kind": "local_path", "local_path": str(tiny_gguf)}}
-    r = httpx.post(f"{api}/v1/deployments", json=body)
+    auth = cluster.headers
+    r = httpx.post(f"{api}/v1/deployments", json=body, headers=auth)
     assert r.status_code == 422 and "replicas" in r.text
-    r = httpx.post(f"{api}/v1/deployments", json={**body, "replicas": 1, "colour": "red"})
+    r = httpx.post(f"{api}/v1/deployments", json={**body, "replicas": 1, "colour": "red"}, headers=auth)
     assert r.status_code == 422 and "colour" in r.text  # unknown fields are refused, not ignored
-    r = httpx.post(f"{api}/v1/deployments", json={**body, "replicas": 1, "source": {"kind": "local_path"}})
+    r = httpx.post(f"{api}/v1/deployments", json={**body, "replicas": 1, "source": {"kind": "local_path"}}, headers=auth)
     assert r.status_code == 422 and "local_path" in r.text
-    assert httpx.get(f"{api}/v1/deployments/nope").status_code == 404
-    assert httpx.post(f"{api}/v1/deployments/keeper/scale", json={"replicas": "many"}).status_code == 422
+    assert httpx.get(f"{api}/v1/deployments/nope", headers=auth).status_code == 404
+    assert httpx.post(f"{api}/v1/deployments/keeper/scale", json={"replicas": "many"}, headers=auth).status_code == 422
     assert state(cluster) == before

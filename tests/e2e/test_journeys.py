@@ -193,7 +193,7 @@ def test_node_loss_restart_readoption_and_backoff_restart(cluster: E2ECluster, t
     assert all("node-b stopped sending heartbeats" in x["state_message"] for x in lost)
 
     # while it is down the server forgets instance b (as if deleted elsewhere)
-    httpx.delete(f"{cluster.api_url}/v1/internal/instances/{b['id']}").raise_for_status()
+    httpx.delete(f"{cluster.api_url}/v1/internal/instances/{b['id']}", headers=cluster.headers).raise_for_status()
 
     cluster.start_node("node-b", virtual_gpus="T4-2.5G:1")
     # a is re-adopted: same process, RUNNING again; b's backend, now unknown, is stopped
@@ -221,22 +221,25 @@ def test_node_loss_restart_readoption_and_backoff_restart(cluster: E2ECluster, t
 
 
 def test_tasks_find_the_server_through_the_prefect_block(cluster: E2ECluster, monkeypatch) -> None:  # noqa: ANN001
-    """A flow run by a non-gpufleet worker has no GPUFLEET_SERVER_URL: it loads the block."""
+    """A flow run by a non-gpufleet worker has no GPUFLEET_SERVER_URL nor key: it loads the block (URL, token)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from blocks.gpufleet_server import GpufleetServer
     from tasks import _connection
 
     monkeypatch.delenv("GPUFLEET_SERVER_URL", raising=False)
-    _connection._block_url.cache_clear()
+    monkeypatch.delenv("GPUFLEET_API_KEY", raising=False)
+    monkeypatch.setenv("GPUFLEET_HOME", str(cluster.home / "elsewhere"))  # no credentials file either
+    _connection._block.cache_clear()
     with temporary_settings(updates={PREFECT_API_URL: cluster.prefect_api_url}):
-        GpufleetServer(url=cluster.api_url).save("default", overwrite=True)
+        GpufleetServer(url=cluster.api_url, token=cluster.api_key).save("default", overwrite=True)
         try:
             with _connection.connect() as c:
                 assert c.base_url == cluster.api_url
                 assert c.health()["status"] == "ok"
+                c.list_deployments()  # authenticated with the block's token
         finally:
-            _connection._block_url.cache_clear()
+            _connection._block.cache_clear()
 
 
 def test_model_missing_on_worker_is_an_error_naming_worker_and_path(

@@ -40,14 +40,15 @@ def test_scale_requests_mean_what_they_report(cluster: E2ECluster, tiny_gguf: Pa
     url = f"{cluster.api_url}/v1/deployments/ordered/scale"
     try:
         now = datetime.now(timezone.utc)
-        newer = {REQUEST_ID: uuid.uuid4().hex, ISSUED_AT: now.isoformat()}
+        newer = {REQUEST_ID: uuid.uuid4().hex, ISSUED_AT: now.isoformat(), **cluster.headers}
         first = httpx.post(url, json={"replicas": 2}, headers=newer, timeout=30)
         again = httpx.post(url, json={"replicas": 2}, headers=newer, timeout=30)
         assert first.status_code == again.status_code == 202, first.text + again.text
         assert again.json()["flow_run_id"] == first.json()["flow_run_id"]  # one run, not two
         assert again.headers.get("Idempotent-Replayed") == "true"
         late = httpx.post(url, json={"replicas": 3}, timeout=30,
-                          headers={REQUEST_ID: uuid.uuid4().hex, ISSUED_AT: (now - timedelta(seconds=5)).isoformat()})
+                          headers={REQUEST_ID: uuid.uuid4().hex, ISSUED_AT: (now - timedelta(seconds=5)).isoformat(),
+                                   **cluster.headers})
         assert late.status_code == 412 and "arrived late and was not applied" in late.text, late.text
         wait_until(lambda: [i["state"] for i in cluster.instances("ordered")] == ["RUNNING", "RUNNING"],
                    timeout=180, what="2 RUNNING instances")

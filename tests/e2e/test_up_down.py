@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from gpufleet import credentials
 from gpufleet.cli import prefect_postgres
 from tests.e2e.conftest import chat, free_port, pid_alive, wait_until
 
@@ -42,7 +43,14 @@ def test_up_demo_then_down_stops_everything(tmp_path: Path) -> None:
         assert "starting PostgreSQL for Prefect on 127.0.0.1:" in text, text
         pg_port = int(text.split("starting PostgreSQL for Prefect on 127.0.0.1:")[1].split()[0])
         assert prefect_database_pid(tmp_path / "home") is not None
-        [inst] = httpx.get(f"http://127.0.0.1:{port}/v1/instances").json()
+        # authentication on by default: the first admin key is shown once, kept 0600 in the home
+        creds = tmp_path / "home" / "credentials"
+        assert oct(creds.stat().st_mode & 0o777) == "0o600"
+        key = credentials.read_private_json(creds)["api_key"]  # type: ignore[index]
+        assert f"admin API key (shown once): {key}" in text and text.count(key) == 1
+        assert key not in (tmp_path / "home" / "logs" / "server.log").read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/instances").status_code == 401
+        [inst] = httpx.get(f"http://127.0.0.1:{port}/v1/instances", headers=_auth(tmp_path / "home")).json()
         assert inst["state"] == "RUNNING" and pid_alive(inst["pid"])
 
         down = subprocess.run([sys.executable, "-m", "gpufleet.cli.main", "down"], env=env,
@@ -68,6 +76,12 @@ def test_up_demo_then_down_stops_everything(tmp_path: Path) -> None:
         raise AssertionError("Prefect's PostgreSQL still listens")
     assert prefect_database_pid(tmp_path / "home") is None  # stopped cleanly: no postmaster.pid left
     prefect_postgres.discard(tmp_path / "home")
+
+
+def _auth(home: Path) -> dict[str, str]:
+    """The admin key `up` left in the home (what the CLI of that home uses)."""
+    key = (credentials.read_private_json(home / "credentials") or {})["api_key"]
+    return {"Authorization": f"Bearer {key}"}
 
 
 def prefect_database_pid(home: Path) -> int | None:
@@ -115,7 +129,8 @@ def test_up_refuses_a_second_cluster_and_restarts_a_dead_part_keeping_backends(t
         wait_until(lambda: "is answering" in log.read_text() or up.poll() is not None, timeout=240,
                    what="demo answering")
         assert up.poll() is None, log.read_text()
-        [inst] = httpx.get(f"{api}/v1/instances").json()
+        auth = _auth(tmp_path / "home")
+        [inst] = httpx.get(f"{api}/v1/instances", headers=auth).json()
         backend = inst["pid"]
 
         # the same home, other ports: refused, naming the first up; nothing of it touched
@@ -135,11 +150,11 @@ def test_up_refuses_a_second_cluster_and_restarts_a_dead_part_keeping_backends(t
         assert (tmp_path / "home" / "up.json").exists() and pid_alive(backend)
 
         # the node dies: restarted, the backend keeps running and is adopted again
-        [worker] = httpx.get(f"{api}/v1/workers").json()
+        [worker] = httpx.get(f"{api}/v1/workers", headers=auth).json()
         os.kill(_children(up.pid)["node"], signal.SIGKILL)
         wait_until(lambda: "restarted node-local" in log.read_text(), timeout=30, what="node restarted")
         assert "node-local exited with code -9" in log.read_text()
-        wait_until(lambda: [w["address"] for w in httpx.get(f"{api}/v1/workers").json() if w["ready"]]
+        wait_until(lambda: [w["address"] for w in httpx.get(f"{api}/v1/workers", headers=auth).json() if w["ready"]]
                    not in ([], [worker["address"]]), timeout=60, what="node registered again (a new API port)")
         assert pid_alive(backend)
         chat(inst["port"])
@@ -147,7 +162,7 @@ def test_up_refuses_a_second_cluster_and_restarts_a_dead_part_keeping_backends(t
         os.kill(_children(up.pid)["server"], signal.SIGKILL)
         wait_until(lambda: "restarted server" in log.read_text(), timeout=30, what="server restarted")
         wait_until(lambda: _answers(f"{api}/v1/health"), timeout=90, what="server answering again")
-        [after] = httpx.get(f"{api}/v1/instances").json()
+        [after] = httpx.get(f"{api}/v1/instances", headers=auth).json()
         assert (after["id"], after["pid"], after["state"]) == (inst["id"], backend, "RUNNING") and pid_alive(backend)
         assert up.poll() is None
 

@@ -40,6 +40,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def browser(cluster: E2ECluster, artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Browser]:
     b = Browser(cluster.api_url, artifacts / request.node.name)
+    if cluster.api_key:  # the page keeps the key it is given in its URL fragment (docs/auth.md)
+        b.open(f"/#key={cluster.api_key}")
     try:
         yield b
     finally:
@@ -56,7 +58,7 @@ def publish(shot: Path, name: str) -> None:
 # -- reading the page and the API
 
 def api(cluster: E2ECluster, path: str) -> Any:
-    r = httpx.get(f"{cluster.api_url}{path}", timeout=10)
+    r = httpx.get(f"{cluster.api_url}{path}", timeout=10, headers=cluster.headers)
     return r.json() if r.status_code == 200 else None
 
 
@@ -245,7 +247,8 @@ def test_local_path_journey(cluster: E2ECluster, browser: Browser, tiny_gguf: Pa
     [node_a] = [w for w in api(cluster, "/v1/workers") if w["name"] == "node-a"]
     assert node_a["operator_labels"] == {"zone": "web"} and node_a["labels"]["zone"] == "web"
     b.screenshot("workers-labels")
-    httpx.patch(f"{cluster.api_url}/v1/workers/node-a", json={"labels": {}}, timeout=10).raise_for_status()
+    httpx.patch(f"{cluster.api_url}/v1/workers/node-a", json={"labels": {}}, timeout=10,
+                headers=cluster.headers).raise_for_status()
     b.resize(*PHONE)
     b.wait(lambda: no_horizontal_scroll(b), 10, "no horizontal scrolling at phone width")
     b.screenshot("workers-phone")

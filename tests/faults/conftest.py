@@ -22,7 +22,7 @@ import pytest
 
 from gpufleet.cli import prefect_postgres
 from gpufleet.cli.embedded import start_cluster, stop_children
-from tests.e2e.conftest import E2ECluster, free_port, stop_leftover_backends
+from tests.e2e.conftest import E2ECluster, authenticated_env, free_port, stop_leftover_backends, use_key
 
 TIME_SCALE = 0.1
 #: seconds on the real clock, before the scale (the default: 300 s)
@@ -56,12 +56,15 @@ def faults_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCl
         for k in env:
             os.environ.pop(k, None)
         os.environ.update(saved)
-    cluster = FaultCluster(c.api_url, c.prefect_api_url, home, c.env, c.children)
+    cluster = FaultCluster(c.api_url, c.prefect_api_url, home, authenticated_env(c), c.children, c.api_key,
+                           c.join_token)
+    restore = use_key(c.api_key)
     try:
         for name, labels in LABELS.items():
             cluster.start_node(name, labels=labels)
         yield cluster
     finally:
+        restore()
         stop_children(cluster.children)
         stop_leftover_backends(home)
         prefect_postgres.discard(home)

@@ -59,7 +59,7 @@ def servers_on_port(port: int) -> list[int]:
 
 def nothing_lost(cluster: FaultCluster, deployment: str, instance_id: int) -> None:
     """The deployment and its instance (same id) are still there, and its log runs are kept."""
-    assert [d["name"] for d in httpx.get(f"{cluster.api_url}/v1/deployments").json()].count(deployment) == 1
+    assert [d["name"] for d in httpx.get(f"{cluster.api_url}/v1/deployments", headers=cluster.headers).json()].count(deployment) == 1
     assert [i["id"] for i in cluster.api_instances(deployment)] == [instance_id]
 
 

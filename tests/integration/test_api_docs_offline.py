@@ -20,7 +20,7 @@ from tests.support.browser import CHROMEDRIVER, CHROMIUM, check_installed
 
 @pytest.fixture
 def app(tmp_path: Path):  # noqa: ANN201
-    return create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False)
+    return create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False, auth=False)
 
 
 def test_the_docs_page_and_its_assets_come_from_the_server(app) -> None:  # noqa: ANN001

@@ -65,7 +65,7 @@ def register(client: TestClient, name: str, gpus: list, engines: list) -> None:
 
 @pytest.fixture
 def api(database_url: str, recorder: Recorder):  # noqa: ANN201
-    app = create_app(database_url, trigger=recorder.control, node_trigger=recorder.node, run_controller=False)
+    app = create_app(database_url, trigger=recorder.control, node_trigger=recorder.node, run_controller=False, auth=False)
     with TestClient(app) as client:
         for name, (gpus, engines) in WORKERS.items():
             register(client, name, gpus, engines)
@@ -173,7 +173,7 @@ def test_edit_checks_the_new_version(api: TestClient, safetensors_model: Path) -
 
 def test_an_empty_cluster_is_not_checked(database_url: str, recorder: Recorder, safetensors_model: Path) -> None:
     """No worker has registered yet: the deployment waits PENDING for nodes, as before."""
-    app = create_app(database_url, trigger=recorder.control, node_trigger=recorder.node, run_controller=False)
+    app = create_app(database_url, trigger=recorder.control, node_trigger=recorder.node, run_controller=False, auth=False)
     with TestClient(app) as client:
         r = client.post("/v1/deployments", json=spec(safetensors_model, "vllm", None))
         assert r.status_code == 202, r.text

@@ -110,7 +110,7 @@ def test_delete_on_a_lost_worker_completes_at_once(sessions, tiny_gguf: Path) ->
 
 def test_workers_rm(tmp_path: Path, tiny_gguf: Path) -> None:
     """Refused while alive (409) unless forced; unknown → 404; removed → its instance moves."""
-    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False)
+    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False, auth=False)
     with TestClient(app) as api:
         state = app.state.gpufleet
         iid = running_on(state.sessions, tiny_gguf, "old")
@@ -132,7 +132,7 @@ def test_workers_rm(tmp_path: Path, tiny_gguf: Path) -> None:
 
 
 def test_stale_report_through_the_api_is_409(tmp_path: Path, tiny_gguf: Path) -> None:
-    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False)
+    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False, auth=False)
     with TestClient(app) as api:
         iid = running_on(app.state.gpufleet.sessions, tiny_gguf, "a")
         r = api.put(f"/v1/internal/instances/{iid}/state", json={"state": "ERROR", "worker": "b"})

@@ -22,7 +22,7 @@ SMALL = sm.LlamaShape(n_layers=3, n_embd=64, n_heads=4, n_kv_heads=2, n_ff=128, 
 @pytest.fixture
 def api(tmp_path: Path):  # noqa: ANN201
     clear_cache()
-    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False)
+    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False, auth=False)
     with TestClient(app) as client:
         yield client
 

@@ -15,7 +15,7 @@ GiB = 1 << 30
 
 @pytest.fixture
 def api(database_url: str):  # noqa: ANN201
-    app = create_app(database_url, trigger=lambda op, params: "", run_controller=False)
+    app = create_app(database_url, trigger=lambda op, params: "", run_controller=False, auth=False)
     with TestClient(app) as client:
         for name, gpus in (("cpu", []), ("gpu", [{"index": 0, "name": "A100-80G", "memory_total": 80 * GiB,
                                                    "virtual": True}])):

@@ -57,7 +57,7 @@ def _free_port() -> int:
 @pytest.fixture
 def api(database_url: str, tiny_gguf: Path) -> Iterator[Api]:
     trigger = SlowTrigger()
-    app = create_app(database_url, trigger=trigger, run_controller=False)
+    app = create_app(database_url, trigger=trigger, run_controller=False, auth=False)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -45,7 +45,7 @@ class Recorder:
 def server(tmp_path: Path) -> Iterator[tuple[str, Recorder]]:
     recorder = Recorder()
     app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=recorder.control, node_trigger=recorder.node,
-                     run_controller=False)
+                     run_controller=False, auth=False)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)

@@ -22,7 +22,7 @@ ASSETS = sorted(p for p in STATIC_DIR.iterdir() if p.suffix in (".js", ".css", "
 
 @pytest.fixture
 def client(tmp_path: Path):  # noqa: ANN201
-    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False)
+    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False, auth=False)
     with TestClient(app) as c:
         yield c
 

@@ -11,10 +11,44 @@ export class ApiError extends Error {
   }
 }
 
+// The API key (docs/auth.md): kept in this browser's localStorage. `#key=<token>` in the page's
+// URL sets it (the fragment never reaches the server, so no log sees it) and is removed from
+// the address bar; a 401 asks for it.
+const KEY_STORE = "gpufleet-api-key";
+(function keyFromFragment() {
+  const m = /(?:^#|&)key=([^&]+)/.exec(window.location.hash);
+  if (!m) return;
+  localStorage.setItem(KEY_STORE, decodeURIComponent(m[1]));
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+})();
+
+export function authHeaders() {
+  const key = localStorage.getItem(KEY_STORE);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+/** fetch with the key; on 401 ask for a key once and try again. */
+export async function authFetch(path, init = {}) {
+  const send = () => fetch(path, { ...init, headers: { ...(init.headers || {}), ...authHeaders() } });
+  const sentWith = localStorage.getItem(KEY_STORE);
+  let resp = await send();
+  if (resp.status === 401 && localStorage.getItem(KEY_STORE) !== sentWith) {
+    resp = await send();  // another request asked for the key meanwhile: one prompt, not one per request
+  } else if (resp.status === 401) {
+    const key = window.prompt("This gpufleet server needs an API key (see `gpufleet keys create` or the key "
+      + "`gpufleet up` printed):");
+    if (key && key.trim()) {
+      localStorage.setItem(KEY_STORE, key.trim());
+      resp = await send();
+    }
+  }
+  return resp;
+}
+
 export async function api(method, path, body, options = {}) {
   let resp;
   try {
-    resp = await fetch(path, {
+    resp = await authFetch(path, {
       method,
       headers: body === undefined ? {} : { "Content-Type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),

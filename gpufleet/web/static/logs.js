@@ -3,7 +3,7 @@
 // and its requests appear as they are written. Download saves the whole log.
 import { h, setText } from "./dom.js";
 import { openDialog } from "./dialogs.js";
-import { errorFrom } from "./api.js";
+import { authFetch, errorFrom } from "./api.js";
 
 const TAIL = 2000;              // lines shown when opening
 const MAX_CHARS = 2_000_000;    // the view keeps the end of very long logs
@@ -28,7 +28,7 @@ export function openLogs(instanceId, deployment) {
     const params = new URLSearchParams({ tail: String(TAIL), follow: String(follow.checked) });
     pre.textContent = "";
     try {
-      const resp = await fetch(`/v1/instances/${instanceId}/logs?${params}`, { signal: controller.signal });
+      const resp = await authFetch(`/v1/instances/${instanceId}/logs?${params}`, { signal: controller.signal });
       if (!resp.ok) {
         const text = await resp.text();
         let data = text;
@@ -64,7 +64,7 @@ export function openLogs(instanceId, deployment) {
   follow.addEventListener("change", stream);
   download.addEventListener("click", async () => {
     try {
-      const resp = await fetch(`/v1/instances/${instanceId}/logs?follow=false`);
+      const resp = await authFetch(`/v1/instances/${instanceId}/logs?follow=false`);
       if (!resp.ok) throw errorFrom(resp.status, await resp.json().catch(() => null));
       const url = URL.createObjectURL(await resp.blob());
       const a = h("a", { href: url, download: `${deployment}-instance-${instanceId}.log` });
