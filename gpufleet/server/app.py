@@ -56,6 +56,7 @@ from gpufleet.server.validation import (
     validate_spec,
 )
 from gpufleet.server.api_docs import add_api_docs
+from gpufleet.gateway.mount import add_gateway
 from gpufleet.server.request_ids import add_request_ids
 from gpufleet.store import ordering, plan_apply, repository as repo
 from gpufleet.store.models import utcnow
@@ -437,5 +438,6 @@ def create_app(
     add_backend_routes(app, state, node_trigger)
     add_model_routes(app)
     add_api_docs(app)
+    add_gateway(app, state)  # the OpenAI-compatible /v1/* endpoints (gpufleet.gateway)
     mount_web(app)  # the web page under /, after every API route
     return app
