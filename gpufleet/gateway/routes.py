@@ -131,8 +131,7 @@ class Gateway:
             why = ("every ready replica failed to answer" if tried else
                    f"none of its {route.replicas_desired} replica(s) is RUNNING")
             raise errors.no_replica(model, f"{why} (waited {self.settings.wait_s:g} s)")
-        await asyncio.sleep(min(self.settings.poll_s, max(0.0, deadline - time.monotonic())))
-        await self.cache.refresh(min_age=self.settings.poll_s)
+        await self.cache.refresh(min_age=self.settings.poll_s)  # one read per poll interval, shared
 
     async def _send(self, replica: Replica, path: str, url_tail: str, body: bytes, headers: dict[str, str],
                     started: float) -> Response:

@@ -87,6 +87,7 @@ class RoutingCache:
         self._read_at = float("-inf")
         self._reading: asyncio.Task[RouteTable] | None = None
         self._next_try = float("-inf")  # after a failed read: not before this
+        self._failed = False
 
     @property
     def age(self) -> float:
@@ -103,12 +104,18 @@ class RoutingCache:
         return await self.refresh()
 
     async def refresh(self, min_age: float = 0.0) -> RouteTable:
-        """Read the table now (joining a read already under way), unless the cached one is
-        younger than ``min_age``: a burst of requests for an unknown model costs one read per
-        ``min_age``, not one per request."""
-        if self._table is not None and self.age < min_age:
-            return self._table
-        return await asyncio.shield(self._start_read())
+        """A table read after this call began (joining a read under way when there is one),
+        but no sooner than ``min_age`` after the previous read began: a burst of requests for
+        an unknown model costs one read per ``min_age``, not one per request, and a model
+        created a moment ago is found."""
+        arrived = self._clock()
+        wait = self._read_at + min_age - arrived
+        if wait > 0:
+            await asyncio.sleep(wait)
+        table = await asyncio.shield(self._start_read())
+        if self._read_at < arrived and not self._failed:  # joined a read that began before us
+            table = await asyncio.shield(self._start_read())
+        return table
 
     def _start_read(self) -> asyncio.Task[RouteTable]:
         reading = self._reading
@@ -122,11 +129,12 @@ class RoutingCache:
         try:
             table = await self._source()
         except Exception:
+            self._failed = True
             if self._table is None:
                 raise
             self._next_try = self._clock() + self._refresh_s
             log.warning("could not read the routing table; routing with the one read %.1f s ago",
                         self.age, exc_info=True)
             return self._table
-        self._table, self._read_at = table, started
+        self._table, self._read_at, self._failed = table, started, False
         return table

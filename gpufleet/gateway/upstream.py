@@ -91,8 +91,19 @@ def usage_of(body: bytes) -> dict[str, Any] | None:
     if at < 0:
         return None
     start = body.find(b"{", at)
-    end = body.find(b"}", start)
-    if start < 0 or end < 0:
+    if start < 0:
+        return None
+    depth, end = 0, -1
+    for i in range(start, min(len(body), start + 2048)):  # usage holds numbers and small objects
+        c = body[i]
+        if c == 0x7B:  # {
+            depth += 1
+        elif c == 0x7D:  # }
+            depth -= 1
+            if depth == 0:
+                end = i
+                break
+    if end < 0:
         return None
     try:
         usage = json.loads(body[start:end + 1])
