@@ -1,5 +1,5 @@
 """Least outstanding requests: a new request goes to the replica with the fewest requests
-this gateway has in flight to it; ties go round-robin, so that sequential requests (all
+this gateway has in flight to it; ties take turns, so that sequential requests (all
 counts 0) still spread over the replicas.
 
 Counts are per gateway process. With several gateways each balances its own share, which
@@ -24,23 +24,23 @@ class LeastOutstanding:
         return self._outstanding.get(instance, 0)
 
     def pick(self, replicas: Sequence[Replica], exclude: Collection[int] = ()) -> Replica | None:
-        """The replica to send the next request to (None: every one is excluded). Among the
-        least loaded, the first at or after this balancer's turn, which then moves on."""
-        n = len(replicas)
-        if n == 0:
-            return None
-        start = self._turn % n
-        self._turn += 1
-        best: Replica | None = None
-        best_load = 0
-        for k in range(n):
-            replica = replicas[(start + k) % n]
+        """The replica to send the next request to (None: every one is excluded): one of the
+        least loaded, taking turns among them."""
+        least: list[Replica] = []
+        least_load = 0
+        for replica in replicas:
             if replica.instance in exclude:
                 continue
             load = self._outstanding.get(replica.instance, 0)
-            if best is None or load < best_load:
-                best, best_load = replica, load
-        return best
+            if not least or load < least_load:
+                least, least_load = [replica], load
+            elif load == least_load:
+                least.append(replica)
+        if not least:
+            return None
+        turn = self._turn
+        self._turn += 1
+        return least[turn % len(least)] if len(least) > 1 else least[0]
 
     def acquire(self, replica: Replica) -> None:
         self._outstanding[replica.instance] = self._outstanding.get(replica.instance, 0) + 1
