@@ -8,6 +8,8 @@ number of series. Each observation is a dictionary lookup and an add, a few micr
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 UNKNOWN = "(unknown)"
@@ -41,3 +43,24 @@ class GatewayMetrics:
         self.retries = Counter(
             "gpufleet_gateway_retries", "Requests sent again to another replica (reason: refused, disconnected, "
             "connect_timeout)", ["deployment", "reason"], registry=registry)
+
+        self._replica: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._status: dict[tuple[str, str, str, int], Any] = {}
+
+    def of_replica(self, deployment: str, replica: str) -> tuple[Any, Any, Any]:
+        """(in-flight gauge, latency histogram, time-to-first-token histogram) of one replica,
+        looked up once: prometheus_client's ``labels()`` costs microseconds a call."""
+        key = (deployment, replica)
+        children = self._replica.get(key)
+        if children is None:
+            children = self._replica[key] = (self.in_flight.labels(deployment, replica),
+                                             self.latency.labels(deployment, replica),
+                                             self.ttft.labels(deployment, replica))
+        return children
+
+    def answered(self, deployment: str, replica: str, endpoint: str, status: int) -> None:
+        key = (deployment, replica, endpoint, status)
+        child = self._status.get(key)
+        if child is None:
+            child = self._status[key] = self.requests.labels(deployment, replica, endpoint, str(status))
+        child.inc()

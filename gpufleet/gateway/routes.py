@@ -137,7 +137,7 @@ class Gateway:
                     started: float) -> Response:
         model, name = replica.deployment, replica.name
         self.balancer.acquire(replica)
-        in_flight = self.metrics.in_flight.labels(model, name)
+        in_flight, latency, ttft = self.metrics.of_replica(model, name)
         in_flight.inc()
         try:
             upstream = await self.upstream.open(replica.url + url_tail, body, headers)
@@ -149,10 +149,10 @@ class Gateway:
                 raise errors.upstream_timeout(model, name, self.upstream.request_timeout_s) from None
             raise
         status = upstream.status
-        self.metrics.requests.labels(model, name, path, str(status)).inc()
+        self.metrics.answered(model, name, path, status)
         if status >= 400:
             self._count_error(model, f"upstream_{status}")
-        done = _Finish(self, replica, in_flight, started)
+        done = _Finish(self, replica, (in_flight, latency, ttft), started)
         if upstream.content_type == "text/event-stream":
             return StreamingResponse(_relay(upstream, done), status_code=status,
                                      headers=response_headers(upstream))
@@ -185,20 +185,20 @@ class _Finish:
     """Once per request, when its answer has been passed on in full (or broke off): the
     balancer and the metrics learn it."""
 
-    def __init__(self, gateway: Gateway, replica: Replica, in_flight: Any, started: float) -> None:
-        self.gateway, self.replica, self.in_flight, self.started = gateway, replica, in_flight, started
+    def __init__(self, gateway: Gateway, replica: Replica, children: tuple[Any, Any, Any], started: float) -> None:
+        self.gateway, self.replica, self.started = gateway, replica, started
+        self.in_flight, self.latency, self.ttft = children
         self.first_byte: float | None = None
 
     def first(self) -> None:
         self.first_byte = time.perf_counter()
-        m = self.gateway.metrics
-        m.ttft.labels(self.replica.deployment, self.replica.name).observe(self.first_byte - self.started)
+        self.ttft.observe(self.first_byte - self.started)
 
     def __call__(self, usage: dict[str, Any] | None, failed: bool = False) -> None:
         g, r = self.gateway, self.replica
         g.balancer.release(r)
         self.in_flight.dec()
-        g.metrics.latency.labels(r.deployment, r.name).observe(time.perf_counter() - self.started)
+        self.latency.observe(time.perf_counter() - self.started)
         if usage:
             for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
                 value = usage.get(key)
