@@ -82,7 +82,24 @@ GATEWAY = r'''
 import sys, uvicorn
 from gpufleet.gateway.standalone import create_gateway_app
 uvicorn.run(create_gateway_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
-            access_log=False, http=sys.argv[3], backlog=4096)
+            access_log=False, http=sys.argv[3], loop=sys.argv[4], backlog=4096)
+'''
+
+
+#: the gateway inside the gpufleet server (its app, middlewares and /metrics counter included), its
+#: database saying that the stub is the RUNNING replica of deployment "stub"
+IN_SERVER = r'''
+import sys, time, tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from gpufleet.demo.tiny_model import write_tiny_llama_gguf
+from tests.support.gateway import start_gateway_server
+tmp = Path(tempfile.mkdtemp())
+server = start_gateway_server(tmp, write_tiny_llama_gguf(tmp / "tiny.gguf"), port=int(sys.argv[2]))
+[iid] = server.deploy("stub", 1)
+server.run(iid, SimpleNamespace(port=int(sys.argv[1])))
+while True:
+    time.sleep(3600)
 '''
 
 
@@ -97,29 +114,34 @@ async def latencies(session: aiohttp.ClientSession, url: str, body: bytes, n: in
         t0 = time.perf_counter()
         async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
             await r.read()
-            assert r.status == 200, r.status
+            assert r.status == 200, (r.status, await r.text())
         out.append(time.perf_counter() - t0)
     return out
 
 
-async def throughput(url: str, body: bytes, concurrency: int, total: int) -> float:
+async def throughput(url: str, body: bytes, concurrency: int, total: int) -> tuple[float, int]:
+    """(successful requests per second, failed requests) with ``concurrency`` clients at once."""
     connector = aiohttp.TCPConnector(limit=0)
+    failed = 0
     async with aiohttp.ClientSession(connector=connector) as session:
         left = total
 
         async def worker() -> None:
-            nonlocal left
+            nonlocal left, failed
             while left > 0:
                 left -= 1
-                async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
-                    await r.read()
-                    assert r.status == 200, (r.status, await r.text())
+                try:
+                    async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                        await r.read()
+                        failed += r.status != 200
+                except aiohttp.ClientError:
+                    failed += 1
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, 32))))  # warm the connections
-        left = total
+        left, failed = total, 0
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - t0)
+        return (total - failed) / (time.perf_counter() - t0), failed
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -144,9 +166,15 @@ async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: 
     row["added_p50_ms"] = row["p50_gateway_ms"] - row["p50_direct_ms"]
     row["added_p99_ms"] = row["p99_gateway_ms"] - row["p99_direct_ms"]
     for c in (32, 256):
-        d = statistics.median([await throughput(direct, body, c, throughput_total) for _ in range(3)])
-        g = statistics.median([await throughput(gateway, body, c, throughput_total) for _ in range(3)])
+        runs_d, runs_g = [], []
+        for _ in range(3):  # alternate: drift hits both alike
+            runs_d.append(await throughput(direct, body, c, throughput_total))
+            runs_g.append(await throughput(gateway, body, c, throughput_total))
+        d = statistics.median(r for r, _ in runs_d)
+        g = statistics.median(r for r, _ in runs_g)
         row[f"rps_direct_{c}"], row[f"rps_gateway_{c}"], row[f"ratio_{c}"] = d, g, g / d
+        row[f"failed_direct_{c}"] = sum(f for _, f in runs_d)
+        row[f"failed_gateway_{c}"] = sum(f for _, f in runs_g)
     print(f"\n{name}  (concurrency 1: {len(d_lat)} requests each way; throughput: median of 3 runs of "
           f"{throughput_total})")
     print(f"  latency c=1   direct p50 {row['p50_direct_ms']:.3f} ms  p99 {row['p99_direct_ms']:.3f} ms | "
@@ -155,7 +183,9 @@ async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: 
           f"(goal < 1)")
     for c in (32, 256):
         print(f"  throughput c={c:<3} direct {row[f'rps_direct_{c}']:8.0f} req/s  gateway "
-              f"{row[f'rps_gateway_{c}']:8.0f} req/s  ratio {row[f'ratio_{c}']:.1%} (goal >= 95 %)")
+              f"{row[f'rps_gateway_{c}']:8.0f} req/s  ratio {row[f'ratio_{c}']:.1%} (goal >= 95 %)"
+              + (f"  failed: direct {row[f'failed_direct_{c}']:.0f}, gateway {row[f'failed_gateway_{c}']:.0f}"
+                 if row[f"failed_direct_{c}"] or row[f"failed_gateway_{c}"] else ""))
     return row
 
 
@@ -179,9 +209,13 @@ def main() -> None:
     ap.add_argument("--throughput-requests", type=int, default=3000)
     ap.add_argument("--llama-requests", type=int, default=300)
     ap.add_argument("--http", default="h11", help="uvicorn's HTTP parser for the gateway (h11, httptools)")
+    ap.add_argument("--loop", default="asyncio", help="uvicorn's event loop for the gateway (asyncio, uvloop)")
+    ap.add_argument("--extra-path", default="", help="prepended to the gateway's PYTHONPATH (where httptools/uvloop "
+                    "are installed when the environment has neither)")
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--in-server", action="store_true", help="also measure the gateway inside the gpufleet server")
     args = ap.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (args.extra_path, str(ROOT)) if p)}
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     try:
@@ -196,15 +230,23 @@ def main() -> None:
         stub = subprocess.Popen([sys.executable, "-c", STUB, str(stub_port), str(llama_port)], env=env)
         procs.append(stub)
         gw = subprocess.Popen([sys.executable, "-c", GATEWAY, f"http://127.0.0.1:{stub_port}", str(gw_port),
-                               args.http], env=env)
+                               args.http, args.loop], env=env)
         procs.append(gw)
         wait_http(f"http://127.0.0.1:{gw_port}/health", gw, "gateway")
-        print(f"gateway: gpufleet.gateway.standalone, uvicorn http={args.http}, one process; "
+        print(f"gateway: gpufleet.gateway.standalone, uvicorn http={args.http} loop={args.loop}, one process; "
               f"{os.cpu_count()} CPUs shared by stub/llama.cpp, gateway and client")
         direct = f"http://127.0.0.1:{stub_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-        asyncio.run(measure("instant stub upstream", direct, through, "stub", 4, args.requests,
-                            args.throughput_requests))
+        asyncio.run(measure("instant stub upstream, gpufleet gateway process", direct, through, "stub", 4,
+                            args.requests, args.throughput_requests))
+        if args.in_server:
+            srv_port = free_port()
+            srv = subprocess.Popen([sys.executable, "-c", IN_SERVER, str(stub_port), str(srv_port)], env=env)
+            procs.append(srv)
+            wait_http(f"http://127.0.0.1:{srv_port}/v1/models", srv, "gpufleet server")
+            asyncio.run(measure("instant stub upstream, the gateway inside the gpufleet server", direct,
+                                f"http://127.0.0.1:{srv_port}/v1/chat/completions", "stub", 4, args.requests,
+                                args.throughput_requests))
         if not args.skip_llama:
             asyncio.run(measure("real llama.cpp (tiny model, max_tokens 4, 4 slots)",
                                 f"http://127.0.0.1:{llama_port}/v1/chat/completions", through, "llama", 4,

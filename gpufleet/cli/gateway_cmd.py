@@ -38,5 +38,7 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         url = (server or server_url()).rstrip("/")
         logging.getLogger(__name__).info("gateway on http://%s:%d, routing table from %s", host, port, url)
+        # uvicorn picks httptools and uvloop when they are installed (`pip install 'uvicorn[standard]'`):
+        # twice the requests per second of h11 and asyncio (docs/gateway.md, Overhead)
         uvicorn.run(create_gateway_app(url, settings), host=host, port=port, log_level="warning",
-                    access_log=False, timeout_keep_alive=60)
+                    access_log=False, timeout_keep_alive=60, backlog=4096)

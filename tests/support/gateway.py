@@ -168,7 +168,7 @@ class GatewayServer:
         self.thread.join(timeout=15)
 
 
-def start_gateway_server(tmp: Path, model: Path) -> GatewayServer:
+def start_gateway_server(tmp: Path, model: Path, port: int = 0) -> GatewayServer:
     """Trigger: flows are not started (nothing here needs one); no controller."""
     app = create_app(f"sqlite:///{tmp / 'gpufleet.db'}", trigger=lambda *_: "", run_controller=False)
     app.add_middleware(PrincipalFromHeader)
@@ -176,7 +176,7 @@ def start_gateway_server(tmp: Path, model: Path) -> GatewayServer:
         repo.register_worker(s, WorkerRegistration(
             name="w1", address="http://127.0.0.1:1", cpu_count=16, memory_total=64 * GiB, work_queue="node-w1",
             gpus=[GpuInfo(index=0, name="T4", memory_total=16 * GiB, virtual=True)]))
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
