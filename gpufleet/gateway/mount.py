@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gpufleet.gateway.metrics import GatewayMetrics
-from gpufleet.gateway.routes import Gateway
+from gpufleet.gateway.routes import MISS_REFRESH_S, Gateway
 from gpufleet.gateway.settings import GatewaySettings
 from gpufleet.gateway.sources import ROUTES_PATH, database_source
 from gpufleet.gateway.table import RoutingCache
@@ -32,10 +32,15 @@ def add_gateway(app: FastAPI, state: Any, settings: GatewaySettings | None = Non
     gateway = Gateway(RoutingCache(database_source(state.session), settings.refresh_s), settings,
                       GatewayMetrics(registry))
 
-    async def routes(_: Request) -> Response:
+    async def routes(request: Request) -> Response:
         """The routing table for gateway processes, from the same cache the server routes with:
-        any number of gateways polling it cost the database one read per interval."""
-        return JSONResponse((await gateway.cache.table()).to_json())
+        any number of gateways polling it cost the database one read per interval. ``fresh``
+        (a gateway's miss): a table read after this request, at most ten reads a second."""
+        if request.query_params.get("fresh") == "true":
+            table = await gateway.cache.refresh(min_age=MISS_REFRESH_S)
+        else:
+            table = await gateway.cache.table()
+        return JSONResponse(table.to_json())
 
     app.router.routes.extend([*gateway.routes(), Route(ROUTES_PATH, routes, methods=["GET"])])
     _close_on_shutdown(app, gateway)

@@ -64,8 +64,8 @@ def database_source(session: Callable[[], AbstractContextManager[Session]]) -> T
         with session() as s:
             return read_table(s)
 
-    async def source() -> RouteTable:
-        return await asyncio.to_thread(read)
+    async def source(fresh: bool) -> RouteTable:
+        return await asyncio.to_thread(read)  # the database is always fresh
     return source
 
 
@@ -78,10 +78,10 @@ class ApiSource:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
-    async def __call__(self) -> RouteTable:
+    async def __call__(self, fresh: bool) -> RouteTable:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
-        async with self._session.get(self.url) as response:
+        async with self._session.get(self.url, params={"fresh": "true"} if fresh else None) as response:
             if response.status != 200:
                 raise RuntimeError(f"{self.url} answered {response.status}: {(await response.text())[:300]}")
             return RouteTable.from_json(await response.json())

@@ -73,7 +73,9 @@ class RouteTable:
         return cls(routes)
 
 
-TableSource = Callable[[], Awaitable[RouteTable]]
+#: reads a table; ``fresh``: for a miss, so it must not come from another cache (a gateway process
+#: asks the server for a table read after the request, not the server's cached one)
+TableSource = Callable[[bool], Awaitable[RouteTable]]
 
 
 class RoutingCache:
@@ -99,9 +101,9 @@ class RoutingCache:
         if self._table is not None and age < self._refresh_s:
             return self._table
         if self._table is not None and age < 3 * self._refresh_s:
-            self._start_read()  # serve this request from the cached table; the next gets the new one
+            self._start_read(fresh=False)  # serve this request from the cached table; the next gets the new one
             return self._table
-        return await self.refresh()
+        return await asyncio.shield(self._start_read(fresh=False))
 
     async def refresh(self, min_age: float = 0.0) -> RouteTable:
         """A table read after this call began (joining a read under way when there is one),
@@ -112,22 +114,22 @@ class RoutingCache:
         wait = self._read_at + min_age - arrived
         if wait > 0:
             await asyncio.sleep(wait)
-        table = await asyncio.shield(self._start_read())
+        table = await asyncio.shield(self._start_read(fresh=True))
         if self._read_at < arrived and not self._failed:  # joined a read that began before us
-            table = await asyncio.shield(self._start_read())
+            table = await asyncio.shield(self._start_read(fresh=True))
         return table
 
-    def _start_read(self) -> asyncio.Task[RouteTable]:
+    def _start_read(self, fresh: bool) -> asyncio.Task[RouteTable]:
         reading = self._reading
         if reading is None or (reading.done() and self._clock() >= self._next_try):
-            self._reading = asyncio.get_running_loop().create_task(self._read())
+            self._reading = asyncio.get_running_loop().create_task(self._read(fresh))
         assert self._reading is not None
         return self._reading
 
-    async def _read(self) -> RouteTable:
+    async def _read(self, fresh: bool) -> RouteTable:
         started = self._clock()
         try:
-            table = await self._source()
+            table = await self._source(fresh)
         except Exception:
             self._failed = True
             if self._table is None:

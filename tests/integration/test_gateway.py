@@ -296,3 +296,42 @@ def test_metrics_match_what_was_sent(gw: GatewayServer, backends: list[LlamaServ
     assert count(m, "gpufleet_http_requests_total", route="/v1/chat/completions", status="200") >= 5
     for iid in ids:
         assert count(m, "gpufleet_gateway_requests_total", replica=gw.instance_name(iid)) >= 1
+
+
+def test_gateway_process_reads_the_table_from_the_server(gw: GatewayServer, backends: list[LlamaServer]) -> None:
+    """A `gpufleet gateway` app (its table from GET /v1/gateway/routes) routes like the server's,
+    and sees a replica marked for removal leave its table within a refresh."""
+    import uvicorn
+
+    from gpufleet.gateway.settings import GatewaySettings
+    from gpufleet.gateway.standalone import create_gateway_app
+    from tests.support.servers import free_port
+
+    ids = deploy_running(gw, "apart", backends[:2])
+    port = free_port()
+    app = create_gateway_app(gw.url, GatewaySettings(refresh_s=0.2, wait_s=1.0))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok"
+        for _ in range(4):
+            r = httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), timeout=60)
+            assert r.status_code == 200, r.text
+        gw.mark_deleting(ids[0])
+        time.sleep(0.6)  # the server's table (0.2 s) and then this gateway's (0.2 s) are re-read
+        for _ in range(3):
+            assert httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), timeout=60).status_code == 200
+        text = httpx.get(f"{base}/metrics", timeout=5).text
+        from prometheus_client.parser import text_string_to_metric_families
+        sent = {s.labels["replica"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "gpufleet_gateway_requests_total" and s.labels["deployment"] == "apart"}
+        assert sent == {gw.instance_name(ids[0]): 2.0, gw.instance_name(ids[1]): 5.0}, sent
+        assert httpx.post(f"{base}/v1/chat/completions", json=chat_body("nope"), timeout=60).status_code == 404
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -30,9 +30,11 @@ class Source:
     def __init__(self) -> None:
         self.reads = 0
         self.fail = False
+        self.fresh: list[bool] = []
 
-    async def __call__(self) -> RouteTable:
+    async def __call__(self, fresh: bool) -> RouteTable:
         self.reads += 1
+        self.fresh.append(fresh)
         await asyncio.sleep(0.01)
         if self.fail:
             raise RuntimeError("server down")
@@ -65,6 +67,7 @@ def test_concurrent_misses_share_one_read() -> None:
         await asyncio.sleep(0.15)
         await asyncio.gather(*(cache.refresh(min_age=0.1) for _ in range(100)))
         assert source.reads == 2
+        assert source.fresh == [False, True]  # a miss asks the source for a fresh table
     asyncio.run(run())
 
 
