@@ -86,7 +86,8 @@ class Gateway:
         model = _model_of(body)
         principal = principal_of(request)
         if not principal.may_infer(model):
-            self._count_error(model, "model_not_allowed")
+            known = model in (await self.cache.table()).routes  # labels never take the caller's words
+            self._count_error(model if known else UNKNOWN, "model_not_allowed")
             raise errors.forbidden(model)
         url_tail = path + (f"?{request.url.query}" if request.url.query else "")
         headers = request_headers(request.headers)
