@@ -75,14 +75,19 @@ def in_progress(base_url: str, client: httpx.Client) -> int | None:
                 return sum(1 for slot in body if isinstance(slot, dict) and slot.get("is_processing"))
         metrics = client.get(f"{base_url}/metrics")
         if metrics.status_code == 200:
-            values = _VLLM_BUSY.findall(metrics.content)
-            if values:
-                return int(sum(float(v) for v in values))
+            return vllm_busy(metrics.content)
     except httpx.ConnectError:
         raise
     except (httpx.HTTPError, ValueError):
         return None
     return None
+
+
+def vllm_busy(metrics: bytes) -> int | None:
+    """Requests running or waiting in vLLM's Prometheus text (every model it serves); None
+    when the text has neither gauge (not vLLM)."""
+    values = _VLLM_BUSY.findall(metrics)
+    return int(sum(float(v) for v in values)) if values else None
 
 
 def drain(base_url: str, grace: float | None = None, settle: float | None = None,
