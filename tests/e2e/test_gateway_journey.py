@@ -155,7 +155,8 @@ def test_gateway_journey(cluster: E2ECluster, gateway_node: str, tmp_path: Path)
                         f"asked); the nodes' stop steps:\n{drains}", pytrace=False)
     assert time.monotonic() - scale_started > 2
     # the node's stop step saw the backend busy, waited, and stopped it once idle
-    assert re.search(rf"instance {removing['id']} on node-\w+: drained \(idle\) in", logs), drains
+    waited = re.search(rf"instance {removing['id']} on node-\w+: drained \(idle\) in ([0-9.]+) s", logs)
+    assert waited and float(waited[1]) > 3, drains  # it waited for the stream, not only the 2 s settle
     left = cluster.api_instances("gwj")
     assert [i["name"] for i in left] == [stays] and left[0]["state"] == "RUNNING"
     assert chat(api, "gwj").status_code == 200
