@@ -92,6 +92,11 @@ class RoutingCache:
         self._failed = False
 
     @property
+    def current(self) -> RouteTable | None:
+        """The table requests are routed with now (None before the first read)."""
+        return self._table
+
+    @property
     def age(self) -> float:
         return self._clock() - self._read_at
 

@@ -25,6 +25,8 @@ import aiohttp
 
 log = logging.getLogger(__name__)
 
+#: idle pooled connections are closed after this, under the backends' own 5 s keep-alive
+KEEPALIVE_S = 4.0
 #: request headers the backend sees; never the caller's credentials (Authorization, cookies)
 FORWARD_REQUEST_HEADERS = ("content-type", "accept")
 #: response headers that describe this hop, not the answer
@@ -50,7 +52,10 @@ class Upstream:
     def session(self) -> aiohttp.ClientSession:
         """Created on first use, inside the serving event loop (aiohttp binds a session to one)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)  # 0: no cap on connections
+            # limit 0: no cap on connections. An idle connection is closed after 4 s, before the
+            # backend closes it (llama.cpp's and uvicorn's keep-alive is 5 s): reusing one the
+            # backend just closed fails the request's first try
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
                                                   auto_decompress=False, skip_auto_headers=("User-Agent",))
         return self._session

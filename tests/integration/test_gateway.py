@@ -323,7 +323,12 @@ def test_gateway_process_reads_the_table_from_the_server(gw: GatewayServer, back
             r = httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), timeout=60)
             assert r.status_code == 200, r.text
         gw.mark_deleting(ids[0])
-        time.sleep(0.6)  # the server's table (0.2 s) and then this gateway's (0.2 s) are re-read
+        # the server's table (0.2 s) and then this gateway's (0.2 s) are re-read while requests come
+        deadline = time.monotonic() + 10
+        while ids[0] in [r.instance for r in app.state.gateway.cache.current.routes["apart"].replicas]:
+            assert time.monotonic() < deadline, "the gateway process never dropped the replica being removed"
+            httpx.get(f"{base}/v1/models", timeout=5)
+            time.sleep(0.1)
         for _ in range(3):
             assert httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), timeout=60).status_code == 200
         text = httpx.get(f"{base}/metrics", timeout=5).text
