@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from gpufleet.client import ApiError
 from gpufleet.core.schemas import EngineInstall, InstanceView, ModelMetadata, RpcServerInfo
 from gpufleet.core.states import InstanceState
-from gpufleet.node import backends, engine_install
+from gpufleet.node import backends, drain, engine_install
 from gpufleet.node.context import current_node
 from gpufleet.node.runtimes import images
 from gpufleet.node.registry import BackendRecord
@@ -154,6 +154,10 @@ def stop_backends(instance_ids: list[int]) -> dict[int, bool | Failed]:
     node = current_node()
 
     def stop(instance_id: int) -> bool:
+        drained = drain.drain_instance(instance_id, node)  # requests in progress finish first (up to a grace)
+        if drained is not None:
+            get_run_logger().info("instance %d on %s: drained (%s) in %.1f s", instance_id, node.name,
+                                  drained.outcome, drained.waited_s)
         stopped = backends.stop(instance_id, node)
         get_run_logger().info("instance %d on %s: %s", instance_id, node.name,
                               "backend stopped" if stopped else "no running backend")

@@ -580,9 +580,9 @@ def remove_worker(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (model sources, estimation, placement)."""
-    from gpufleet.cli import backends_cmd, estimate_cmd, plan_cmd, sources_cmd
+    from gpufleet.cli import backends_cmd, estimate_cmd, gateway_cmd, plan_cmd, sources_cmd
 
-    for module in (sources_cmd, estimate_cmd, plan_cmd, backends_cmd):
+    for module in (sources_cmd, estimate_cmd, plan_cmd, backends_cmd, gateway_cmd):
         module.register(app)
     from gpufleet.cli import keys_cmd; keys_cmd.register(app)  # noqa: E702 - API keys (docs/auth.md)
 

@@ -62,6 +62,7 @@ from gpufleet.server.deployment_access import (
     check_env, check_instance, check_reporter, flow_spec, node_reads, record_spec, scoped,
 )
 from gpufleet.server.key_routes import add_key_routes
+from gpufleet.gateway.mount import add_gateway
 from gpufleet.server.request_ids import add_request_ids
 from gpufleet.store import keys as key_store, ordering, plan_apply, repository as repo
 from gpufleet.store.models import utcnow
@@ -452,5 +453,6 @@ def create_app(
     add_backend_routes(app, state, node_trigger)
     add_model_routes(app)
     add_api_docs(app)
+    add_gateway(app, state)  # the OpenAI-compatible /v1/* endpoints (gpufleet.gateway)
     mount_web(app)  # the web page under /, after every API route
     return app

@@ -1,0 +1,261 @@
+"""What the gateway adds to a request, in one run, direct vs through a `gpufleet gateway` process:
+
+    .venv/bin/python benchmarks/gateway_overhead.py [--requests 2000] [--skip-llama]
+
+1. against a stub upstream that answers instantly (a raw asyncio HTTP server returning a fixed
+   chat completion), so the gateway's own cost is what is measured:
+   - added latency p50 / p99 at concurrency 1 (goals: < 0.5 ms / < 1 ms), the median of
+     alternating direct and gateway blocks, so drift on a shared machine hits both alike;
+   - throughput at 32 and 256 concurrent requests, gateway / direct (goal: ≥ 95 %);
+2. against a real llama.cpp server (the tiny model, max_tokens 4): the same figures.
+
+The gateway is the real one (gpufleet.gateway.standalone under uvicorn, its routing table
+read from a stand-in of the server's /v1/gateway/routes served by the stub), in its own
+process; the stub and llama.cpp in theirs; the load generator (aiohttp) in this one. On a
+small machine all of them share the same cores, so the gateway's CPU comes out of the
+backend's and the client's: the throughput ratio against the instant stub measures that
+contention as much as the gateway; against llama.cpp the backend is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+from tests.support.servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STUB = r'''
+import asyncio, json, sys
+port = int(sys.argv[1])
+BODY = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "stub",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}).encode()
+TABLE = json.dumps({"deployments": [{"name": "stub", "replicas": 1, "deleting": False, "created": 0,
+    "ready": [{"instance": 1, "name": "stub-1", "deployment": "stub", "worker": "w",
+               "url": f"http://127.0.0.1:{port}"}]}, {"name": "llama", "replicas": 1, "deleting": False,
+    "created": 0, "ready": [{"instance": 2, "name": "llama-1", "deployment": "llama", "worker": "w",
+               "url": "http://127.0.0.1:" + sys.argv[2]}]}]}).encode()
+
+def answer(body):
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+class Stub(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t, self.buf = t, b""
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            head, sep, rest = self.buf.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            n = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    n = int(v)
+            if len(rest) < n:
+                return
+            self.buf = rest[n:]
+            self.t.write(answer(TABLE if head.startswith(b"GET /v1/gateway/routes") else BODY))
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Stub, "127.0.0.1", port, backlog=4096)
+    print("ready", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+'''
+
+GATEWAY = r'''
+import sys, uvicorn
+from gpufleet.gateway.standalone import create_gateway_app
+uvicorn.run(create_gateway_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
+            access_log=False, http=sys.argv[3], loop=sys.argv[4], backlog=4096)
+'''
+
+
+#: the gateway inside the gpufleet server (its app, middlewares and /metrics counter included), its
+#: database saying that the stub is the RUNNING replica of deployment "stub"
+IN_SERVER = r'''
+import sys, time, tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from gpufleet.demo.tiny_model import write_tiny_llama_gguf
+from tests.support.gateway import start_gateway_server
+tmp = Path(tempfile.mkdtemp())
+server = start_gateway_server(tmp, write_tiny_llama_gguf(tmp / "tiny.gguf"), port=int(sys.argv[2]))
+[iid] = server.deploy("stub", 1)
+server.run(iid, SimpleNamespace(port=int(sys.argv[1])))
+while True:
+    time.sleep(3600)
+'''
+
+
+def chat(model: str, max_tokens: int) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello"}],
+                       "max_tokens": max_tokens}).encode()
+
+
+async def latencies(session: aiohttp.ClientSession, url: str, body: bytes, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+            await r.read()
+            assert r.status == 200, (r.status, await r.text())
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def throughput(url: str, body: bytes, concurrency: int, total: int) -> tuple[float, int]:
+    """(successful requests per second, failed requests) with ``concurrency`` clients at once."""
+    connector = aiohttp.TCPConnector(limit=0)
+    failed = 0
+    async with aiohttp.ClientSession(connector=connector) as session:
+        left = total
+
+        async def worker() -> None:
+            nonlocal left, failed
+            while left > 0:
+                left -= 1
+                try:
+                    async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                        await r.read()
+                        failed += r.status != 200
+                except aiohttp.ClientError:
+                    failed += 1
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, 32))))  # warm the connections
+        left, failed = total, 0
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return (total - failed) / (time.perf_counter() - t0), failed
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: int, n: int,
+                  throughput_total: int) -> dict[str, float]:
+    body = chat(model, max_tokens)
+    d_lat: list[float] = []
+    g_lat: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        await latencies(session, direct, body, 20)
+        await latencies(session, gateway, body, 20)
+        block = max(10, n // 10)
+        for _ in range(max(1, n // block)):  # alternate blocks: drift hits both alike
+            d_lat += await latencies(session, direct, body, block)
+            g_lat += await latencies(session, gateway, body, block)
+    row = {"p50_direct_ms": pct(d_lat, 50) * 1e3, "p50_gateway_ms": pct(g_lat, 50) * 1e3,
+           "p99_direct_ms": pct(d_lat, 99) * 1e3, "p99_gateway_ms": pct(g_lat, 99) * 1e3}
+    row["added_p50_ms"] = row["p50_gateway_ms"] - row["p50_direct_ms"]
+    row["added_p99_ms"] = row["p99_gateway_ms"] - row["p99_direct_ms"]
+    for c in (32, 256):
+        runs_d, runs_g = [], []
+        for _ in range(3):  # alternate: drift hits both alike
+            runs_d.append(await throughput(direct, body, c, throughput_total))
+            runs_g.append(await throughput(gateway, body, c, throughput_total))
+        d = statistics.median(r for r, _ in runs_d)
+        g = statistics.median(r for r, _ in runs_g)
+        row[f"rps_direct_{c}"], row[f"rps_gateway_{c}"], row[f"ratio_{c}"] = d, g, g / d
+        row[f"failed_direct_{c}"] = sum(f for _, f in runs_d)
+        row[f"failed_gateway_{c}"] = sum(f for _, f in runs_g)
+    print(f"\n{name}  (concurrency 1: {len(d_lat)} requests each way; throughput: median of 3 runs of "
+          f"{throughput_total})")
+    print(f"  latency c=1   direct p50 {row['p50_direct_ms']:.3f} ms  p99 {row['p99_direct_ms']:.3f} ms | "
+          f"gateway p50 {row['p50_gateway_ms']:.3f} ms  p99 {row['p99_gateway_ms']:.3f} ms")
+    print(f"  added         p50 {row['added_p50_ms']:+.3f} ms (goal < 0.5)   p99 {row['added_p99_ms']:+.3f} ms "
+          f"(goal < 1)")
+    for c in (32, 256):
+        print(f"  throughput c={c:<3} direct {row[f'rps_direct_{c}']:8.0f} req/s  gateway "
+              f"{row[f'rps_gateway_{c}']:8.0f} req/s  ratio {row[f'ratio_{c}']:.1%} (goal >= 95 %)"
+              + (f"  failed: direct {row[f'failed_direct_{c}']:.0f}, gateway {row[f'failed_gateway_{c}']:.0f}"
+                 if row[f"failed_direct_{c}"] or row[f"failed_gateway_{c}"] else ""))
+    return row
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not answer {url} in {timeout} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=2000, help="requests at concurrency 1, each way")
+    ap.add_argument("--throughput-requests", type=int, default=3000)
+    ap.add_argument("--llama-requests", type=int, default=300)
+    ap.add_argument("--http", default="h11", help="uvicorn's HTTP parser for the gateway (h11, httptools)")
+    ap.add_argument("--loop", default="asyncio", help="uvicorn's event loop for the gateway (asyncio, uvloop)")
+    ap.add_argument("--extra-path", default="", help="prepended to the gateway's PYTHONPATH (where httptools/uvloop "
+                    "are installed when the environment has neither)")
+    ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--in-server", action="store_true", help="also measure the gateway inside the gpufleet server")
+    args = ap.parse_args()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (args.extra_path, str(ROOT)) if p)}
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+    try:
+        llama_port = free_port()
+        if not args.skip_llama:
+            from tests.support.gateway import LlamaServer
+            from gpufleet.demo.tiny_model import write_tiny_llama_gguf
+            llama = LlamaServer.start(write_tiny_llama_gguf(tmp / "tiny.gguf"), tmp, ctx=512, parallel=4)
+            procs.append(llama.proc)
+            llama_port = llama.port
+        stub_port, gw_port = free_port(), free_port()
+        stub = subprocess.Popen([sys.executable, "-c", STUB, str(stub_port), str(llama_port)], env=env)
+        procs.append(stub)
+        gw = subprocess.Popen([sys.executable, "-c", GATEWAY, f"http://127.0.0.1:{stub_port}", str(gw_port),
+                               args.http, args.loop], env=env)
+        procs.append(gw)
+        wait_http(f"http://127.0.0.1:{gw_port}/health", gw, "gateway")
+        print(f"gateway: gpufleet.gateway.standalone, uvicorn http={args.http} loop={args.loop}, one process; "
+              f"{os.cpu_count()} CPUs shared by stub/llama.cpp, gateway and client")
+        direct = f"http://127.0.0.1:{stub_port}/v1/chat/completions"
+        through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        asyncio.run(measure("instant stub upstream, gpufleet gateway process", direct, through, "stub", 4,
+                            args.requests, args.throughput_requests))
+        if args.in_server:
+            srv_port = free_port()
+            srv = subprocess.Popen([sys.executable, "-c", IN_SERVER, str(stub_port), str(srv_port)], env=env)
+            procs.append(srv)
+            wait_http(f"http://127.0.0.1:{srv_port}/v1/models", srv, "gpufleet server")
+            asyncio.run(measure("instant stub upstream, the gateway inside the gpufleet server", direct,
+                                f"http://127.0.0.1:{srv_port}/v1/chat/completions", "stub", 4, args.requests,
+                                args.throughput_requests))
+        if not args.skip_llama:
+            asyncio.run(measure("real llama.cpp (tiny model, max_tokens 4, 4 slots)",
+                                f"http://127.0.0.1:{llama_port}/v1/chat/completions", through, "llama", 4,
+                                args.llama_requests, max(256, args.throughput_requests // 5)))
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""A ``gpufleet gateway`` process: the gateway's routes, ``/metrics`` and ``/health``, its routing
+table read from the gpufleet server's API. It keeps no state but its in-flight counts, so
+any number of them can run behind a plain TCP load balancer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gpufleet.gateway.metrics import GatewayMetrics
+from gpufleet.gateway.routes import Gateway
+from gpufleet.gateway.settings import GatewaySettings
+from gpufleet.gateway.sources import ApiSource
+from gpufleet.gateway.table import RoutingCache
+
+
+def create_gateway_app(server_url: str, settings: GatewaySettings | None = None,
+                       headers: dict[str, str] | None = None) -> Starlette:
+    """``headers``: sent with every table read (the server's credential, once authentication
+    asks for one)."""
+    settings = settings or GatewaySettings.from_env()
+    registry = CollectorRegistry()
+    source = ApiSource(server_url, headers)
+    gateway = Gateway(RoutingCache(source, settings.refresh_s), settings, GatewayMetrics(registry))
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def health(_: Request) -> Response:
+        """200 once the server's table could be read (a load balancer's readiness check)."""
+        try:
+            table = await gateway.cache.table()
+        except Exception as exc:  # noqa: BLE001 - the health answer says what failed
+            return JSONResponse({"status": "error", "detail": f"cannot read the routing table: {exc}"}, 503)
+        return JSONResponse({"status": "ok", "deployments": len(table.routes)})
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await gateway.close()
+        await source.close()
+
+    app = Starlette(routes=[*gateway.routes(), Route("/metrics", metrics), Route("/health", health)],
+                    lifespan=lifespan)
+    app.state.gateway = gateway
+    return app
