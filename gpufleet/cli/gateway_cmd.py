@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from gpufleet.client import server_url
+        from gpufleet.credentials import CredentialsError, api_key
         from gpufleet.gateway.settings import GatewaySettings
         from gpufleet.gateway.standalone import create_gateway_app
 
@@ -37,8 +38,13 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(exc)) from exc
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         url = (server or server_url()).rstrip("/")
+        try:
+            key = api_key()  # reads the routing table with it (an admin or operator key)
+        except CredentialsError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        headers = {"Authorization": f"Bearer {key}"} if key else None
         logging.getLogger(__name__).info("gateway on http://%s:%d, routing table from %s", host, port, url)
         # uvicorn picks httptools and uvloop when they are installed (`pip install 'uvicorn[standard]'`):
         # twice the requests per second of h11 and asyncio (docs/gateway.md, Overhead)
-        uvicorn.run(create_gateway_app(url, settings), host=host, port=port, log_level="warning",
+        uvicorn.run(create_gateway_app(url, settings, headers), host=host, port=port, log_level="warning",
                     access_log=False, timeout_keep_alive=60, backlog=4096)

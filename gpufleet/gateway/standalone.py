@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gpufleet.gateway.metrics import GatewayMetrics
+from gpufleet.gateway.remote_auth import RemoteAuthenticator, RemoteAuthMiddleware
 from gpufleet.gateway.routes import Gateway
 from gpufleet.gateway.settings import GatewaySettings
 from gpufleet.gateway.sources import ApiSource
@@ -22,11 +24,13 @@ from gpufleet.gateway.table import RoutingCache
 
 def create_gateway_app(server_url: str, settings: GatewaySettings | None = None,
                        headers: dict[str, str] | None = None) -> Starlette:
-    """``headers``: sent with every table read (the server's credential, once authentication
-    asks for one)."""
+    """``headers``: sent with every table read (an admin or operator key of the server). Callers
+    are authenticated by the server (gpufleet.gateway.remote_auth): every path but ``/health``
+    needs a key the server accepts, as on the server itself."""
     settings = settings or GatewaySettings.from_env()
     registry = CollectorRegistry()
     source = ApiSource(server_url, headers)
+    authenticator = RemoteAuthenticator(server_url)
     gateway = Gateway(RoutingCache(source, settings.refresh_s), settings, GatewayMetrics(registry))
 
     async def metrics(_: Request) -> Response:
@@ -45,8 +49,9 @@ def create_gateway_app(server_url: str, settings: GatewaySettings | None = None,
         yield
         await gateway.close()
         await source.close()
+        await authenticator.close()
 
     app = Starlette(routes=[*gateway.routes(), Route("/metrics", metrics), Route("/health", health)],
-                    lifespan=lifespan)
+                    lifespan=lifespan, middleware=[Middleware(RemoteAuthMiddleware, authenticator=authenticator)])
     app.state.gateway = gateway
     return app

@@ -7,6 +7,7 @@ operator) unless it is listed: a forgotten route is closed, not open.
   (``/docs``, ``/docs/assets/*``, ``/openapi.json``) and a node agent's ``/v1/poke``. The page
   and docs hold no data; the page asks for a key before it calls the API.
 - join: ``POST /v1/nodes/join`` takes a join token, and only a join token.
+- ``GET /v1/whoami``: any user key, about itself (a gateway process checks callers' keys with it).
 - gateway (OpenAI-compatible paths): any user key (admin, operator, inference); the gateway
   checks the model's scope itself (``Principal.may_infer``); errors in the OpenAI shape.
 - keys (``/v1/keys``), worker management (labels, removal, engine installs) and the
@@ -45,6 +46,7 @@ class Rule:
 _RULES: list[tuple[frozenset[str], re.Pattern[str], Rule]] = [
     (frozenset({"GET", "HEAD"}), re.compile(r"^/(v1/health|web/.*|docs(/.*)?|redoc|openapi\.json)?$"), Rule(OPEN)),
     (frozenset({"POST"}), re.compile(r"^/v1/nodes/join$"), Rule(JOIN)),
+    (frozenset({"GET"}), re.compile(r"^/v1/whoami$"), Rule(GATEWAY)),  # any user key, about itself
     (frozenset({"POST"}), re.compile(r"^/v1/workers$"), Rule(NODE)),  # registration: worker checked on the body
     (frozenset({"POST"}), re.compile(r"^/v1/workers/(?P<w>[^/]+)/heartbeat$"), Rule(NODE, worker_group="w")),
     (frozenset({"PUT"}), re.compile(r"^/v1/internal/workers/(?P<w>[^/]+)/engines$"), Rule(NODE, worker_group="w")),

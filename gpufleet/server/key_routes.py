@@ -12,10 +12,10 @@ import secrets
 
 from fastapi import FastAPI, HTTPException, Request
 
-from gpufleet.core.access import Role
+from gpufleet.core.access import Principal, Role
 from gpufleet.core.keys import JOIN_ROLE, JoinRequest, KeyCreate, KeyCreated, KeyView, NodeCredentials, parse_duration
 from gpufleet.core.schemas import _NAME_RE  # noqa: PLC2701 - the one name rule of workers and deployments
-from gpufleet.server.auth import Authenticator
+from gpufleet.server.auth import Authenticator, principal_of
 from gpufleet.server.bootstrap import CONTROLLER_PREFIX
 from gpufleet.store import keys as key_store
 
@@ -27,6 +27,12 @@ def add_key_routes(app: FastAPI, state, auth: Authenticator) -> None:  # noqa: A
         expires = parse_duration(body.expires_in) if body.expires_in else None
         with state.session() as s:
             return key_store.create_key(s, body.name, body.role.value, body.models, expires)
+
+    @app.get("/v1/whoami")
+    def whoami(request: Request) -> Principal:
+        """Who the caller's key is: a ``gpufleet gateway`` process asks this for each new key
+        (gpufleet.gateway.remote_auth); any user key may ask about itself."""
+        return principal_of(request)
 
     @app.get("/v1/keys")
     def list_keys() -> list[KeyView]:

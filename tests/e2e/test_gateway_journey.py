@@ -27,16 +27,25 @@ pytestmark = pytest.mark.e2e
 
 #: long enough context for a stream of tens of seconds on the tiny model
 LONG = TinyModelShape(context_length=32768)
+#: the cluster's admin key (authentication is on), set by the `auth` fixture for the calls below
+AUTH: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def auth(cluster: E2ECluster) -> Iterator[None]:
+    AUTH.update(cluster.headers)
+    yield
+    AUTH.clear()
 
 
 def metric(base: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{base}/metrics", timeout=10).text
+    text = httpx.get(f"{base}/metrics", headers=AUTH, timeout=10).text
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == name and labels.items() <= s.labels.items())
 
 
 def chat(base: str, model: str, **extra: object) -> httpx.Response:
-    return httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
+    return httpx.post(f"{base}/v1/chat/completions", timeout=120, headers=AUTH, json={
         "model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, **extra})
 
 
@@ -51,7 +60,7 @@ class Stream(threading.Thread):
     def run(self) -> None:
         body = {"model": self.model, "messages": [{"role": "user", "content": "Hello"}],
                 "max_tokens": self.tokens, "stream": True, "ignore_eos": True}
-        with httpx.stream("POST", f"{self.base}/v1/chat/completions", json=body, timeout=600) as r:
+        with httpx.stream("POST", f"{self.base}/v1/chat/completions", json=body, headers=AUTH, timeout=600) as r:
             for chunk in r.iter_raw():
                 self.body += chunk
                 self.first.set()
@@ -74,7 +83,8 @@ def gateway_node(cluster: E2ECluster) -> Iterator[str]:
         cluster.cli("rm", "gwj", check=False)
         stop_children([child])
         cluster.children.remove(child)
-        httpx.delete(f"{cluster.api_url}/v1/workers/node-gw", params={"force": "true"}, timeout=30)
+        httpx.delete(f"{cluster.api_url}/v1/workers/node-gw", params={"force": "true"}, headers=cluster.headers,
+                     timeout=30)
 
 
 def test_gateway_journey(cluster: E2ECluster, gateway_node: str, tmp_path: Path) -> None:
@@ -88,7 +98,8 @@ def test_gateway_journey(cluster: E2ECluster, gateway_node: str, tmp_path: Path)
     names = sorted(i["name"] for i in instances)
 
     # the server's endpoint: listed, answered by llama.cpp, spread over both replicas
-    listed = httpx.get(f"{api}/v1/models", timeout=10).json()
+    listed = httpx.get(f"{api}/v1/models", headers=AUTH, timeout=10).json()
+    assert httpx.get(f"{api}/v1/models", timeout=10).status_code == 401  # authentication is on
     assert "gwj" in [m["id"] for m in listed["data"]]
     for _ in range(4):
         r = chat(api, "gwj")

@@ -73,7 +73,7 @@ def count(metrics: dict, name: str, **labels: str) -> float:
 
 
 def post(gw: GatewayServer, body: dict, path: str = "/v1/chat/completions", **headers: str) -> httpx.Response:
-    return httpx.post(f"{gw.url}{path}", json=body, headers=headers, timeout=120)
+    return httpx.post(f"{gw.url}{path}", json=body, headers={**gw.headers, **headers}, timeout=120)
 
 
 def error_of(response: httpx.Response) -> dict:
@@ -108,7 +108,7 @@ def test_least_outstanding_avoids_the_busy_replica(gw: GatewayServer, backends: 
 
     def long_stream() -> None:
         for _, chunk in stream_chunks(f"{gw.url}/v1/chat/completions",
-                                      chat_body("busy", max_tokens=2500, stream=True, ignore_eos=True)):
+                                      chat_body("busy", max_tokens=2500, stream=True, ignore_eos=True), headers=gw.headers):
             chunks.append(chunk)
             started.set()
 
@@ -133,7 +133,8 @@ def test_streams_chunk_by_chunk(gw: GatewayServer, backends: list[LlamaServer]) 
     """The answer arrives in many pieces spread over the generation, not in one at the end."""
     deploy_running(gw, "stream", backends[:1])
     arrivals = list(stream_chunks(f"{gw.url}/v1/chat/completions",
-                                  chat_body("stream", max_tokens=1500, stream=True, ignore_eos=True)))
+                                  chat_body("stream", max_tokens=1500, stream=True, ignore_eos=True),
+                                  headers=gw.headers))
     body = b"".join(c for _, c in arrivals)
     events = [line for line in body.split(b"\n") if line.startswith(b"data: ")]
     assert events[-1] == b"data: [DONE]" and len(events) > 1000
@@ -188,7 +189,7 @@ def test_unknown_model_is_404(gw: GatewayServer) -> None:
 
 
 def test_bad_body_is_400(gw: GatewayServer) -> None:
-    r = httpx.post(f"{gw.url}/v1/chat/completions", content=b"not json", timeout=10)
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=b"not json", headers=gw.headers, timeout=10)
     assert r.status_code == 400 and error_of(r)["type"] == "invalid_request_error"
     r = post(gw, {"messages": []})
     assert r.status_code == 400 and '"model" is required' in error_of(r)["message"]
@@ -241,19 +242,24 @@ def test_upstream_timeout_is_504(gw: GatewayServer, model: Path, tmp_path: Path)
         stuck.kill()
 
 
-def test_scoped_principal_403_and_models_list(gw: GatewayServer, backends: list[LlamaServer]) -> None:
+def test_scoped_key_403_and_models_list(gw: GatewayServer, backends: list[LlamaServer]) -> None:
+    """Real keys of the server: an inference key scoped to one deployment calls it and sees only
+    it in /v1/models; another deployment is 403 in the OpenAI shape; a node key calls no model;
+    no key is 401."""
     deploy_running(gw, "mine", backends[:1])
     deploy_running(gw, "theirs", backends[1:2])
-    scoped = {"X-Test-Principal": "inference:mine"}
+    scoped = {"Authorization": f"Bearer {gw.key('scoped', 'inference', ('mine',))}"}
     r = post(gw, chat_body("theirs"), **scoped)
     assert r.status_code == 403 and error_of(r)["code"] == "model_not_allowed", r.text
     assert post(gw, chat_body("mine"), **scoped).status_code == 200
     listed = httpx.get(f"{gw.url}/v1/models", headers=scoped, timeout=10).json()
     assert [m["id"] for m in listed["data"]] == ["mine"]
-    everything = {m["id"] for m in httpx.get(f"{gw.url}/v1/models", timeout=10).json()["data"]}
+    everything = {m["id"] for m in httpx.get(f"{gw.url}/v1/models", headers=gw.headers, timeout=10).json()["data"]}
     assert {"mine", "theirs"} <= everything
-    node = post(gw, chat_body("mine"), **{"X-Test-Principal": "node:"})
-    assert node.status_code == 403
+    node = post(gw, chat_body("mine"), Authorization=f"Bearer {gw.key('node-x', 'node')}")
+    assert node.status_code == 403 and error_of(node)["type"] == "permission_error", node.text
+    anonymous = httpx.post(f"{gw.url}/v1/chat/completions", json=chat_body("mine"), timeout=10)
+    assert anonymous.status_code == 401 and error_of(anonymous)["type"] == "authentication_error"
 
 
 def test_completions_and_embeddings_pass_through(gw: GatewayServer, backends: list[LlamaServer]) -> None:
@@ -275,7 +281,8 @@ def test_metrics_match_what_was_sent(gw: GatewayServer, backends: list[LlamaServ
         prompt_tokens += usage["prompt_tokens"]
     streamed = b"".join(c for _, c in stream_chunks(
         f"{gw.url}/v1/chat/completions",
-        chat_body("metered", max_tokens=6, stream=True, stream_options={"include_usage": True})))
+        chat_body("metered", max_tokens=6, stream=True, stream_options={"include_usage": True}),
+        headers=gw.headers))
     stream_usage = [json.loads(line[6:])["usage"] for line in streamed.split(b"\n")
                     if line.startswith(b"data: {") and b'"usage"' in line][-1]
     completion_tokens += stream_usage["completion_tokens"]
@@ -300,7 +307,10 @@ def test_metrics_match_what_was_sent(gw: GatewayServer, backends: list[LlamaServ
 
 def test_gateway_process_reads_the_table_from_the_server(gw: GatewayServer, backends: list[LlamaServer]) -> None:
     """A `gpufleet gateway` app (its table from GET /v1/gateway/routes) routes like the server's,
-    and sees a replica marked for removal leave its table within a refresh."""
+    and sees a replica marked for removal leave its table within a refresh. It takes the server's
+    keys (asking GET /v1/whoami): none is 401, a scoped key is 403 elsewhere, a removed key stops
+    working once the gateway's short cache expires."""
+    from gpufleet.gateway import remote_auth
     import uvicorn
 
     from gpufleet.gateway.settings import GatewaySettings
@@ -309,7 +319,7 @@ def test_gateway_process_reads_the_table_from_the_server(gw: GatewayServer, back
 
     ids = deploy_running(gw, "apart", backends[:2])
     port = free_port()
-    app = create_gateway_app(gw.url, GatewaySettings(refresh_s=0.2, wait_s=1.0))
+    app = create_gateway_app(gw.url, GatewaySettings(refresh_s=0.2, wait_s=1.0), headers=gw.headers)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -320,23 +330,41 @@ def test_gateway_process_reads_the_table_from_the_server(gw: GatewayServer, back
             time.sleep(0.05)
         assert httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok"
         for _ in range(4):
-            r = httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), timeout=60)
+            r = httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), headers=gw.headers, timeout=60)
             assert r.status_code == 200, r.text
         gw.mark_deleting(ids[0])
         # the server's table (0.2 s) and then this gateway's (0.2 s) are re-read while requests come
         deadline = time.monotonic() + 10
         while ids[0] in [r.instance for r in app.state.gateway.cache.current.routes["apart"].replicas]:
             assert time.monotonic() < deadline, "the gateway process never dropped the replica being removed"
-            httpx.get(f"{base}/v1/models", timeout=5)
+            httpx.get(f"{base}/v1/models", headers=gw.headers, timeout=5)
             time.sleep(0.1)
         for _ in range(3):
-            assert httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), timeout=60).status_code == 200
-        text = httpx.get(f"{base}/metrics", timeout=5).text
+            assert httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), headers=gw.headers,
+                              timeout=60).status_code == 200
+        text = httpx.get(f"{base}/metrics", headers=gw.headers, timeout=5).text
         from prometheus_client.parser import text_string_to_metric_families
         sent = {s.labels["replica"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
                 if s.name == "gpufleet_gateway_requests_total" and s.labels["deployment"] == "apart"}
         assert sent == {gw.instance_name(ids[0]): 2.0, gw.instance_name(ids[1]): 5.0}, sent
-        assert httpx.post(f"{base}/v1/chat/completions", json=chat_body("nope"), timeout=60).status_code == 404
+        assert httpx.post(f"{base}/v1/chat/completions", json=chat_body("nope"), headers=gw.headers,
+                          timeout=60).status_code == 404
+        # keys, checked by the server
+        none = httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), timeout=10)
+        assert none.status_code == 401 and none.json()["error"]["type"] == "authentication_error", none.text
+        scoped_key = gw.key("apart-only", "inference", ("other",))
+        scoped = {"Authorization": f"Bearer {scoped_key}"}
+        refused = httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), headers=scoped, timeout=10)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+        allowed = {"Authorization": f"Bearer {gw.key('apart-too', 'inference', ('apart',))}"}
+        assert httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), headers=allowed,
+                          timeout=60).status_code == 200
+        assert httpx.delete(f"{gw.url}/v1/keys/apart-too", headers=gw.headers, timeout=10).status_code == 200
+        deadline = time.monotonic() + remote_auth.TTL_S + 5
+        while httpx.post(f"{base}/v1/chat/completions", json=chat_body("apart"), headers=allowed,
+                         timeout=60).status_code != 401:
+            assert time.monotonic() < deadline, "a removed key still works at the gateway process"
+            time.sleep(0.5)
     finally:
         server.should_exit = True
         thread.join(timeout=15)

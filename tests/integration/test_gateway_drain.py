@@ -54,16 +54,17 @@ def pair(model: Path, tmp_path: Path) -> Iterator[list[LlamaServer]]:
 class LongStream(threading.Thread):
     """A long streamed chat through the gateway, recording what arrived and when it ended."""
 
-    def __init__(self, url: str, model: str, tokens: int = 3000) -> None:
+    def __init__(self, url: str, model: str, headers: dict[str, str], tokens: int = 3000) -> None:
         super().__init__()
-        self.url, self.model, self.tokens = url, model, tokens
+        self.url, self.model, self.tokens, self.headers = url, model, tokens, headers
         self.body = b""
         self.first = threading.Event()
         self.ended_at = 0.0
 
     def run(self) -> None:
         for _, chunk in stream_chunks(f"{self.url}/v1/chat/completions",
-                                      chat_body(self.model, max_tokens=self.tokens, stream=True, ignore_eos=True)):
+                                      chat_body(self.model, max_tokens=self.tokens, stream=True, ignore_eos=True),
+                                      headers=self.headers):
             self.body += chunk
             self.first.set()
         self.ended_at = time.monotonic()
@@ -72,7 +73,7 @@ class LongStream(threading.Thread):
 def test_scale_down_drains_the_replica_with_a_long_stream(gw: GatewayServer, pair: list[LlamaServer]) -> None:
     ids = deploy_running(gw, "drain", pair)
     names = [gw.instance_name(i) for i in ids]
-    stream = LongStream(gw.url, "drain")
+    stream = LongStream(gw.url, "drain", gw.headers)
     stream.start()
     assert stream.first.wait(30)
     m = gw.metrics()
@@ -109,7 +110,7 @@ def test_scale_down_drains_the_replica_with_a_long_stream(gw: GatewayServer, pai
 
 def test_drain_gives_up_after_the_grace(gw: GatewayServer, pair: list[LlamaServer]) -> None:
     deploy_running(gw, "grace", pair[:1])
-    stream = LongStream(gw.url, "grace")
+    stream = LongStream(gw.url, "grace", gw.headers)
     stream.start()
     assert stream.first.wait(30)
     t0 = time.monotonic()

@@ -19,16 +19,14 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gpufleet.core.access import Principal, Role
 from gpufleet.core.schemas import DeploymentSpec, GpuInfo, InstanceStateUpdate, ModelSource, WorkerRegistration
 from gpufleet.core.states import InstanceState
 from gpufleet.demo.tiny_model import TinyModelShape, write_tiny_llama_gguf
 from gpufleet.server.app import create_app
 from gpufleet.sources import read_local_metadata
 from gpufleet.core.estimation.summary import summarize
-from gpufleet.store import plan_apply, repository as repo
+from gpufleet.store import keys as key_store, plan_apply, repository as repo
 from gpufleet.store.models import InstanceRow
 from tests.support.servers import free_port, wait_healthy
 
@@ -96,23 +94,6 @@ class LlamaServer:
         os.kill(self.proc.pid, signal.SIGCONT)
 
 
-class PrincipalFromHeader:
-    """Stands in for the authentication middleware (not part of this work): ``X-Test-Principal:
-    ROLE:MODEL,MODEL`` puts that principal on ``request.state.principal``; no header, none."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            raw = dict(scope["headers"]).get(b"x-test-principal")
-            if raw:
-                role, _, models = raw.decode().partition(":")
-                scope.setdefault("state", {})["principal"] = Principal(
-                    name="test", role=Role(role), models=frozenset(m for m in models.split(",") if m))
-        await self.app(scope, receive, send)
-
-
 @dataclass
 class GatewayServer:
     """The gpufleet server app (REST API, gateway, /metrics) on a real port, with a database
@@ -123,8 +104,19 @@ class GatewayServer:
     model: Path
     server: uvicorn.Server
     thread: threading.Thread
+    #: an admin key of this server (authentication is on, as in production)
+    admin_key: str = ""
     worker: str = "w1"
     deployments: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    def key(self, name: str, role: str, models: tuple[str, ...] = ()) -> str:
+        """A new key of this server with that role and scope."""
+        with self.sessions.begin() as s:
+            return key_store.create_key(s, name, role, models, None).token
 
     @property
     def sessions(self) -> Any:
@@ -159,7 +151,7 @@ class GatewayServer:
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """/metrics parsed by prometheus_client's parser: {(sample name, sorted labels): value}."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", headers=self.headers, timeout=10).text
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -171,8 +163,8 @@ class GatewayServer:
 def start_gateway_server(tmp: Path, model: Path, port: int = 0) -> GatewayServer:
     """Trigger: flows are not started (nothing here needs one); no controller."""
     app = create_app(f"sqlite:///{tmp / 'gpufleet.db'}", trigger=lambda *_: "", run_controller=False)
-    app.add_middleware(PrincipalFromHeader)
     with app.state.gpufleet.sessions.begin() as s:
+        admin_key = key_store.create_key(s, "test-admin", "admin", (), None).token
         repo.register_worker(s, WorkerRegistration(
             name="w1", address="http://127.0.0.1:1", cpu_count=16, memory_total=64 * GiB, work_queue="node-w1",
             gpus=[GpuInfo(index=0, name="T4", memory_total=16 * GiB, virtual=True)]))
@@ -185,7 +177,7 @@ def start_gateway_server(tmp: Path, model: Path, port: int = 0) -> GatewayServer
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the gpufleet server app did not start")
         time.sleep(0.05)
-    return GatewayServer(app, f"http://127.0.0.1:{port}", model, server, thread)
+    return GatewayServer(app, f"http://127.0.0.1:{port}", model, server, thread, admin_key)
 
 
 def chat_body(model: str, max_tokens: int = 8, stream: bool = False, **extra: Any) -> dict[str, Any]:
@@ -193,9 +185,10 @@ def chat_body(model: str, max_tokens: int = 8, stream: bool = False, **extra: An
             "stream": stream, **extra}
 
 
-def stream_chunks(url: str, body: dict[str, Any], timeout: float = 120) -> Iterator[tuple[float, bytes]]:
+def stream_chunks(url: str, body: dict[str, Any], timeout: float = 120,
+                  headers: dict[str, str] | None = None) -> Iterator[tuple[float, bytes]]:
     """(arrival time, raw bytes) of each piece of a streamed answer as the client receives it."""
-    with httpx.stream("POST", url, json=body, timeout=timeout) as response:
+    with httpx.stream("POST", url, json=body, timeout=timeout, headers=headers) as response:
         assert response.status_code == 200, response.read()
         for chunk in response.iter_raw():
             yield time.monotonic(), chunk
