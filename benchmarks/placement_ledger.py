@@ -19,6 +19,7 @@ server process's CPU time per placement, the figure a busy machine disturbs leas
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -46,6 +47,23 @@ DEFAULT_BASELINE = "873eed3"
 TIMEOUT = timedelta(days=1)  # no heartbeats here: registered workers stay ready for the whole run
 
 
+def seed(sessions, model: Path, workers: int, deployments: dict[str, int]) -> dict[str, list[int]]:  # noqa: ANN001
+    """``workers`` workers of 8 × 80 GiB GPUs, and the deployments' PENDING instances (ids by name)."""
+    _, meta = read_local_metadata(str(model))
+    ids = {}
+    with sessions.begin() as s:
+        for i in range(workers):
+            repo.register_worker(s, WorkerRegistration(
+                name=f"w{i:04d}", address="http://127.0.0.1:1", cpu_count=64, memory_total=512 * GiB,
+                work_queue=f"node-w{i:04d}",
+                gpus=[GpuInfo(index=j, name="H100-80G", memory_total=80 * GiB, virtual=True) for j in range(8)]))
+        for name, replicas in deployments.items():
+            spec = DeploymentSpec(name=name, replicas=replicas, source=ModelSource(local_path=str(model)))
+            repo.create_deployment(s, spec, meta, ResourceEstimate.unknown("unused"))
+            ids[name] = plan_apply.create_missing(s, name)
+    return ids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=250)
@@ -58,42 +76,26 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--clients", type=int, default=4,
                         help="concurrent client processes in the second through-server measurement")
-    parser.add_argument("--serve", metavar="DATABASE_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", metavar="DIRECTORY", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        return serve(args.serve, args.port)
+        return serve(Path(args.serve), args.port, args.workers, args.replicas)
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
         engine = make_engine(url)
         migrate(engine)
         sessions = session_factory(engine)
         model = write_tiny_llama_gguf(Path(tmp) / "models" / "tiny.gguf")
-        _, meta = read_local_metadata(str(model))
-        with sessions.begin() as s:
-            for i in range(args.workers):
-                repo.register_worker(s, WorkerRegistration(
-                    name=f"w{i:04d}", address="http://127.0.0.1:1", cpu_count=64, memory_total=512 * GiB,
-                    work_queue=f"node-w{i:04d}",
-                    gpus=[GpuInfo(index=j, name="H100-80G", memory_total=80 * GiB, virtual=True) for j in range(8)]))
-            spec = DeploymentSpec(name="bench", replicas=args.replicas, source=ModelSource(local_path=str(model)))
-            repo.create_deployment(s, spec, meta, ResourceEstimate.unknown("unused"))
-            ids = plan_apply.create_missing(s, "bench")
-            repo.create_deployment(s, spec.model_copy(update={"name": "batch"}), meta, ResourceEstimate.unknown("-"))
-            batch_ids = plan_apply.create_missing(s, "batch")
-            served: dict[str, list[int]] = {}
-            if args.through_server:
-                for name in ("now-1", "now-n", "base-1", "base-n"):
-                    repo.create_deployment(s, spec.model_copy(update={"name": name}), meta,
-                                           ResourceEstimate.unknown("-"))
-                    served[name] = plan_apply.create_missing(s, name)
+        seeded = seed(sessions, model, args.workers, {"bench": args.replicas, "batch": args.replicas})
+        ids, batch_ids = seeded["bench"], seeded["batch"]
         times = []
         for iid in ids:
             start = time.perf_counter()
             with sessions.begin() as s:
                 repo.place_instance(s, iid, TIMEOUT)
             times.append(time.perf_counter() - start)
-        through = measure_through_server(url, served, args) if served else {}
+        through = measure_through_server(args) if args.through_server else {}
         start = time.perf_counter()
         with sessions.begin() as s:
             rows = repo.place_instances(s, batch_ids, TIMEOUT)
@@ -131,9 +133,10 @@ class ServerRun:
         return len(self.latencies) / self.wall
 
 
-def measure_through_server(url: str, served: dict[str, list[int]], args: argparse.Namespace) -> dict[str, ServerRun]:
-    """This tree's server and the baseline's, one after the other on the same database, each
-    first with one client (request after request) and then with ``--clients`` client processes."""
+def measure_through_server(args: argparse.Namespace) -> dict[str, ServerRun]:
+    """This tree's server and the baseline's, one after the other, each on a database of its own
+    seeded alike by its own code (a baseline's migrations may not know this tree's): first one
+    client (request after request), then ``--clients`` client processes at once."""
     trees: dict[str, Path | None] = {"now": None}
     baseline = None if args.no_baseline else checkout(args.baseline)
     if baseline is not None:
@@ -141,8 +144,7 @@ def measure_through_server(url: str, served: dict[str, list[int]], args: argpars
     try:
         runs = {}
         for label, tree in trees.items():
-            runs[f"{label}-1"] = through_server(url, served[f"{label}-1"], tree, clients=1)
-            runs[f"{label}-n"] = through_server(url, served[f"{label}-n"], tree, clients=args.clients)
+            runs[f"{label}-1"], runs[f"{label}-n"] = through_server(tree, args)
         return runs
     finally:
         if baseline is not None:
@@ -175,45 +177,53 @@ def report_through_server(runs: dict[str, ServerRun], args: argparse.Namespace) 
     print("  goal: ≥ 500 placements/s (issue 12)")
 
 
-def through_server(url: str, ids: list[int], tree: Path | None, clients: int) -> ServerRun:
-    """Place ``ids`` through a server (this tree's, or ``tree``'s) one HTTP request each, from
-    ``clients`` client processes at once. The server runs in its own process, as in production:
-    a client in the same process would share its interpreter lock."""
+def through_server(tree: Path | None, args: argparse.Namespace) -> tuple[ServerRun, ServerRun]:
+    """Place through a server (this tree's, or ``tree``'s) one HTTP request per replica: its
+    deployment ``one`` from one client, then ``many`` from ``--clients`` client processes. The
+    server runs in its own process, as in production: a client in the same process would share
+    its interpreter lock."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
-    server = subprocess.Popen([sys.executable, __file__, "--serve", url, "--port", str(port)], env=env)
-    try:
-        wait_ready(port, server)
-        cpu_before = _cpu_seconds(server.pid)
-        start = time.perf_counter()
-        shares = [ids[i::clients] for i in range(clients)]
-        with ProcessPoolExecutor(clients) as pool:
-            latencies = [t for part in pool.map(_client, [port] * clients, shares) for t in part]
-        wall = time.perf_counter() - start
-        return ServerRun(latencies, wall, _cpu_seconds(server.pid) - cpu_before)
-    finally:
-        server.terminate()
-        server.wait(10)
+    with tempfile.TemporaryDirectory() as tmp:
+        server = subprocess.Popen([sys.executable, __file__, "--serve", tmp, "--port", str(port),
+                                   "--workers", str(args.workers), "--replicas", str(args.replicas)], env=env)
+        try:
+            info = wait_ready(port, server, Path(tmp) / "info.json")
+            return (run_clients(port, server.pid, info["ids"]["one"], 1, info["key"]),
+                    run_clients(port, server.pid, info["ids"]["many"], args.clients, info["key"]))
+        finally:
+            server.terminate()
+            server.wait(10)
 
 
-def wait_ready(port: int, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
+def run_clients(port: int, pid: int, ids: list[int], clients: int, key: str | None) -> ServerRun:
+    cpu_before = _cpu_seconds(pid)
+    start = time.perf_counter()
+    shares = [ids[i::clients] for i in range(clients)]
+    with ProcessPoolExecutor(clients) as pool:
+        latencies = [t for part in pool.map(_client, [port] * clients, shares, [key] * clients) for t in part]
+    return ServerRun(latencies, time.perf_counter() - start, _cpu_seconds(pid) - cpu_before)
+
+
+def wait_ready(port: int, server: subprocess.Popen, info: Path) -> dict:
+    deadline = time.monotonic() + 300  # seeding 1,000s of instances takes a while on a busy machine
     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
         while True:
             try:
                 http.get("/v1/health")
-                return
+                return json.loads(info.read_text())
             except httpx.TransportError:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("the benchmark's server did not start") from None
-                time.sleep(0.05)
+                time.sleep(0.1)
 
 
-def _client(port: int, ids: list[int]) -> list[float]:
+def _client(port: int, ids: list[int], key: str | None) -> list[float]:
     times = []
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers) as http:
         for iid in ids:
             start = time.perf_counter()
             answer = http.post(f"/v1/internal/instances/{iid}/place")
@@ -224,15 +234,32 @@ def _client(port: int, ids: list[int]) -> list[float]:
     return times
 
 
-def serve(url: str, port: int) -> None:
-    """The server process of --through-server: no flows are triggered, no controller runs.
-    Heartbeats are not sent here, so readiness must not time out during the run."""
+def serve(tmp: Path, port: int, workers: int, replicas: int) -> None:
+    """The server process of --through-server, on a database of its own that it seeds with its
+    own code; writes the instance ids (and an admin key where the tree has authentication) to
+    ``tmp/info.json`` before it serves. No flows are triggered, no controller runs, and no
+    heartbeats come, so readiness must not time out during the run."""
     import uvicorn
 
     from gpufleet.server.app import create_app
 
+    url = f"sqlite:///{tmp / 'bench.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    ids = seed(session_factory(engine), write_tiny_llama_gguf(tmp / "tiny.gguf"), workers,
+               {"one": replicas, "many": replicas})
+    engine.dispose()
     app = create_app(url, trigger=lambda op, params: "", run_controller=False)
     app.state.gpufleet.worker_timeout = TIMEOUT
+    key = None
+    try:
+        from gpufleet.store import keys
+    except ImportError:  # a baseline before authentication
+        pass
+    else:
+        with app.state.gpufleet.session() as s:
+            key = keys.create_key(s, "bench", "admin").token
+    (tmp / "info.json").write_text(json.dumps({"ids": ids, "key": key}))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
