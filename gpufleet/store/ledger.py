@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from gpufleet.core.placement import (
     ClaimSnapshot,
@@ -196,12 +197,13 @@ def place_instances(session: Session, instance_ids: list[int], timeout: timedelt
         for row in rows:
             if row.placement is not None:
                 continue  # already placed (idempotent retry)
-            key = (row.deployment_id, json.dumps(row.config, sort_keys=True))
+            config = json.dumps(row.config, sort_keys=True)
+            key = (row.deployment_id, config)
             if key not in requests:
-                requests[key] = _request(row)
+                requests[key] = _request(row, cache_key, config)
             result = live.place(requests[key], row.id)
             placed |= isinstance(result, Placement)
-            _record(row, result)
+            _record(session, row, result, alone=len(rows) == 1)
         if placed:
             token = bump_claims_version(session)
         _CACHE[cache_key] = _Cached(token, workers_version, live)
@@ -259,28 +261,56 @@ def _refresh_readiness(session: Session, live: LiveLedger, now: datetime, timeou
             live.set_ready(name, ready)
 
 
-def _request(row: InstanceRow) -> PlacementRequest:
+#: placement requests already built, by database, deployment (id and creation time: SQLite may
+#: reuse the id of a deleted row) and instance configuration. A deployment's metadata is written
+#: once, when it is created, so this never goes stale; validating the metadata and the
+#: configuration again was a tenth of a one-replica placement.
+_REQUESTS: dict[tuple[str, int, object, str], PlacementRequest] = {}
+
+
+def _request(row: InstanceRow, cache_key: str, config: str) -> PlacementRequest:
     # through the relationship, not session.get: the instance then holds the deployment, so the
     # view built from it later reads it from memory (the session only references it weakly)
     dep = row.deployment
-    metadata = ModelMetadata.model_validate(dep.model_metadata) if dep.model_metadata else None
-    return PlacementRequest.from_config(dep.name, DeploymentConfig.model_validate(row.config), metadata)
+    key = (cache_key, dep.id, dep.created_at, config)
+    request = _REQUESTS.get(key)
+    if request is None:
+        if len(_REQUESTS) >= 4096:
+            _REQUESTS.clear()
+        metadata = ModelMetadata.model_validate(dep.model_metadata) if dep.model_metadata else None
+        request = PlacementRequest.from_config(dep.name, DeploymentConfig.model_validate(row.config), metadata)
+        _REQUESTS[key] = request
+    return request
 
 
-def _record(row: InstanceRow, result: Placement | Unplaceable) -> None:
+def _record(session: Session, row: InstanceRow, result: Placement | Unplaceable, alone: bool) -> None:
+    """Record the outcome on the instance. ``alone`` (the transaction places this one instance):
+    one Core UPDATE, the row's attributes set as already stored — the ORM's unit of work costs a
+    third of a one-replica placement; for many rows it batches the UPDATEs and is the cheaper."""
+    values = _outcome(row, result)
+    if not alone:
+        for name, value in values.items():
+            setattr(row, name, value)
+        return
+    session.execute(_INSTANCES.update().where(_INSTANCES.c.id == row.id).values(**values))
+    for name, value in values.items():
+        set_committed_value(row, name, value)
+
+
+_INSTANCES = InstanceRow.__table__
+
+
+def _outcome(row: InstanceRow, result: Placement | Unplaceable) -> dict[str, object]:
     current = InstanceState(row.state)
     if isinstance(result, Unplaceable):
         if current != InstanceState.PENDING:
             check_transition(current, InstanceState.PENDING)
-        row.state = InstanceState.PENDING
-        row.state_message = UNPLACED_PREFIX + result.message()
-    else:
-        check_transition(current, InstanceState.SCHEDULED)
-        row.placement = result.model_dump(mode="json")
-        row.worker_name = result.worker
-        row.state = InstanceState.SCHEDULED
-        row.state_message = f"placed on {result.describe()}"
-    row.updated_at = utcnow()
+        return {"state": InstanceState.PENDING, "state_message": UNPLACED_PREFIX + result.message(),
+                "updated_at": utcnow()}
+    check_transition(current, InstanceState.SCHEDULED)
+    return {"placement": result.model_dump(mode="json"), "worker_name": result.worker,
+            "state": InstanceState.SCHEDULED, "state_message": f"placed on {result.describe()}",
+            "updated_at": utcnow()}
 
 
 def plan_spec(session: Session, spec: DeploymentSpec, metadata: ModelMetadata | None,
