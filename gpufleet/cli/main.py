@@ -553,6 +553,9 @@ def _register_commands() -> None:
 
     for module in (sources_cmd, estimate_cmd, plan_cmd, backends_cmd):
         module.register(app)
+    from gpufleet.cli import schedule_cmd
+
+    schedule_cmd.register(app)
 
 
 _register_commands()

@@ -47,6 +47,7 @@ from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
 from gpufleet.server.model_routes import add_model_routes
+from gpufleet.server.schedule_routes import add_schedule_routes
 from gpufleet.server.backend_routes import NodeTrigger, add_backend_routes, prefect_node_trigger
 from gpufleet.server.validation import (
     InvalidSpec,
@@ -436,6 +437,7 @@ def create_app(
     add_placement_routes(app, state)
     add_backend_routes(app, state, node_trigger)
     add_model_routes(app)
+    add_schedule_routes(app, state)
     add_api_docs(app)
     mount_web(app)  # the web page under /, after every API route
     return app
