@@ -42,6 +42,7 @@ from gpufleet.core.schemas import (
 )
 from gpufleet.core.states import InstanceState, InvalidTransition
 from gpufleet.server.controller import Controller, prefect_run_state
+from gpufleet.server.events import EventSink
 from gpufleet.settings import KEEP_PREVIOUS_LOGS
 from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
@@ -93,6 +94,11 @@ def prefect_trigger(flow_name: str, parameters: dict[str, Any]) -> str:
     return str(run.id)  # type: ignore[union-attr]
 
 
+def read_instances(state: ServerState, ids: list[int]) -> list[InstanceView]:
+    with state.session() as s:
+        return repo.list_instances(s, ids=ids)
+
+
 def create_app(
     database_url: str,
     trigger: Trigger = prefect_trigger,
@@ -102,6 +108,7 @@ def create_app(
     node_trigger: NodeTrigger = prefect_node_trigger,
 ) -> FastAPI:
     state = ServerState(database_url, trigger)
+    state.events = EventSink(lambda ids: read_instances(state, ids))  # Prefect events; off without a Prefect API
     controller = Controller(state, trigger, prefect_run_state if trigger is prefect_trigger else None)
 
     @asynccontextmanager
@@ -380,10 +387,12 @@ def create_app(
         body = body or ReconcileRequest()
         try:
             with state.placement_lock, state.session() as s:
-                return plan_apply.apply_plan(s, name, state.worker_timeout, stopped=body.stopped,
-                                             retry_unplaced=body.retry_unplaced)
+                applied = plan_apply.apply_plan(s, name, state.worker_timeout, stopped=body.stopped,
+                                                retry_unplaced=body.retry_unplaced)
         except plan_apply.UnknownDeployment as exc:
             raise repo.NotFound(str(exc)) from exc
+        state.events.placement_failed(applied.unplaced)
+        return applied
 
     @app.post("/v1/internal/deployments/{name}/deleting")
     def deployment_deleting(name: str) -> dict[str, str]:
@@ -403,6 +412,7 @@ def create_app(
         each report stands alone: one refused or missing instance does not refuse the others."""
         with state.session() as s:
             result = repo.update_instance_states(s, body.reports)
+        state.events.instances_changed(result.applied)
         if any(body.reports[i].state == InstanceState.ERROR for i in result.applied):
             controller.wake()  # a failure's first restart is due at once
         return result
@@ -411,6 +421,7 @@ def create_app(
     def report_state(instance_id: int, update: InstanceStateUpdate) -> InstanceView:
         with state.session() as s:
             view = repo.instance_view(repo.update_instance_state(s, instance_id, update))
+        state.events.instances_changed([instance_id])
         if update.state == InstanceState.ERROR:
             controller.wake()  # a failure's first restart is due at once
         return view
