@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows._artifacts import publish
 from flows._converge import ConvergeReport, converge
 from flows._names import deploy_name
 from gpufleet.core.schemas import DeploymentSpec
@@ -15,4 +16,6 @@ def deploy(spec: DeploymentSpec) -> ConvergeReport:
     """Idempotent: deploying the same spec twice changes nothing; a different spec
     under an existing name is refused (use scale / edit)."""
     register_deployment(spec)
-    return converge(spec.name)
+    report = converge(spec.name)
+    publish(spec.name, report)
+    return report

@@ -7,6 +7,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
+from flows._artifacts import publish
 from flows._converge import ConvergeReport, converge
 from flows._names import named, scale_name, unless_gone
 from tasks.server import set_replicas
@@ -17,7 +18,9 @@ def scale_to(name: str, replicas: int, issued_at: str | None = None) -> Converge
     with that message (nothing to do)."""
     def run() -> ConvergeReport:
         set_replicas(name, replicas, issued_at)
-        return converge(name)
+        report = converge(name)
+        publish(name, report)
+        return report
 
     return unless_gone(f"deployment {name}", run)
 
