@@ -10,6 +10,7 @@ from pydantic import Field
 from flows._artifacts import publish
 from flows._converge import ConvergeReport, converge
 from flows._names import named, scale_name, unless_gone
+from flows._serial import one_scale_at_a_time
 from tasks.server import set_replicas
 
 
@@ -17,8 +18,9 @@ def scale_to(name: str, replicas: int, issued_at: str | None = None) -> Converge
     """Record the count, then converge; a deployment deleted meanwhile ends the run Completed
     with that message (nothing to do)."""
     def run() -> ConvergeReport:
-        set_replicas(name, replicas, issued_at)
-        report = converge(name)
+        with one_scale_at_a_time(name):
+            set_replicas(name, replicas, issued_at)
+            report = converge(name)
         publish(name, report)
         return report
 

@@ -144,3 +144,34 @@ def test_bad_schedule_input_is_refused_and_nothing_is_written(cluster: E2ECluste
     assert len(scale_schedules(cluster)) == before
     assert cluster.cli_json("schedule", "ls", "badsched") == []
     cluster.cli("rm", "badsched")
+
+
+def test_two_scale_runs_of_one_deployment_never_interleave(cluster: E2ECluster, tiny_gguf: Path) -> None:
+    """Both runs started at once from Prefect: the second waits for the first's slot of the
+    concurrency limit gpufleet-scale-<name>; the count asked for last (by issue time) wins."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    cluster.cli("deploy", "--name", "serial", "--local-path", str(tiny_gguf), "--replicas", "1")
+    now = datetime.now(timezone.utc)
+    with temporary_settings(updates={PREFECT_API_URL: cluster.prefect_api_url}):
+        first = run_deployment("scale/gpufleet", timeout=0, parameters={
+            "name": "serial", "replicas": 3, "issued_at": now.isoformat()})
+        second = run_deployment("scale/gpufleet", timeout=0, parameters={
+            "name": "serial", "replicas": 2, "issued_at": (now + timedelta(seconds=1)).isoformat()})
+    runs = [final_run_named(cluster, "scale serial → 3"), final_run_named(cluster, "scale serial → 2")]
+    assert {r.id for r in runs} == {first.id, second.id} and all(r.state.is_completed() for r in runs)
+    with prefect_client(cluster) as c:
+        spans = []
+        for run in runs:
+            tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            steps = [t for t in tasks if t.start_time is not None]
+            spans.append((min(t.start_time for t in steps), max(t.end_time for t in steps)))
+        limit = c.read_global_concurrency_limit_by_name("gpufleet-scale-serial")
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 <= b0, f"the two scale runs' steps overlap: {spans}"
+    assert limit.limit == 1
+    assert len(running(cluster, "serial")) == 2
+    assert [d for d in cluster.cli_json("ls") if d["name"] == "serial"][0]["replicas"] == 2
+    cluster.cli("rm", "serial")
