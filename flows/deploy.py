@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._artifacts import publish
+from flows._cancel import cancellable
 from flows._converge import ConvergeReport, converge
 from flows._names import deploy_name
 from gpufleet.core.schemas import DeploymentSpec
@@ -15,7 +16,10 @@ from tasks.server import register_deployment
 def deploy(spec: DeploymentSpec) -> ConvergeReport:
     """Idempotent: deploying the same spec twice changes nothing; a different spec
     under an existing name is refused (use scale / edit)."""
-    register_deployment(spec)
-    report = converge(spec.name)
-    publish(spec.name, report)
-    return report
+    def run() -> ConvergeReport:
+        register_deployment(spec)
+        report = converge(spec.name)
+        publish(spec.name, report)
+        return report
+
+    return cancellable(run)

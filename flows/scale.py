@@ -8,6 +8,7 @@ from prefect import flow
 from pydantic import Field
 
 from flows._artifacts import publish
+from flows._cancel import cancellable
 from flows._converge import ConvergeReport, converge
 from flows._names import named, scale_name, unless_gone
 from flows._serial import one_scale_at_a_time
@@ -24,7 +25,7 @@ def scale_to(name: str, replicas: int, issued_at: str | None = None) -> Converge
         publish(name, report)
         return report
 
-    return unless_gone(f"deployment {name}", run)
+    return cancellable(lambda: unless_gone(f"deployment {name}", run))
 
 
 @flow(name="scale", flow_run_name=scale_name)

@@ -43,6 +43,7 @@ from gpufleet.core.schemas import (
 from gpufleet.core.states import InstanceState, InvalidTransition
 from gpufleet.server.controller import Controller, prefect_run_state
 from gpufleet.server.events import EventSink
+from gpufleet.server.stuck_runs import StuckRuns
 from gpufleet.settings import KEEP_PREVIOUS_LOGS
 from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
@@ -109,6 +110,7 @@ def create_app(
 ) -> FastAPI:
     state = ServerState(database_url, trigger)
     state.events = EventSink(lambda ids: read_instances(state, ids))  # Prefect events; off without a Prefect API
+    state.stuck_runs = StuckRuns(utcnow()) if state.events.enabled else None  # runs of dead processes end Crashed
     controller = Controller(state, trigger, prefect_run_state if trigger is prefect_trigger else None)
 
     @asynccontextmanager

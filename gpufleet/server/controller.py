@@ -87,6 +87,7 @@ class Controller:
         #: Prefect events (gpufleet.server.events): instances marked here, workers lost and back
         self._changed: list[int] = []
         self._ready: dict[str, bool] = {}
+        self._rounds_seen = False
 
     def start(self) -> None:
         self._thread.start()
@@ -172,11 +173,17 @@ class Controller:
     def note_workers(self, workers: list[Any]) -> None:
         """A worker lost or back since the last round: a Prefect event (not on the first round)."""
         events = getattr(self.state, "events", None)
+        stuck = getattr(self.state, "stuck_runs", None)  # gpufleet.server.stuck_runs, with a Prefect API
+        if stuck is not None and not self._rounds_seen:
+            stuck.server_started()  # the first round: runs the previous server process left Running
+        self._rounds_seen = True
         for w in workers:
             before = self._ready.get(w.name)
             self._ready[w.name] = w.ready
             if events is not None and before is not None and before != w.ready:
                 events.worker_changed(w.name, w.ready)
+            if stuck is not None and before is not False and not w.ready:
+                stuck.worker_lost(w.name)  # its node runs still Running end Crashed, now
 
     def restart(self, session: Session, plan: Plan) -> None:
         for action in plan.of(ActionKind.RESTART):
