@@ -92,6 +92,28 @@ def test_gpufleet_on_a_prefect_server_the_user_runs(user_prefect: str, tmp_path:
         fired = fire_schedules(cluster, "scale/gpufleet", {"name": "ext", "replicas": 2})
         assert fired.state.is_completed(), fired.state
         cluster.cli("schedule", "rm", current["id"])
+
+        # a control run the gpufleet server process was running when it went away ends Crashed at
+        # the next server's first controller round, not Running until Prefect's zombie detection
+        from prefect.states import Running
+
+        with prefect_client(cluster) as p:
+            dep = p.read_deployment_by_name("reconcile/gpufleet")
+            orphan = p.create_flow_run_from_deployment(dep.id, parameters={"name": "ext"})
+            p.set_flow_run_state(orphan.id, Running(), force=True)
+        [server] = [ch for ch in cluster.children if ch.name == "server"]
+        server.proc.kill()
+        server.proc.wait(30)
+        server.respawn()
+        _wait_http(f"{cluster.api_url}/v1/health", server, 120)
+
+        def ended() -> object:
+            with prefect_client(cluster) as p:
+                run = p.read_flow_run(orphan.id)
+            return run if run.state.is_final() else None
+
+        run = wait_until(ended, timeout=30, what="the orphaned control run to end")
+        assert run.state.is_crashed() and "interrupted by a gpufleet server restart" in run.state.message
         cluster.cli("rm", "ext")
     finally:
         stop_children(cluster.children)
