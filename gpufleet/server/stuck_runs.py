@@ -8,8 +8,9 @@ sooner, and says so in the run's state:
 - a node that stops heartbeating (the controller's lost worker): its runs still Pending or
   Running on ``node-<name>`` become Crashed, naming the node, so the control run waiting on
   them goes on at once (and the plan re-drives what they were doing);
-- a gpufleet server that starts: control runs left Pending or Running by the previous server
-  process become Crashed, "interrupted by a server restart" (its controller re-drives them).
+- a gpufleet server that starts: control runs left Pending or Running by a gpufleet server
+  process of this host that is gone become Crashed, "interrupted by a server restart" (its
+  controller re-drives them); runs another live server (or another host) runs are left alone.
 
 Prefect calls run on a daemon thread, never in the control loop's round.
 """
@@ -17,7 +18,10 @@ Prefect calls run on a daemon thread, never in the control loop's round.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -26,8 +30,31 @@ from gpufleet import orchestration
 log = logging.getLogger("gpufleet.stuck_runs")
 
 
-def crash_runs(queue: str, message: str, started_before: datetime | None = None) -> list[str]:
-    """Set the Pending/Running runs of ``queue`` (work pool gpufleet) to Crashed with ``message``."""
+def process_gone(infrastructure_pid: str | None) -> bool:
+    """The in-process worker that took the run (``host:pid:run``, workers/inprocess.py) is a dead
+    process of this host. A run no worker recorded is taken for orphaned; one taken on another
+    host is not (another gpufleet server may be running it)."""
+    if not infrastructure_pid:
+        return True
+    parts = infrastructure_pid.split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def crash_runs(queue: str, message: str, started_before: datetime | None = None,
+               only: Callable[[Any], bool] | None = None) -> list[str]:
+    """Set the Pending/Running runs of ``queue`` (work pool gpufleet) to Crashed with ``message``
+    (those started before ``started_before`` and for which ``only(run)`` holds, when given)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -51,6 +78,8 @@ def crash_runs(queue: str, message: str, started_before: datetime | None = None)
         )
         for run in runs:
             if started_before is not None and run.start_time is not None and run.start_time >= started_before:
+                continue
+            if only is not None and not only(run):
                 continue
             client.set_flow_run_state(run.id, Crashed(message=message), force=True)
             crashed.append(str(run.id))
@@ -81,4 +110,4 @@ class StuckRuns:
     def server_started(self) -> None:
         self._async(crash_runs, orchestration.CONTROL_QUEUE,
                     "interrupted by a gpufleet server restart; the controller re-drives what it was doing",
-                    self.started_at)
+                    self.started_at, lambda run: process_gone(run.infrastructure_pid))
