@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_client, get_run_logger
+from prefect.exceptions import Abort
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
@@ -58,7 +59,7 @@ def cancellable(step: Callable[[], Any]) -> Any:
     key = str(flow_run.id)
     try:
         return step()
-    except Exception:
+    except (Exception, Abort):  # Abort: Prefect refused a task run of this Cancelling run
         if not own_run_cancelling():
             raise
         cancelled = cancel_unstarted(STARTED.get(key, []))

@@ -33,7 +33,12 @@ def final_run_named(cluster: E2ECluster, name: str, timeout: float = 180) -> Any
     def final() -> Any:
         runs = [r for r in runs_named(cluster, name) if r.state is not None and r.state.is_final()]
         return runs[0] if runs else None
-    return wait_until(final, timeout=timeout, interval=0.5, what=f"a final flow run named {name!r}")
+    try:
+        return wait_until(final, timeout=timeout, interval=0.5, what=f"a final flow run named {name!r}")
+    except AssertionError as exc:
+        states = [(str(r.id), r.state.type.value if r.state else None, r.state.message if r.state else None)
+                  for r in runs_named(cluster, name)]
+        raise AssertionError(f"{exc}; runs named {name!r}: {states}") from None
 
 
 def fire_schedules(cluster: E2ECluster, prefect_deployment: str, parameters: dict[str, Any]) -> Any:
