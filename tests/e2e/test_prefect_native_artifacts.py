@@ -8,8 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import HUB_TOKEN, E2ECluster, wait_until
 from tests.e2e.prefect_support import final_run_named, prefect_client
+from tests.support import fake_hub
 from tests.support.fake_hub import FakeHub
 
 
@@ -49,7 +52,9 @@ def test_deploy_and_scale_publish_placement_and_estimate(cluster: E2ECluster, ti
     cluster.cli("rm", "arts")
 
 
-def test_a_hub_pull_reports_a_progress_artifact(cluster: E2ECluster, e2e_hub: FakeHub, tiny_gguf: Path) -> None:
+def test_a_hub_pull_reports_a_progress_artifact(cluster: E2ECluster, e2e_hub: FakeHub, tiny_gguf: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fake_hub, "CHUNK", 16 << 10)  # it throttles between chunks; the model is under 1 MiB
     e2e_hub.add_repo("org/slow-GGUF", {"slow-F32.gguf": tiny_gguf.read_bytes()}, token=HUB_TOKEN)
     e2e_hub.bytes_per_second = tiny_gguf.stat().st_size / 3  # about 3 s: several progress reports
     try:
