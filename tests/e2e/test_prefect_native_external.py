@@ -58,8 +58,9 @@ def test_gpufleet_on_a_prefect_server_the_user_runs(user_prefect: str, tmp_path:
         wanted = {f"{d.load_flow().name}/{d.name}" for d in declared_deployments()}
         with prefect_client(cluster) as p:
             assert p.read_work_pool("gpufleet").type == "gpufleet"
-            queues = {q.name for q in p.read_work_queues(work_pool_name="gpufleet")}
-            assert {"control", "node-node-x"} <= queues
+            # the node's worker makes its queue as it starts polling, just after it registers
+            wait_until(lambda: {"control", "node-node-x"} <= {q.name for q in p.read_work_queues(
+                work_pool_name="gpufleet")}, timeout=30, what="the control and node-node-x queues")
             deps = p.read_deployments(deployment_filter=DeploymentFilter())
             registered = {f"{p.read_flow(d.flow_id).name}/{d.name}" for d in deps}
         assert wanted <= registered
