@@ -20,18 +20,17 @@ from uuid import UUID
 from prefect import get_client, get_run_logger
 from prefect.exceptions import Abort
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled
 
 #: Node runs each control flow run started (flow run id -> ids), for cancelling them.
 STARTED: dict[str, list[UUID]] = {}
 
 
-class RunCancelled(RuntimeError):
-    """This flow run was cancelled (Cancelling in Prefect) while it waited."""
-
-
 def note_started(run_ids: list[UUID]) -> None:
-    STARTED.setdefault(str(flow_run.id), []).extend(run_ids)
+    """Only runs under :func:`cancellable` keep a list (it drops it when the run ends)."""
+    started = STARTED.get(str(flow_run.id))
+    if started is not None:
+        started.extend(run_ids)
 
 
 def own_run_cancelling() -> bool:
@@ -42,14 +41,12 @@ def own_run_cancelling() -> bool:
 
 def cancel_unstarted(run_ids: list[UUID]) -> list[str]:
     """Cancel the node runs that have not begun; returns them."""
-    from prefect.states import Cancelled as CancelledState
-
     cancelled = []
     with get_client(sync_client=True) as client:
         for run_id in run_ids:
             run = client.read_flow_run(run_id)
             if run.state is not None and (run.state.is_scheduled() or run.state.is_pending()):
-                client.set_flow_run_state(run_id, CancelledState(message="its control run was cancelled"), force=True)
+                client.set_flow_run_state(run_id, Cancelled(message="its control run was cancelled"), force=True)
                 cancelled.append(run.name or str(run_id))
     return cancelled
 
@@ -57,6 +54,7 @@ def cancel_unstarted(run_ids: list[UUID]) -> list[str]:
 def cancellable(step: Callable[[], Any]) -> Any:
     """``step()``; if it stops because this run was cancelled, the Cancelled state instead."""
     key = str(flow_run.id)
+    STARTED[key] = []
     try:
         return step()
     except (Exception, Abort):  # Abort: Prefect refused a task run of this Cancelling run
