@@ -11,8 +11,9 @@ def all_flows() -> dict[str, Any]:
     from flows.node import install_backend_flow, serve_instances, serve_rpc_servers, stop_instances
     from flows.reconcile import reconcile
     from flows.restart import restart
+    from flows.restart_deployment import restart_deployment
     from flows.scale import scale, start, stop
 
-    flows = [deploy, scale, stop, start, delete, delete_instance, restart, reconcile, serve_instances,
+    flows = [deploy, scale, stop, start, delete, delete_instance, restart, restart_deployment, reconcile, serve_instances,
              serve_rpc_servers, stop_instances, install_backend_flow]
     return {f.name: f for f in flows}

@@ -19,6 +19,7 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from flows._cancel import note_started
 from gpufleet.core.schemas import AppliedPlan, InstanceView, NodeAction
 from gpufleet.core.states import InstanceState
 from tasks.dispatch import run_on_node, wait_for_node_runs
@@ -71,7 +72,9 @@ def dispatch(kind: str, actions: list[NodeAction], instances: dict[int, Instance
                            batch_key(NODE_FLOW[kind], worker, group), addresses.get(worker))
         for worker, group in groups.items()
     ]
-    return [f.result() for f in futures]
+    started = [f.result() for f in futures]
+    note_started(started)
+    return started
 
 
 def serve(applied: AppliedPlan) -> list[UUID]:

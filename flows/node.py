@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from prefect import flow, get_run_logger
 
+from flows._names import install_name, on_node
 from gpufleet.core.schemas import DeviceKind, EngineInstall, InstanceStateUpdate, ModelMetadata
 from gpufleet.core.states import InstanceState
 from gpufleet.node import backends, engines
@@ -50,7 +51,7 @@ def report_phase(records: dict[int, BackendRecord], state: InstanceState,
                        for iid, r in records.items()})
 
 
-@flow(name="serve-instances")
+@flow(name="serve-instances", flow_run_name=on_node("serve-instances"))
 def serve_instances(instance_ids: list[int], metadata: ModelMetadata | None = None) -> list[int]:
     """pull weights → launch → health check → RUNNING, each step for all instances at once.
     A failure puts that instance in ERROR with what failed, where, and the backend's last
@@ -77,7 +78,7 @@ def serve_instances(instance_ids: list[int], metadata: ModelMetadata | None = No
     return sorted(healthy)
 
 
-@flow(name="serve-rpc-servers")
+@flow(name="serve-rpc-servers", flow_run_name=on_node("serve-rpc-servers"))
 def serve_rpc_servers(instance_ids: list[int]) -> dict[int, int]:
     """This worker's RPC parts of distributed instances: start one llama.cpp RPC server
     per GPU and report them, so the main worker's llama-server can use them. A failure
@@ -93,7 +94,7 @@ def serve_rpc_servers(instance_ids: list[int]) -> dict[int, int]:
     return started
 
 
-@flow(name="stop-instances")
+@flow(name="stop-instances", flow_run_name=on_node("stop-instances"))
 def stop_instances(instance_ids: list[int]) -> dict[int, bool]:
     """Stop these instances' backends on this node, all at once."""
     outcomes = stop_backends(instance_ids)
@@ -103,7 +104,7 @@ def stop_instances(instance_ids: list[int]) -> dict[int, bool]:
     return {iid: bool(o) for iid, o in outcomes.items()}
 
 
-@flow(name="install-backend")
+@flow(name="install-backend", flow_run_name=install_name)
 def install_backend_flow(engine: str, version: str, device: DeviceKind = "cpu") -> EngineInstall:
     """Install an engine version on this node (`gpufleet backends install`), then report
     every engine version the node can run to the server, so the new one is listed and

@@ -4,18 +4,12 @@ earlier flow run failed half-way)."""
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
 from flows._converge import ConvergeReport, converge
-from gpufleet.client import ApiError
+from flows._names import named, unless_gone
 
 
-@flow(name="reconcile")
+@flow(name="reconcile", flow_run_name=named("reconcile"))
 def reconcile(name: str) -> ConvergeReport | None:
-    try:
-        return converge(name)
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
-        get_run_logger().info("deployment %s no longer exists; nothing to reconcile", name)
-        return None
+    return unless_gone(f"deployment {name}", lambda: converge(name))

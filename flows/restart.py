@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._converge import dispatch, serve
+from flows._names import named, nothing_to_do
 from gpufleet.core.plan import PLANNED_STOP
 from gpufleet.core.schemas import AppliedPlan, NodeAction
 from gpufleet.core.states import InstanceState
@@ -12,11 +13,11 @@ from tasks.dispatch import wait_for_node_runs
 from tasks.server import read_deployment, read_instance, report_state, worker_addresses
 
 
-@flow(name="restart")
+@flow(name="restart", flow_run_name=named("restart instance", "instance_id"))
 def restart(instance_id: int) -> dict[str, str]:
     inst = read_instance(instance_id)
     if inst is None or inst.deleting:
-        return {}
+        return nothing_to_do(f"instance {instance_id} no longer exists or is being deleted; nothing to restart")
     if inst.worker is None:
         raise ValueError(f"instance {instance_id} is not placed yet; nothing to restart")
     # a backend its node stopped on purpose (`gpufleet down`) is started again without counting a restart

@@ -98,21 +98,33 @@ async def apply_deployments(client: Any) -> list[str]:
     for decl in declared_deployments():
         fl = decl.load_flow()
         await ensure_queue(client, decl.work_queue)
-        flow_id = await client.create_flow_from_name(fl.name)
-        await client.create_deployment(
-            flow_id=flow_id,
-            name=decl.name,
-            entrypoint=decl.entrypoint,
-            work_pool_name=POOL,
-            work_queue_name=decl.work_queue,
-            description=decl.description,
-            tags=decl.tags,
+        fields: dict[str, Any] = dict(
+            entrypoint=decl.entrypoint, work_pool_name=POOL, work_queue_name=decl.work_queue,
+            description=decl.description, tags=decl.tags,
             parameter_openapi_schema=fl.parameters.model_dump(mode="json"),
-            path=str(REPO_ROOT),
-            enforce_parameter_schema=True,
+            path=str(REPO_ROOT), enforce_parameter_schema=True,
         )
+        existing = await _existing_deployment_id(client, f"{fl.name}/{decl.name}")
+        if existing is not None:
+            # an update, not Prefect's create-or-replace: that would delete the deployment's
+            # schedules (gpufleet's schedule rules and any made in the Prefect UI)
+            from prefect.client.schemas.actions import DeploymentUpdate
+
+            await client.update_deployment(existing, DeploymentUpdate(**fields))
+        else:
+            flow_id = await client.create_flow_from_name(fl.name)
+            await client.create_deployment(flow_id=flow_id, name=decl.name, **fields)
         names.append(f"{fl.name}/{decl.name}")
     return names
+
+
+async def _existing_deployment_id(client: Any, name: str) -> Any:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return (await client.read_deployment_by_name(name)).id
+    except ObjectNotFound:
+        return None
 
 
 def flow_run_url(flow_run_id: str) -> str | None:

@@ -11,6 +11,7 @@ from prefect import get_client, task
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
 
 from gpufleet.orchestration import deployment_name, node_queue
 from tasks._retry import NETWORK_TASK
@@ -50,11 +51,17 @@ def wait_for_node_runs(run_ids: list[UUID], timeout: float = NODE_RUN_TIMEOUT_S)
     deadline = time.monotonic() + timeout
     pending = set(run_ids)
     final: dict[str, str] = {}
+    me = flow_run.id  # this control run: cancelled (Prefect UI) → stop waiting (flows/_cancel.py)
     with get_client(sync_client=True) as client:
         while pending and time.monotonic() < deadline:
             # one query for all runs: polling each separately loads a SQLite-backed Prefect server
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending))))
+            watched = list(pending) + ([UUID(str(me))] if me else [])
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=watched)))
             for run in runs:
+                if me and str(run.id) == str(me):
+                    if run.state is not None and (run.state.is_cancelling() or run.state.is_cancelled()):
+                        raise RuntimeError(f"flow run {me} was cancelled while waiting for node runs")
+                    continue
                 if run.state is not None and run.state.is_final():
                     final[str(run.id)] = run.state.name
                     pending.discard(run.id)

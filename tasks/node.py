@@ -20,6 +20,7 @@ from gpufleet.node.context import current_node
 from gpufleet.node.runtimes import images
 from gpufleet.node.registry import BackendRecord
 from gpufleet.node.weights import PullProgress
+from tasks._progress import PullArtifact
 from tasks.server import report_rpc_servers, report_state
 
 T = TypeVar("T")
@@ -68,10 +69,14 @@ def pull_weights(instances: list[InstanceView]) -> dict[int, Path | Failed]:
     node = current_node()
 
     def pull(instance: InstanceView) -> Path:
+        artifact = PullArtifact(instance.name, node.name)  # a Prefect progress artifact
+
         def report(p: PullProgress) -> None:
             report_state(instance.id, InstanceState.DOWNLOADING, p.describe())
+            artifact.update(p)
 
         path = backends.resolve_weights(instance, node, report)
+        artifact.finish()
         get_run_logger().info("weights for %s on %s: %s", instance.name, node.name, path)
         return path
 

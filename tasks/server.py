@@ -147,3 +147,9 @@ def report_engines(worker: str, engines: list[EngineInstall]) -> None:
     version check see an install at once, not at the node's next registration."""
     with connect() as c:
         c.report_engines(worker, engines)
+
+
+def read_deployment_instances(name: str) -> list[InstanceView]:
+    """A deployment's instances (a plain read, like read_instance)."""
+    with connect() as c:
+        return c.list_instances(deployment=name)

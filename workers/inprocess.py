@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from typing import Any
 
 import anyio
@@ -82,7 +83,9 @@ class GpufleetWorker(BaseWorker[BaseJobConfiguration, BaseVariables, GpufleetWor
     ) -> GpufleetWorkerResult:
         api_flow = await self.client.read_flow(flow_run.flow_id)
         flow = self._flows.get(api_flow.name)
-        identifier = f"{os.getpid()}:{flow_run.id}"
+        # host:pid:run: the gpufleet server tells the runs a dead process of its own host left Running
+        # (gpufleet/server/stuck_runs.py) from those another live server runs
+        identifier = f"{socket.gethostname()}:{os.getpid()}:{flow_run.id}"
         if task_status is not None:
             task_status.started(identifier)  # type: ignore[arg-type]
         if flow is None:

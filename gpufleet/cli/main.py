@@ -579,12 +579,14 @@ def remove_worker(
 
 
 def _register_commands() -> None:
-    """Commands that live in their own modules (model sources, estimation, placement)."""
-    from gpufleet.cli import backends_cmd, estimate_cmd, gateway_cmd, plan_cmd, sources_cmd
+    """Commands that live in their own modules (model sources, estimation, placement, gateway,
+    API keys, schedules)."""
+    from gpufleet.cli import (
+        backends_cmd, estimate_cmd, gateway_cmd, keys_cmd, plan_cmd, schedule_cmd, sources_cmd,
+    )
 
-    for module in (sources_cmd, estimate_cmd, plan_cmd, backends_cmd, gateway_cmd):
+    for module in (sources_cmd, estimate_cmd, plan_cmd, backends_cmd, gateway_cmd, keys_cmd, schedule_cmd):
         module.register(app)
-    from gpufleet.cli import keys_cmd; keys_cmd.register(app)  # noqa: E702 - API keys (docs/auth.md)
 
 
 _register_commands()

@@ -42,11 +42,14 @@ from gpufleet.core.schemas import (
 )
 from gpufleet.core.states import InstanceState, InvalidTransition
 from gpufleet.server.controller import Controller, prefect_run_state
+from gpufleet.server.events import EventSink
+from gpufleet.server.stuck_runs import StuckRuns
 from gpufleet.settings import KEEP_PREVIOUS_LOGS
 from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
 from gpufleet.server.model_routes import add_model_routes
+from gpufleet.server.schedule_routes import add_schedule_routes
 from gpufleet.server.backend_routes import NodeTrigger, add_backend_routes, prefect_node_trigger
 from gpufleet.server.validation import (
     InvalidSpec,
@@ -99,6 +102,11 @@ def prefect_trigger(flow_name: str, parameters: dict[str, Any]) -> str:
     return str(run.id)  # type: ignore[union-attr]
 
 
+def read_instances(state: ServerState, ids: list[int]) -> list[InstanceView]:
+    with state.session() as s:
+        return repo.list_instances(s, ids=ids)
+
+
 def create_app(
     database_url: str,
     trigger: Trigger = prefect_trigger,
@@ -111,6 +119,8 @@ def create_app(
     """``auth=False``: every request is an anonymous admin (a single-user laptop; docs/auth.md)."""
     state = ServerState(database_url, trigger)
     authenticator = Authenticator(state, enabled=auth)
+    state.events = EventSink(lambda ids: read_instances(state, ids))  # Prefect events; off without a Prefect API
+    state.stuck_runs = StuckRuns(utcnow()) if state.events.enabled else None  # runs of dead processes end Crashed
     controller = Controller(state, trigger, prefect_run_state if trigger is prefect_trigger else None)
 
     @asynccontextmanager
@@ -390,10 +400,12 @@ def create_app(
         body = body or ReconcileRequest()
         try:
             with state.placement_lock, state.session() as s:
-                return plan_apply.apply_plan(s, name, state.worker_timeout, stopped=body.stopped,
-                                             retry_unplaced=body.retry_unplaced)
+                applied = plan_apply.apply_plan(s, name, state.worker_timeout, stopped=body.stopped,
+                                                retry_unplaced=body.retry_unplaced)
         except plan_apply.UnknownDeployment as exc:
             raise repo.NotFound(str(exc)) from exc
+        state.events.placement_failed(applied.unplaced)
+        return applied
 
     @app.post("/v1/internal/deployments/{name}/deleting")
     def deployment_deleting(name: str) -> dict[str, str]:
@@ -415,6 +427,7 @@ def create_app(
         with state.session() as s:
             check_reporter(principal_of(request), list(body.reports), s)
             result = repo.update_instance_states(s, body.reports)
+        state.events.instances_changed(result.applied)
         if any(body.reports[i].state == InstanceState.ERROR for i in result.applied):
             controller.wake()  # a failure's first restart is due at once
         return result
@@ -424,6 +437,7 @@ def create_app(
         with state.session() as s:
             check_reporter(principal_of(request), [instance_id], s)
             view = repo.instance_view(repo.update_instance_state(s, instance_id, update))
+        state.events.instances_changed([instance_id])
         if update.state == InstanceState.ERROR:
             controller.wake()  # a failure's first restart is due at once
         return view
@@ -452,6 +466,7 @@ def create_app(
     add_placement_routes(app, state)
     add_backend_routes(app, state, node_trigger)
     add_model_routes(app)
+    add_schedule_routes(app, state)
     add_api_docs(app)
     add_gateway(app, state)  # the OpenAI-compatible /v1/* endpoints (gpufleet.gateway)
     mount_web(app)  # the web page under /, after every API route

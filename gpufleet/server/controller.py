@@ -84,6 +84,10 @@ class Controller:
         self._cluster_seen: tuple[object, ...] | None = None
         #: the last run started per ("deployment", name) / ("instance", id)
         self._runs: dict[tuple[str, str], str] = {}
+        #: Prefect events (gpufleet.server.events): instances marked here, workers lost and back
+        self._changed: list[int] = []
+        self._ready: dict[str, bool] = {}
+        self._rounds_seen = False
 
     def start(self) -> None:
         self._thread.start()
@@ -122,6 +126,7 @@ class Controller:
         with self.state.session() as s:
             # the workers once per round, not once per deployment; the timing likewise
             workers = observe_workers(s, datetime.now(timezone.utc), self.state.worker_timeout)
+            self.note_workers(workers)
             timing = plan_timing()
             for dep in s.scalars(select(DeploymentRow).order_by(DeploymentRow.name)).all():
                 plan = plan_for(s, dep, now, self.state.worker_timeout, options, timing, workers)
@@ -130,6 +135,9 @@ class Controller:
             s.flush()
             pending = s.scalars(select(InstanceRow.next_restart_at).where(InstanceRow.state == InstanceState.ERROR)
                                 .where(InstanceRow.next_restart_at.is_not(None))).all()
+        changed, self._changed = self._changed, []
+        if changed and getattr(self.state, "events", None) is not None:
+            self.state.events.instances_changed(changed)  # after the commit: the events read the new states
         future = [_aware(t) for t in pending if _aware(t) > now]
         self._next_due = min(future) if future else None
 
@@ -156,10 +164,26 @@ class Controller:
             match action.kind:
                 case ActionKind.MARK_UNREACHABLE:
                     mark_unreachable(row, action)
+                    self._changed.append(row.id)
                 case ActionKind.RESET_BACKOFF:
                     reset_backoff(row)
                 case ActionKind.SCHEDULE_RESTART:
                     schedule_restart(row, action)
+
+    def note_workers(self, workers: list[Any]) -> None:
+        """A worker lost or back since the last round: a Prefect event (not on the first round)."""
+        events = getattr(self.state, "events", None)
+        stuck = getattr(self.state, "stuck_runs", None)  # gpufleet.server.stuck_runs, with a Prefect API
+        if stuck is not None and not self._rounds_seen:
+            stuck.server_started()  # the first round: runs the previous server process left Running
+        self._rounds_seen = True
+        for w in workers:
+            before = self._ready.get(w.name)
+            self._ready[w.name] = w.ready
+            if events is not None and before is not None and before != w.ready:
+                events.worker_changed(w.name, w.ready)
+            if stuck is not None and before is not False and not w.ready:
+                stuck.worker_lost(w.name)  # its node runs still Running end Crashed, now
 
     def restart(self, session: Session, plan: Plan) -> None:
         for action in plan.of(ActionKind.RESTART):
