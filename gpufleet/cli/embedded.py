@@ -219,7 +219,9 @@ def _server_credentials(gpufleet_home: Path, server: Child) -> tuple[str | None,
         join = credentials.read_private_json(gpufleet_home / JOIN_FILE) or {}
     except credentials.CredentialsError as exc:
         raise StartFailed(str(exc)) from exc
-    key = os.environ.get(credentials.API_KEY_ENV) or admin.get("api_key")
+    # the key this server wrote under its home first: a GPUFLEET_API_KEY in the environment may
+    # belong to another cluster (the caller's), and would be refused here
+    key = admin.get("api_key") or os.environ.get(credentials.API_KEY_ENV)
     return key, join.get("join_token")
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from gpufleet.cli.embedded import Child, _spawn, _wait_http, start_cluster, stop_children
 from gpufleet.orchestration import REPO_ROOT, declared_deployments
-from tests.e2e.conftest import E2ECluster, free_port, stop_leftover_backends, wait_until
+from tests.e2e.conftest import E2ECluster, authenticated_env, free_port, stop_leftover_backends, wait_until
 from tests.e2e.prefect_support import fire_schedules, prefect_client
 from tests.support.postgres import temporary_postgres
 
@@ -50,7 +50,7 @@ def test_gpufleet_on_a_prefect_server_the_user_runs(user_prefect: str, tmp_path:
         os.environ.pop("PREFECT_API_URL")
         if saved is not None:
             os.environ["PREFECT_API_URL"] = saved
-    cluster = E2ECluster(c.api_url, user_prefect, home, c.env, c.children)
+    cluster = E2ECluster(c.api_url, user_prefect, home, authenticated_env(c), c.children, c.api_key, c.join_token)
     assert not any(ch.name == "prefect" for ch in c.children), "gpufleet must not start its own Prefect server"
     try:
         from prefect.client.schemas.filters import DeploymentFilter

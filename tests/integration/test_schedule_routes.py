@@ -17,7 +17,9 @@ from gpufleet.server.app import create_app
 @pytest.fixture
 def api(tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False)
+    # authentication is not the subject here (tests/integration/test_auth.py)
+    app = create_app(f"sqlite:///{tmp_path / 'db.sqlite'}", trigger=lambda op, params: "", run_controller=False,
+                     auth=False)
     with TestClient(app) as client:
         r = client.post("/v1/deployments", json={"name": "tiny", "replicas": 1, "source": {"local_path": str(tiny_gguf)}})
         assert r.status_code == 202, r.text
