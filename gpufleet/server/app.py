@@ -115,13 +115,18 @@ def create_app(
     run_controller: bool = True,
     node_trigger: NodeTrigger = prefect_node_trigger,
     auth: bool = True,
+    run_state: Callable[[str], str | None] | None = None,
 ) -> FastAPI:
     """``auth=False``: every request is an anonymous admin (a single-user laptop; docs/auth.md)."""
     state = ServerState(database_url, trigger)
     authenticator = Authenticator(state, enabled=auth)
     state.events = EventSink(lambda ids: read_instances(state, ids))  # Prefect events; off without a Prefect API
     state.stuck_runs = StuckRuns(utcnow()) if state.events.enabled else None  # runs of dead processes end Crashed
-    controller = Controller(state, trigger, prefect_run_state if trigger is prefect_trigger else None)
+    # how the controller reads the state of the runs it started (so it never starts a second run
+    # for an operation that has one pending or running): Prefect's, whenever flows are Prefect's
+    if run_state is None and trigger is prefect_trigger:
+        run_state = prefect_run_state
+    controller = Controller(state, trigger, run_state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

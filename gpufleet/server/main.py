@@ -12,6 +12,7 @@ import uvicorn
 
 from gpufleet import orchestration
 from gpufleet.server.app import create_app, prefect_trigger
+from gpufleet.server.controller import prefect_run_state
 from gpufleet.server import bootstrap
 from gpufleet.server.control_worker import ControlWorker
 from gpufleet.settings import home
@@ -44,7 +45,8 @@ def serve(host: str, port: int, database_url: str, control_worker: bool = True, 
         worker.poke()
         return run_id
 
-    app = create_app(database_url, trigger=trigger_and_poke, on_startup=startup, on_shutdown=shutdown, auth=auth)
+    app = create_app(database_url, trigger=trigger_and_poke, on_startup=startup, on_shutdown=shutdown, auth=auth,
+                     run_state=prefect_run_state)
     state = app.state.gpufleet
     if auth:
         boot = bootstrap.bootstrap(state, home(), port)
