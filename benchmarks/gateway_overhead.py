@@ -33,9 +33,10 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from tests.support.servers import free_port
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.support: the llama.cpp server and a free port
+
+from tests.support.servers import free_port  # noqa: E402
 
 STUB = r'''
 import asyncio, json, sys
@@ -48,6 +49,8 @@ TABLE = json.dumps({"deployments": [{"name": "stub", "replicas": 1, "deleting": 
                "url": f"http://127.0.0.1:{port}"}]}, {"name": "llama", "replicas": 1, "deleting": False,
     "created": 0, "ready": [{"instance": 2, "name": "llama-1", "deployment": "llama", "worker": "w",
                "url": "http://127.0.0.1:" + sys.argv[2]}]}]}).encode()
+
+WHOAMI = json.dumps({"name": "bench", "role": "admin", "models": [], "worker": None}).encode()
 
 def answer(body):
     return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
@@ -69,7 +72,12 @@ class Stub(asyncio.Protocol):
             if len(rest) < n:
                 return
             self.buf = rest[n:]
-            self.t.write(answer(TABLE if head.startswith(b"GET /v1/gateway/routes") else BODY))
+            if head.startswith(b"GET /v1/gateway/routes"):
+                self.t.write(answer(TABLE))
+            elif head.startswith(b"GET /v1/whoami"):  # the gateway checks a caller's key once per 5 s
+                self.t.write(answer(WHOAMI))
+            else:
+                self.t.write(answer(BODY))
 
 async def main():
     server = await asyncio.get_running_loop().create_server(Stub, "127.0.0.1", port, backlog=4096)
@@ -96,11 +104,17 @@ from gpufleet.demo.tiny_model import write_tiny_llama_gguf
 from tests.support.gateway import start_gateway_server
 tmp = Path(tempfile.mkdtemp())
 server = start_gateway_server(tmp, write_tiny_llama_gguf(tmp / "tiny.gguf"), port=int(sys.argv[2]))
+Path(sys.argv[3]).write_text(server.admin_key)
 [iid] = server.deploy("stub", 1)
 server.run(iid, SimpleNamespace(port=int(sys.argv[1])))
 while True:
     time.sleep(3600)
 '''
+
+
+#: every request's headers: a key (the stub's stand-in of the server accepts any; the gateway inside
+#: the server gets a real admin key, set below)
+HEADERS = {"content-type": "application/json", "authorization": "Bearer gf_bench"}
 
 
 def chat(model: str, max_tokens: int) -> bytes:
@@ -112,7 +126,7 @@ async def latencies(session: aiohttp.ClientSession, url: str, body: bytes, n: in
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+        async with session.post(url, data=body, headers=HEADERS) as r:
             await r.read()
             assert r.status == 200, (r.status, await r.text())
         out.append(time.perf_counter() - t0)
@@ -131,7 +145,7 @@ async def throughput(url: str, body: bytes, concurrency: int, total: int) -> tup
             while left > 0:
                 left -= 1
                 try:
-                    async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                    async with session.post(url, data=body, headers=HEADERS) as r:
                         await r.read()
                         failed += r.status != 200
                 except aiohttp.ClientError:
@@ -241,9 +255,14 @@ def main() -> None:
                             args.requests, args.throughput_requests))
         if args.in_server:
             srv_port = free_port()
-            srv = subprocess.Popen([sys.executable, "-c", IN_SERVER, str(stub_port), str(srv_port)], env=env)
+            key_file = tmp / "admin-key"
+            srv = subprocess.Popen([sys.executable, "-c", IN_SERVER, str(stub_port), str(srv_port), str(key_file)],
+                                   env=env)
             procs.append(srv)
-            wait_http(f"http://127.0.0.1:{srv_port}/v1/models", srv, "gpufleet server")
+            wait_http(f"http://127.0.0.1:{srv_port}/v1/health", srv, "gpufleet server")
+            while not key_file.exists() or not key_file.read_text():  # written just after it starts serving
+                time.sleep(0.05)
+            HEADERS["authorization"] = f"Bearer {key_file.read_text()}"
             asyncio.run(measure("instant stub upstream, the gateway inside the gpufleet server", direct,
                                 f"http://127.0.0.1:{srv_port}/v1/chat/completions", "stub", 4, args.requests,
                                 args.throughput_requests))
