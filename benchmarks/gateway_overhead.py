@@ -222,7 +222,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="requests at concurrency 1, each way")
     ap.add_argument("--throughput-requests", type=int, default=3000)
     ap.add_argument("--llama-requests", type=int, default=300)
-    ap.add_argument("--http", default="h11", help="uvicorn's HTTP parser for the gateway (h11, httptools)")
+    ap.add_argument("--http", default="auto", help="uvicorn's HTTP parser for the gateway (auto: httptools, a gpufleet dependency; h11)")
     ap.add_argument("--loop", default="asyncio", help="uvicorn's event loop for the gateway (asyncio, uvloop)")
     ap.add_argument("--extra-path", default="", help="prepended to the gateway's PYTHONPATH (where httptools/uvloop "
                     "are installed when the environment has neither)")
