@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -190,7 +191,7 @@ def place_instances(session: Session, instance_ids: list[int], timeout: timedelt
     with _CACHE_LOCK:
         # taken out of the cache: an exception below leaves it out (it may hold claims the
         # database will not), and a rolled-back transaction leaves a token it does not match
-        live, cache_key = _live_ledger(session, lock, timeout)
+        live, cache_key, ready_at = _live_ledger(session, lock, timeout)
         token, workers_version = lock.claims_token, lock.workers_version
         requests: dict[tuple[int, str], PlacementRequest] = {}
         placed = False
@@ -206,7 +207,7 @@ def place_instances(session: Session, instance_ids: list[int], timeout: timedelt
             _record(session, row, result, alone=len(rows) == 1)
         if placed:
             token = bump_claims_version(session)
-        _CACHE[cache_key] = _Cached(token, workers_version, live)
+        _CACHE[cache_key] = _Cached(token, workers_version, live, ready_at)
     return rows
 
 
@@ -226,26 +227,38 @@ class _Cached:
     token: str
     workers_version: int
     live: LiveLedger
+    #: time.monotonic() when readiness was last read from the heartbeats
+    ready_at: float = 0.0
+
+
+#: readiness is re-read at most this often (seconds). Heartbeats arrive every few seconds and a
+#: worker is lost only after WORKER_TIMEOUT_S (30 s), so a reading 0.25 s old changes no decision
+#: that a fresh one would not make a heartbeat later; at hundreds of placements a second it saved
+#: a query per placement (benchmarks/placement_ledger.py --through-server).
+READINESS_REFRESH_S = 0.25
 
 
 _CACHE: dict[str, _Cached] = {}  # keyed by database URL and engine
 _CACHE_LOCK = threading.Lock()
 
 
-def _live_ledger(session: Session, lock: LedgerLock, timeout: timedelta) -> tuple[LiveLedger, str]:
-    """(the ledger to place with, its cache key), current with the database as ``lock`` read it."""
+def _live_ledger(session: Session, lock: LedgerLock, timeout: timedelta) -> tuple[LiveLedger, str, float]:
+    """(the ledger to place with, its cache key, when its readiness was read), current with the
+    database as ``lock`` read it."""
     bind = session.get_bind()
     key = f"{bind.url}#{id(bind)}"  # one copy per engine: two engines act as two server processes
     cached = _CACHE.pop(key, None)
-    now = utcnow()
+    now, clock = utcnow(), time.monotonic()
     if cached is None or not lock.claims_token or cached.token != lock.claims_token:
-        return LiveLedger(cluster_snapshot(session, timeout)), key
+        return LiveLedger(cluster_snapshot(session, timeout)), key, clock
     live = cached.live
     if cached.workers_version != lock.workers_version:
         live.sync_workers(_worker_snapshots(session, now, timeout))
-    else:
+    elif clock - cached.ready_at >= READINESS_REFRESH_S:
         _refresh_readiness(session, live, now, timeout)
-    return live, key
+    else:
+        return live, key, cached.ready_at
+    return live, key, clock
 
 
 def _refresh_readiness(session: Session, live: LiveLedger, now: datetime, timeout: timedelta) -> None:
