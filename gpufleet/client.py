@@ -18,6 +18,7 @@ from gpufleet.core.schemas import (
     RpcServerInfo,
     RunProgress,
     DeploymentEdit,
+    DeploymentEdited,
     DeploymentSpec,
     DeploymentView,
     InstanceStateUpdate,
@@ -172,11 +173,12 @@ class GpufleetClient:
     def get_deployment(self, name: str) -> DeploymentView:
         return DeploymentView.model_validate(self._request("GET", f"/v1/deployments/{name}"))
 
-    def edit_deployment(self, name: str, edit: DeploymentEdit) -> DeploymentView:
+    def edit_deployment(self, name: str, edit: DeploymentEdit) -> DeploymentEdited:
+        """Records the edit and starts its `edit` flow run (with rollout: the replacement)."""
         data = self._request(
             "PATCH", f"/v1/deployments/{name}", json=edit.model_dump(mode="json", exclude_none=True)
         )
-        return DeploymentView.model_validate(data)
+        return DeploymentEdited.model_validate(data)
 
     def scale(self, name: str, replicas: int, *, trigger: bool = True,
               issued_at: datetime | None = None) -> OperationAccepted:

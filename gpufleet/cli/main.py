@@ -468,29 +468,60 @@ def edit(
     restart_on_error: Annotated[Optional[bool], typer.Option(
         "--restart-on-error/--no-restart-on-error",
         help="restart failed instances (applies to running instances too)")] = None,
+    lost_worker_grace: Annotated[Optional[float], typer.Option(
+        help="seconds before instances on a lost worker are placed elsewhere (applies at once)", min=0)] = None,
+    rollout: Annotated[bool, typer.Option(
+        help="replace running instances with ones of the new configuration, each new one RUNNING before "
+             "an old one goes")] = False,
+    max_unavailable: Annotated[int, typer.Option(help="with --rollout: instances replaced at a time", min=1)] = 1,
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 1800.0,
 ) -> None:
-    """Change a deployment. Running instances keep their configuration; new ones use this.
-    Restart on error is a policy: it applies to every instance at once."""
+    """Change a deployment. Running instances keep their configuration (new ones use this),
+    unless --rollout replaces them. Restart on error and the grace are policies: they apply to
+    every instance at once."""
     update = DeploymentEdit(
         backend_params=_params(backend_param) if backend_param is not None else None,
         env=_parse_env(env) if env is not None else None,
         backend_version=backend_version,
         restart_on_error=restart_on_error,
+        lost_worker_grace_s=lost_worker_grace,
     )
-    if not update.model_dump(exclude_none=True):
-        fail("nothing to change: give --backend-param, --env, --backend-version, --restart-on-error or --no-restart-on-error", 2)
+    changes = update.model_dump(exclude_none=True, exclude={"rollout", "max_unavailable"})
+    if not changes and not rollout:
+        fail("nothing to change: give --backend-param, --env, --backend-version, --restart-on-error or "
+             "--no-restart-on-error, --lost-worker-grace, or --rollout (replace instances of an older edit)", 2)
+    if max_unavailable != 1 and not rollout:
+        fail("--max-unavailable is for --rollout", 2)
+    update = update.model_copy(update={"rollout": rollout, "max_unavailable": max_unavailable})
     with client() as c:
         dep = c.edit_deployment(name, update)
         running = [i for i in c.list_instances(deployment=name) if not i.deleting]
     console.print(f"deployment {name} updated (generation {dep.generation}).")
+    _show_operation(dep)
     if restart_on_error is not None:
         console.print(f"restart on error: {'on' if dep.restart_on_error else 'off'} for all its instances")
-    if update.model_dump(exclude_none=True).keys() == {"restart_on_error"}:
+    if rollout:
+        if wait:
+            _wait_rollout(name, timeout)
+        return
+    if changes.keys() <= {"restart_on_error", "lost_worker_grace_s"}:
         return
     console.print(
         f"{len(running)} existing instance(s) keep running unchanged; instances created from now on "
-        "(scale up, rm-instance) use the new configuration.", highlight=False,
+        "(scale up, rm-instance) use the new configuration; --rollout replaces them.", highlight=False,
     )
+
+
+def _wait_rollout(name: str, timeout: float) -> None:
+    from gpufleet.cli.rollout_wait import RolloutFailed, wait_for_rollout
+
+    with client() as c:
+        try:
+            wait_for_rollout(c, name, timeout, say=lambda line: console.print(line, highlight=False))
+        except (RolloutFailed, TimeoutError) as exc:
+            fail(str(exc))
+    _print_instances(name)
 
 
 @app.command()

@@ -25,6 +25,7 @@ from gpufleet.core.backends.params import BackendParamError
 from gpufleet.core.schemas import (
     RpcServerInfo,
     DeploymentEdit,
+    DeploymentEdited,
     DeploymentSpec,
     DeploymentView,
     InstanceStateUpdate,
@@ -231,7 +232,7 @@ def create_app(
 
     @app.patch("/v1/deployments/{name}")
     def edit_deployment(name: str, edit: DeploymentEdit,
-                        issued_at: str | None = Header(default=None, alias=ISSUED_AT)) -> DeploymentView:
+                        issued_at: str | None = Header(default=None, alias=ISSUED_AT)) -> DeploymentEdited:
         with state.session() as s:
             current = repo.get_deployment(s, name)
         workers = known_workers()
@@ -244,7 +245,10 @@ def create_app(
         with state.session() as s:
             ordering.admit_by_name(s, name, "config", when)
             row = repo.edit_deployment(s, name, edit)
-            return repo.deployment_view(s, row)
+            view = repo.deployment_view(s, row)
+        # recorded; the `edit` flow run converges it (with --rollout: replaces instances)
+        run = start_flow("edit", {"name": name, "rollout": edit.rollout})
+        return DeploymentEdited(**view.model_dump(), flow_run_id=run.flow_run_id, flow_run_url=run.flow_run_url)
 
     @app.post("/v1/deployments/{name}/scale", status_code=202)
     def scale(name: str, body: ScaleRequest, trigger: bool = True,
