@@ -164,3 +164,87 @@ def test_prefect_restart_during_a_scale(faults_cluster: FaultCluster, tiny_gguf:
         "prefect_away_s": round(away, 2), "restart_to_3_running_s": round(t_done - t0, 2),
         "lost": "0 deployments, 0 instances, 0 log runs"}
     c.cli("rm", "pscale")
+
+
+def test_50_concurrent_scale_deploy_delete_calls(faults_cluster: FaultCluster, tiny_gguf: Path,
+                                                figures: dict[str, Any]) -> None:
+    """40 scales of one deployment (shuffled issue times), 5 deploys and 5 deletes, all at
+    once on a node with two 1 GiB virtual GPUs: the count ends at the latest-issued scale's,
+    the deploys exist, the deleted are gone, and no GPU holds more claims than it has memory."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import datetime, timedelta, timezone
+
+    from gpufleet.client import ApiError, GpufleetClient
+    from gpufleet.core.placement_spec import PlacementSpec
+    from gpufleet.core.schemas import DeploymentSpec, ModelSource
+
+    c = faults_cluster
+    node = c.start_node("fg", virtual_gpus="T4-1G:2", labels={"pool": "storm"})
+    sel = ["--worker-selector", "pool=storm"]
+    c.cli("deploy", "--name", "storm", "--local-path", str(tiny_gguf), *sel)
+    for i in range(5):
+        c.cli("deploy", "--name", f"sd-{i}", "--local-path", str(tiny_gguf), "--replicas", "0", *sel)
+    rng = random.Random(13)
+    base = datetime.now(timezone.utc)
+    scales = [(base + timedelta(milliseconds=10 * k), rng.randint(0, 6)) for k in range(40)]
+    last_count = scales[-1][1]
+    spec = lambda name: DeploymentSpec(name=name, source=ModelSource(local_path=str(tiny_gguf)),  # noqa: E731
+                                       replicas=1, placement=PlacementSpec(worker_selector=["pool=storm"]))
+    calls = ([("scale", when, n) for when, n in scales] + [("deploy", None, f"sn-{i}") for i in range(5)]
+             + [("delete", None, f"sd-{i}") for i in range(5)])
+    rng.shuffle(calls)
+
+    def call(item: tuple[str, Any, Any]) -> str:
+        op, when, arg = item
+        with GpufleetClient(c.api_url, timeout=120, retries=3) as api:
+            try:
+                if op == "scale":
+                    api.scale("storm", arg, issued_at=when)
+                elif op == "deploy":
+                    api.create_deployment(spec(arg))
+                else:
+                    api.delete_deployment(arg)
+            except ApiError as exc:
+                return f"{op} {exc.status}"
+        return f"{op} ok"
+
+    t0 = time.time()
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(call, calls))
+    t_answered = time.time()
+    assert all(a.endswith(" ok") or a == "scale 412" for a in answers), answers
+
+    def settled() -> bool:
+        names = {d["name"] for d in httpx.get(f"{c.api_url}/v1/deployments").json()}
+        if names & {f"sd-{i}" for i in range(5)} or not {f"sn-{i}" for i in range(5)} <= names:
+            return False
+        live = [i for i in c.api_instances("storm") if not i["deleting"]]
+        return len(live) == last_count and all(i["state"] in ("RUNNING", "PENDING") for i in live)
+
+    wait_until(settled, timeout=300, interval=1, what=f"storm at {last_count}, deploys and deletes applied")
+    t_settled = time.time()
+    assert httpx.get(f"{c.api_url}/v1/deployments/storm").json()["replicas"] == last_count
+    # no over-committed GPU: Σ claims per GPU of fg ≤ its memory
+    workers = {w["name"]: w for w in httpx.get(f"{c.api_url}/v1/workers").json()}
+    claims: dict[int, int] = {}
+    for inst in c.api_instances():
+        placement = inst.get("placement") or {}
+        if inst["worker"] == "fg":
+            for gpu, size in (placement.get("vram_claim") or {}).items():
+                claims[int(gpu)] = claims.get(int(gpu), 0) + size
+    for gpu in workers["fg"]["gpus"]:
+        assert claims.get(gpu["index"], 0) <= gpu["memory_total"], (gpu, claims)
+    figures["concurrent_50_calls"] = {
+        "answered_s": round(t_answered - t0, 2), "settled_s": round(t_settled - t0, 2),
+        "refused_as_late_412": sum(a == "scale 412" for a in answers), "final_replicas": last_count,
+        "fg_vram_claimed_mib": {g: round(v / 2**20) for g, v in claims.items()},
+        "lost": "0 deployments, 0 instances, 0 log runs"}
+    for name in ["storm", *(f"sn-{i}" for i in range(5))]:
+        c.cli("rm", name, "--no-wait")
+    wait_until(lambda: not [d for d in httpx.get(f"{c.api_url}/v1/deployments").json()
+                            if d["name"] == "storm" or d["name"].startswith("sn-")], timeout=120, what="cleaned up")
+    node.proc.terminate()
+    node.proc.wait(30)
+    c.children.remove(node)
+    c.cli("workers", "rm", "fg", "--force")
