@@ -248,3 +248,78 @@ def test_50_concurrent_scale_deploy_delete_calls(faults_cluster: FaultCluster, t
     node.proc.wait(30)
     c.children.remove(node)
     c.cli("workers", "rm", "fg", "--force")
+
+
+def test_disk_full_while_pulling_weights(faults_cluster: FaultCluster, faults_hub: Any, tiny_gguf: Path,
+                                         tmp_path: Path, figures: dict[str, Any]) -> None:
+    """A node whose model cache is a 256 KiB tmpfs pulls a 514 KiB model: the instance is ERROR
+    saying the cache has no room (and where), the cache holds nothing half-written."""
+    import subprocess
+
+    c = faults_cluster
+    faults_hub.add_repo("org/full-GGUF", {"full-F32.gguf": tiny_gguf.read_bytes()})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(cache)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    node = c.start_node("fd", labels={"pool": "disk"}, env={"GPUFLEET_MODEL_CACHE": str(cache)})
+    try:
+        c.cli("deploy", "--name", "full", "--hf", "org/full-GGUF", "--worker-selector", "pool=disk",
+              "--no-restart-on-error", "--no-wait")
+        t0 = time.time()
+        err = wait_until(lambda: next((i for i in c.api_instances("full") if i["state"] == "ERROR"), None),
+                         timeout=120, interval=0.1, what="ERROR for a full cache")
+        t_error = time.time()
+        assert "not enough disk space in the model cache" in err["state_message"], err["state_message"]
+        assert str(cache) in err["state_message"] and "fd" in err["state_message"]
+        assert not [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+        assert [i["id"] for i in c.api_instances("full")] == [err["id"]]  # nothing lost, nothing doubled
+        figures["disk_full_while_pulling"] = {"deploy_to_error_s": round(t_error - t0, 2),
+                                              "message": err["state_message"].splitlines()[0][:200],
+                                              "half_written_files": 0,
+                                              "lost": "0 deployments, 0 instances, 0 log runs"}
+        c.cli("rm", "full")
+    finally:
+        node.proc.terminate()
+        node.proc.wait(30)
+        c.children.remove(node)
+        c.cli("workers", "rm", "fd", "--force", check=False)
+        subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+def test_hub_drops_the_connection_mid_download(faults_cluster: FaultCluster, faults_hub: Any, tiny_gguf: Path,
+                                               figures: dict[str, Any]) -> None:
+    """Once: the download resumes from where it was cut (a Range request) and the instance runs.
+    Every time: ERROR saying the download failed and how much is kept; once the hub is back,
+    the restart resumes it and the instance runs."""
+    c = faults_cluster
+    body = tiny_gguf.read_bytes()
+    faults_hub.add_repo("org/drop-GGUF", {"drop-F32.gguf": body})
+    faults_hub.fail("drop-F32.gguf", times=1, status=0, after_bytes=200_000, whole_only=True)
+    t0 = time.time()
+    c.cli("deploy", "--name", "dropped", "--hf", "org/drop-GGUF")
+    first = running(c, "dropped")
+    t_running = time.time()
+    gets = [r for r in faults_hub.requests("GET", "drop-F32.gguf") if "/resolve/" in r.path]
+    assert any(r.range is None and r.body_bytes == 200_000 for r in gets), gets
+    assert any(r.range == "bytes=200000-" for r in gets), gets  # resumed, not started over
+    assert chat(first["port"])
+    c.cli("rm", "dropped")
+
+    faults_hub.add_repo("org/gone-GGUF", {"gone-F32.gguf": body})
+    c.cli("deploy", "--name", "gone", "--hf", "org/gone-GGUF", "--no-wait")  # the header was read: the hub is fine
+    faults_hub.fail("gone-F32.gguf", times=1000, status=0, after_bytes=0)  # now every download is cut at once
+    err = wait_until(lambda: next((i for i in c.api_instances("gone") if i["state"] == "ERROR"), None),
+                     timeout=120, interval=0.1, what="ERROR after repeated drops")
+    assert "download failed after 6 attempts" in err["state_message"], err["state_message"]
+    assert "kept for resuming" in err["state_message"]
+    faults_hub.faults.clear()
+    back = running(c, "gone", timeout=120)
+    assert back["id"] == err["id"] and chat(back["port"])
+    figures["hub_drops_connection"] = {"deploy_to_running_with_one_drop_s": round(t_running - t0, 2),
+                                       "resumed_from_byte": 200_000,
+                                       "every_download_cut": err["state_message"].splitlines()[0][:160],
+                                       "lost": "0 deployments, 0 instances, 0 log runs"}
+    c.cli("rm", "gone")
