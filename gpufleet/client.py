@@ -217,9 +217,15 @@ class GpufleetClient:
         data = self._request("POST", f"/v1/instances/{instance_id}/restart")
         return OperationAccepted.model_validate(data)
 
-    def stream_logs(self, instance_id: int, tail: int | None, follow: bool, previous: int = 0) -> Iterator[str]:
-        """``previous``: 0 the current run's log, n the n-th run before it."""
+    def stream_logs(self, instance_id: int, tail: int | None, follow: bool, previous: int = 0,
+                    part: str | None = None, gpu: int | None = None) -> Iterator[str]:
+        """``previous``: 0 the current run's log, n the n-th run before it; ``part``: a part
+        worker of a distributed instance (its rpc-server logs; ``gpu``: one of them)."""
         params: dict[str, Any] = {"follow": str(follow).lower()}
+        if part is not None:
+            params["part"] = part
+            if gpu is not None:
+                params["gpu"] = gpu
         if tail is not None:
             params["tail"] = tail
         if previous:

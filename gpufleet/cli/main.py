@@ -532,6 +532,9 @@ def logs(
     previous: Annotated[bool, typer.Option("--previous", "-p", help="the run before the current one (a crash's log)")] = False,
     run_before: Annotated[Optional[int], typer.Option(
         "--run-before", help="the N-th run before the current one (1 = --previous; 3 are kept)", min=1)] = None,
+    part: Annotated[Optional[str], typer.Option(
+        "--part", help="a part worker of a distributed instance: its llama.cpp rpc-server log(s)")] = None,
+    gpu: Annotated[Optional[int], typer.Option("--gpu", help="with --part: that GPU's rpc-server only", min=0)] = None,
 ) -> None:
     """Print an instance's backend log: the current run's, or with --previous the one before
     (each run has its own log, starting with gpufleet's lines: worker, GPUs, command)."""
@@ -541,7 +544,9 @@ def logs(
     if back and follow:
         fail("--follow follows the current run; a previous run's log is complete", 2)
     with client() as c:
-        for chunk in c.stream_logs(instance_id, tail, follow, previous=back):
+        if gpu is not None and part is None:
+            fail("--gpu picks one rpc-server of a part worker: give --part WORKER too", 2)
+        for chunk in c.stream_logs(instance_id, tail, follow, previous=back, part=part, gpu=gpu):
             sys.stdout.write(chunk)
             sys.stdout.flush()
 

@@ -48,6 +48,7 @@ from gpufleet.server.metrics import add_metrics
 from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
 from gpufleet.server.model_routes import add_model_routes
+from gpufleet.server.part_logs import part_worker
 from gpufleet.server.backend_routes import NodeTrigger, add_backend_routes, prefect_node_trigger
 from gpufleet.server.validation import (
     InvalidSpec,
@@ -298,13 +299,21 @@ def create_app(
         instance_id: int, tail: int | None = Query(default=None, ge=0), follow: bool = False,
         previous: int = Query(default=0, ge=0, le=KEEP_PREVIOUS_LOGS,
                               description="0: the current run's log; n: the n-th run before it"),
+        part: str | None = Query(default=None, description="a part worker of a distributed instance: the logs of "
+                                                           "the llama.cpp rpc-server(s) it runs for the instance"),
+        gpu: int | None = Query(default=None, ge=0, description="with part: that GPU's rpc-server only"),
     ) -> StreamingResponse:
         with state.session() as s:
             inst = repo.get_instance(s, instance_id)
             if inst.worker is None:
                 raise HTTPException(409, f"instance {instance_id} is not placed on a worker yet")
-            address = repo.get_worker(s, inst.worker).address
+            worker = part_worker(inst, part) if part is not None else inst.worker
+            address = repo.get_worker(s, worker).address
         params: dict[str, Any] = {"follow": str(follow).lower()}
+        if part is not None:
+            params["rpc"] = "true"
+            if gpu is not None:
+                params["gpu"] = gpu
         if tail is not None:
             params["tail"] = tail
         if previous:
@@ -318,13 +327,13 @@ def create_app(
         except httpx.TransportError as exc:
             await client.aclose()
             raise HTTPException(
-                502, f"worker {inst.worker} at {address} is unreachable for logs: {exc}"
+                502, f"worker {worker} at {address} is unreachable for logs: {exc}"
             ) from exc
         if upstream.status_code != 200:
             body = (await upstream.aread()).decode(errors="replace")
             await upstream.aclose()
             await client.aclose()
-            raise HTTPException(upstream.status_code, f"worker {inst.worker}: {body}")
+            raise HTTPException(upstream.status_code, f"worker {worker}: {body}")
 
         async def relay() -> AsyncIterator[bytes]:
             try:
