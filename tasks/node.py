@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from gpufleet.client import ApiError
 from gpufleet.core.schemas import EngineInstall, InstanceView, ModelMetadata, RpcServerInfo
 from gpufleet.core.states import InstanceState
-from gpufleet.node import backends, engine_install
+from gpufleet.node import backends, engine_install, run_logs
 from gpufleet.node.context import current_node
 from gpufleet.node.runtimes import images
 from gpufleet.node.registry import BackendRecord
@@ -68,10 +69,16 @@ def pull_weights(instances: list[InstanceView]) -> dict[int, Path | Failed]:
     node = current_node()
 
     def pull(instance: InstanceView) -> Path:
+        started, logged = time.monotonic(), [-10]
+
         def report(p: PullProgress) -> None:
             report_state(instance.id, InstanceState.DOWNLOADING, p.describe())
+            if p.percent >= logged[0] + 10 or p.percent == 100:  # the run log gets every 10 %
+                logged[0] = p.percent
+                run_logs.note(instance.id, p.describe())
 
         path = backends.resolve_weights(instance, node, report)
+        run_logs.note(instance.id, f"weights ready on {node.name} after {time.monotonic() - started:.1f} s: {path}")
         get_run_logger().info("weights for %s on %s: %s", instance.name, node.name, path)
         return path
 

@@ -153,7 +153,8 @@ def _spawn(instance: InstanceView, node: NodeContext, command: list[str], env: d
     gpus = [gpu_index] if gpu_index is not None else (instance.placement.gpu_indexes if instance.placement else [])
     with log.open("a") as f:
         f.write(run_logs.header(instance=instance.name, run=instance.restart_count + 1, worker=node.name,
-                                runtime=runtime_records.node_runtime(node), gpus=gpus, command=command, env=env))
+                                runtime=runtime_records.node_runtime(node), gpus=gpus, command=command, env=env,
+                                notes=run_logs.take_notes(instance.id) if role == "server" else ()))
     try:
         record = runtime_records.start_record(instance, node, command, env, port, log, role, gpu_index,
                                               desc or runtime_records.fallback_description(command, env, port))

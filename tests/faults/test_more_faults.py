@@ -306,6 +306,8 @@ def test_hub_drops_the_connection_mid_download(faults_cluster: FaultCluster, fau
     assert any(r.range is None and r.body_bytes == 200_000 for r in gets), gets
     assert any(r.range == "bytes=200000-" for r in gets), gets  # resumed, not started over
     assert chat(first["port"])
+    run_log = c.cli("logs", str(first["id"])).stdout  # the run log starts with the download's lines
+    assert "[gpufleet] DOWNLOADING 100 %" in run_log and f"[gpufleet] weights ready on {first['worker']}" in run_log
     c.cli("rm", "dropped")
 
     faults_hub.add_repo("org/gone-GGUF", {"gone-F32.gguf": body})
