@@ -295,6 +295,9 @@ def deploy(
     image: Annotated[Optional[str], typer.Option(
         help="container image to run (workers with the docker runtime); default: the engine's own")] = None,
     restart_on_error: RestartOnErrorOpt = True,
+    lost_worker_grace: Annotated[Optional[float], typer.Option(
+        help="seconds before instances on a lost worker are placed elsewhere (default: the cluster's, 300)",
+        min=0)] = None,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
 ) -> None:
@@ -314,6 +317,8 @@ def deploy(
         fields["image"] = image
     if not restart_on_error:
         fields["restart_on_error"] = False
+    if lost_worker_grace is not None:
+        fields["lost_worker_grace_s"] = lost_worker_grace
     if kv_cache_cpu_gib is not None:
         kv: dict[str, object] = {"cpu_gib": kv_cache_cpu_gib}
         if kv_cache_chunk_size is not None:

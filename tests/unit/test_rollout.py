@@ -130,3 +130,17 @@ def test_per_deployment_lost_worker_grace() -> None:
     inst = [I(1, S.UNREACHABLE, worker="a")]
     assert steps(plan(D("m", 1), inst, lost, NOW)) == []
     assert steps(plan(D("m", 1, lost_grace_s=30), inst, lost, NOW)) == [("reschedule", 1, 0)]
+
+
+def test_desired_reads_rollout_and_grace_from_the_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grace is on the lifecycle clock like the cluster's (×GPUFLEET_TIME_SCALE)."""
+    from gpufleet.store.models import DeploymentRow
+    from gpufleet.store.plan_apply import desired
+
+    monkeypatch.setenv("GPUFLEET_TIME_SCALE", "0.1")
+    row = DeploymentRow(name="m", replicas=2, deleting=False, rollout_max_unavailable=2,
+                        config={"source": {"local_path": "/m.gguf"}, "lost_worker_grace_s": 60})
+    d = desired(row)
+    assert (d.rollout, d.lost_grace_s) == (2, pytest.approx(6.0))  # 60 s × 0.1
+    row.rollout_max_unavailable, row.config = None, {"source": {"local_path": "/m.gguf"}}
+    assert (desired(row).rollout, desired(row).lost_grace_s) == (0, None)
