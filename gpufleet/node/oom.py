@@ -82,5 +82,9 @@ def verdict(seen: OomWatch | None) -> str | None:
     if now is None or now <= seen.oom_kills:
         return None
     limit = limit_bytes(seen.cgroup)
-    where = f"memory cgroup {seen.cgroup}" + (f", limit {limit / 2**20:.0f} MiB" if limit else "")
+    where = f"memory cgroup {seen.cgroup}" + (f", limit {_size(limit)}" if limit else "")
     return f"OOM: killed by the kernel for running out of memory ({where})"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
