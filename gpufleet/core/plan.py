@@ -382,7 +382,7 @@ def _rollout(deployment: DesiredDeployment, instances: Sequence[ObservedInstance
         marks = [Action(ActionKind.MARK_FOR_REMOVAL, instance=i.id, worker=i.worker, reason=why) for i in dropped]
         rest = [replace(i, deleting=True) if i in dropped else i for i in instances]
         return [Action(ActionKind.ROLLOUT_STOPPED, instance=failed.id, reason=why)], marks + _count(deployment, rest)
-    if not old:
+    if not old and not any(i.outdated for i in instances):  # done once the old ones are stopped and forgotten
         done = Action(ActionKind.ROLLOUT_DONE, reason=f"rollout done: {len(new)} instance(s) run the new configuration")
         return [done], _count(deployment, instances)
     running = [i for i in new if i.state == S.RUNNING]

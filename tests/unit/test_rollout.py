@@ -105,6 +105,9 @@ def steps(p: object) -> list[tuple[str, int | None, int]]:
         (D("m", 2, rollout=1), [I(1, S.RUNNING, worker="a", outdated=True), I(2, S.STARTING, worker="b", outdated=True),
                                 I(3, S.RUNNING, worker="c")],
          [("create", None, 1), ("mark-for-removal", 2, 0), ("stop", 2, 0)]),
+        # the last old one marked for removal but not stopped yet: not done (its backend still runs)
+        (D("m", 2, rollout=1), [I(2, S.RUNNING, worker="b", outdated=True, deleting=True), I(3, S.RUNNING, worker="c"),
+                                I(4, S.RUNNING, worker="a")], [("stop", 2, 0)]),
         # no outdated instance left: done
         (D("m", 2, rollout=1), [I(3, S.RUNNING, worker="c"), I(4, S.RUNNING, worker="a")], [("rollout-done", None, 0)]),
         # the new one failed: the rollout stops, the failed one is removed (not restarted), the old stay
