@@ -72,7 +72,7 @@ def pull_weights(instances: list[InstanceView]) -> dict[int, Path | Failed]:
         started, logged = time.monotonic(), [-10]
 
         def report(p: PullProgress) -> None:
-            report_state(instance.id, InstanceState.DOWNLOADING, p.describe())
+            _report_progress(instance.id, p.describe())
             if p.percent >= logged[0] + 10 or p.percent == 100:  # the run log gets every 10 %
                 logged[0] = p.percent
                 run_logs.note(instance.id, p.describe())
@@ -122,9 +122,13 @@ def health_check(records: list[BackendRecord]) -> dict[int, str | Failed]:
 
 
 def _report_pull(instance_id: int, percent: int) -> None:
+    _report_progress(instance_id, images.describe_progress(percent))
+
+
+def _report_progress(instance_id: int, message: str) -> None:
     """DOWNLOADING with the pull's message; an instance being restarted is STARTING,
-    which does not go back to DOWNLOADING, so it keeps STARTING with the same message."""
-    message = images.describe_progress(percent)
+    which does not go back to DOWNLOADING, so it keeps STARTING with the same message
+    (a restart whose weights were removed, or whose first download failed, pulls again)."""
     try:
         report_state(instance_id, InstanceState.DOWNLOADING, message)
     except ApiError as exc:
