@@ -21,6 +21,7 @@ from gpufleet.core.schemas import (
     RpcServerInfo,
     RunProgress,
     DeploymentEdit,
+    DeploymentEdited,
     DeploymentSpec,
     DeploymentView,
     InstanceStateUpdate,
@@ -181,11 +182,12 @@ class GpufleetClient:
     def get_deployment(self, name: str) -> DeploymentView:
         return DeploymentView.model_validate(self._request("GET", f"/v1/deployments/{name}"))
 
-    def edit_deployment(self, name: str, edit: DeploymentEdit) -> DeploymentView:
+    def edit_deployment(self, name: str, edit: DeploymentEdit) -> DeploymentEdited:
+        """Records the edit and starts its `edit` flow run (with rollout: the replacement)."""
         data = self._request(
             "PATCH", f"/v1/deployments/{name}", json=edit.model_dump(mode="json", exclude_none=True)
         )
-        return DeploymentView.model_validate(data)
+        return DeploymentEdited.model_validate(data)
 
     def scale(self, name: str, replicas: int, *, trigger: bool = True,
               issued_at: datetime | None = None) -> OperationAccepted:
@@ -224,9 +226,15 @@ class GpufleetClient:
         data = self._request("POST", f"/v1/instances/{instance_id}/restart")
         return OperationAccepted.model_validate(data)
 
-    def stream_logs(self, instance_id: int, tail: int | None, follow: bool, previous: int = 0) -> Iterator[str]:
-        """``previous``: 0 the current run's log, n the n-th run before it."""
+    def stream_logs(self, instance_id: int, tail: int | None, follow: bool, previous: int = 0,
+                    part: str | None = None, gpu: int | None = None) -> Iterator[str]:
+        """``previous``: 0 the current run's log, n the n-th run before it; ``part``: a part
+        worker of a distributed instance (its rpc-server logs; ``gpu``: one of them)."""
         params: dict[str, Any] = {"follow": str(follow).lower()}
+        if part is not None:
+            params["part"] = part
+            if gpu is not None:
+                params["gpu"] = gpu
         if tail is not None:
             params["tail"] = tail
         if previous:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from gpufleet.client import ApiError
 from gpufleet.core.schemas import EngineInstall, InstanceView, ModelMetadata, RpcServerInfo
 from gpufleet.core.states import InstanceState
-from gpufleet.node import backends, drain, engine_install
+from gpufleet.node import backends, drain, engine_install, run_logs
 from gpufleet.node.context import current_node
 from gpufleet.node.runtimes import images
 from gpufleet.node.registry import BackendRecord
@@ -70,13 +71,18 @@ def pull_weights(instances: list[InstanceView]) -> dict[int, Path | Failed]:
 
     def pull(instance: InstanceView) -> Path:
         artifact = PullArtifact(instance.name, node.name)  # a Prefect progress artifact
+        started, logged = time.monotonic(), [-10]
 
         def report(p: PullProgress) -> None:
-            report_state(instance.id, InstanceState.DOWNLOADING, p.describe())
+            _report_progress(instance.id, p.describe())
             artifact.update(p)
+            if p.percent >= logged[0] + 10 or p.percent == 100:  # the run log gets every 10 %
+                logged[0] = p.percent
+                run_logs.note(instance.id, p.describe())
 
         path = backends.resolve_weights(instance, node, report)
         artifact.finish()
+        run_logs.note(instance.id, f"weights ready on {node.name} after {time.monotonic() - started:.1f} s: {path}")
         get_run_logger().info("weights for %s on %s: %s", instance.name, node.name, path)
         return path
 
@@ -120,9 +126,13 @@ def health_check(records: list[BackendRecord]) -> dict[int, str | Failed]:
 
 
 def _report_pull(instance_id: int, percent: int) -> None:
+    _report_progress(instance_id, images.describe_progress(percent))
+
+
+def _report_progress(instance_id: int, message: str) -> None:
     """DOWNLOADING with the pull's message; an instance being restarted is STARTING,
-    which does not go back to DOWNLOADING, so it keeps STARTING with the same message."""
-    message = images.describe_progress(percent)
+    which does not go back to DOWNLOADING, so it keeps STARTING with the same message
+    (a restart whose weights were removed, or whose first download failed, pulls again)."""
     try:
         report_state(instance_id, InstanceState.DOWNLOADING, message)
     except ApiError as exc:

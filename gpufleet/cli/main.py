@@ -312,6 +312,9 @@ def deploy(
     image: Annotated[Optional[str], typer.Option(
         help="container image to run (workers with the docker runtime); default: the engine's own")] = None,
     restart_on_error: RestartOnErrorOpt = True,
+    lost_worker_grace: Annotated[Optional[float], typer.Option(
+        help="seconds before instances on a lost worker are placed elsewhere (default: the cluster's, 300)",
+        min=0)] = None,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
 ) -> None:
@@ -331,6 +334,8 @@ def deploy(
         fields["image"] = image
     if not restart_on_error:
         fields["restart_on_error"] = False
+    if lost_worker_grace is not None:
+        fields["lost_worker_grace_s"] = lost_worker_grace
     if kv_cache_cpu_gib is not None:
         kv: dict[str, object] = {"cpu_gib": kv_cache_cpu_gib}
         if kv_cache_chunk_size is not None:
@@ -492,9 +497,18 @@ def edit(
     restart_on_error: Annotated[Optional[bool], typer.Option(
         "--restart-on-error/--no-restart-on-error",
         help="restart failed instances (applies to running instances too)")] = None,
+    lost_worker_grace: Annotated[Optional[float], typer.Option(
+        help="seconds before instances on a lost worker are placed elsewhere (applies at once)", min=0)] = None,
+    rollout: Annotated[bool, typer.Option(
+        help="replace running instances with ones of the new configuration, each new one RUNNING before "
+             "an old one goes")] = False,
+    max_unavailable: Annotated[int, typer.Option(help="with --rollout: instances replaced at a time", min=1)] = 1,
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 1800.0,
 ) -> None:
-    """Change a deployment. Running instances keep their configuration; new ones use this.
-    Restart on error is a policy: it applies to every instance at once."""
+    """Change a deployment. Running instances keep their configuration (new ones use this),
+    unless --rollout replaces them. Restart on error and the grace are policies: they apply to
+    every instance at once."""
     update = DeploymentEdit(
         backend_params=_params(backend_param) if backend_param is not None else None,
         env=_parse_env(env) if env is not None else None,
@@ -503,10 +517,16 @@ def edit(
         env_replace=True if replace_env else None,
         backend_version=backend_version,
         restart_on_error=restart_on_error,
+        lost_worker_grace_s=lost_worker_grace,
     )
-    if not update.model_dump(exclude_none=True):
+    changes = update.model_dump(exclude_none=True, exclude={"rollout", "max_unavailable"})
+    if not changes and not rollout:
         fail("nothing to change: give --backend-param, --env, --secret-env, --unset-env, --backend-version, "
-             "--restart-on-error or --no-restart-on-error", 2)
+             "--restart-on-error or --no-restart-on-error, --lost-worker-grace, or --rollout (replace "
+             "instances of an older edit)", 2)
+    if max_unavailable != 1 and not rollout:
+        fail("--max-unavailable is for --rollout", 2)
+    update = update.model_copy(update={"rollout": rollout, "max_unavailable": max_unavailable})
     with client() as c:
         dep = c.edit_deployment(name, update)
         running = [i for i in c.list_instances(deployment=name) if not i.deleting]
@@ -514,14 +534,30 @@ def edit(
     if update.env is not None or update.secret_env is not None or update.unset_env or replace_env:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(dep.env.items())) or "none"
         console.print(f"environment {'replaced' if replace_env else 'merged'}; now: {shown}", highlight=False)
+    _show_operation(dep)
     if restart_on_error is not None:
         console.print(f"restart on error: {'on' if dep.restart_on_error else 'off'} for all its instances")
-    if update.model_dump(exclude_none=True).keys() == {"restart_on_error"}:
+    if rollout:
+        if wait:
+            _wait_rollout(name, timeout)
+        return
+    if changes.keys() <= {"restart_on_error", "lost_worker_grace_s"}:
         return
     console.print(
         f"{len(running)} existing instance(s) keep running unchanged; instances created from now on "
-        "(scale up, rm-instance) use the new configuration.", highlight=False,
+        "(scale up, rm-instance) use the new configuration; --rollout replaces them.", highlight=False,
     )
+
+
+def _wait_rollout(name: str, timeout: float) -> None:
+    from gpufleet.cli.rollout_wait import RolloutFailed, wait_for_rollout
+
+    with client() as c:
+        try:
+            wait_for_rollout(c, name, timeout, say=lambda line: console.print(line, highlight=False))
+        except (RolloutFailed, TimeoutError) as exc:
+            fail(str(exc))
+    _print_instances(name)
 
 
 @app.command()
@@ -532,6 +568,9 @@ def logs(
     previous: Annotated[bool, typer.Option("--previous", "-p", help="the run before the current one (a crash's log)")] = False,
     run_before: Annotated[Optional[int], typer.Option(
         "--run-before", help="the N-th run before the current one (1 = --previous; 3 are kept)", min=1)] = None,
+    part: Annotated[Optional[str], typer.Option(
+        "--part", help="a part worker of a distributed instance: its llama.cpp rpc-server log(s)")] = None,
+    gpu: Annotated[Optional[int], typer.Option("--gpu", help="with --part: that GPU's rpc-server only", min=0)] = None,
 ) -> None:
     """Print an instance's backend log: the current run's, or with --previous the one before
     (each run has its own log, starting with gpufleet's lines: worker, GPUs, command)."""
@@ -541,7 +580,9 @@ def logs(
     if back and follow:
         fail("--follow follows the current run; a previous run's log is complete", 2)
     with client() as c:
-        for chunk in c.stream_logs(instance_id, tail, follow, previous=back):
+        if gpu is not None and part is None:
+            fail("--gpu picks one rpc-server of a part worker: give --part WORKER too", 2)
+        for chunk in c.stream_logs(instance_id, tail, follow, previous=back, part=part, gpu=gpu):
             sys.stdout.write(chunk)
             sys.stdout.flush()
 

@@ -26,6 +26,9 @@ action                  applied by  when
 ``PLACE``               server      a live instance without a placement
 ``SCHEDULE_RESTART``    server      an instance in ERROR, restart on error on: the time of
                                     its next restart is stored (``at``)
+``ROLLOUT_DONE``        server      a rollout (``edit --rollout``) with no outdated instance left
+``ROLLOUT_STOPPED``     server      a rollout whose new instance failed or could not be placed:
+                                    its new instances that do not run go, the old ones stay
 ``STOP``                node        an instance marked for removal, on each of its workers
 ``SERVE_RPC``           node        RPC servers of a distributed instance, on a part worker
 ``SERVE``               node        a placed instance that was never started
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from gpufleet.core.rollout import rollout_step
 from gpufleet.core.states import REMOVAL_ORDER, InstanceState
 
 S = InstanceState
@@ -90,13 +94,15 @@ class ActionKind(StrEnum):
     SERVE_RPC = "serve-rpc"
     SERVE = "serve"
     RESTART = "restart"
+    ROLLOUT_DONE = "rollout-done"
+    ROLLOUT_STOPPED = "rollout-stopped"
 
 
 #: Actions the server applies to its database; the rest run on nodes.
 DATABASE_ACTIONS = frozenset({
     ActionKind.MARK_UNREACHABLE, ActionKind.RESET_BACKOFF, ActionKind.CREATE, ActionKind.MARK_FOR_REMOVAL,
     ActionKind.FORGET, ActionKind.FORGET_DEPLOYMENT, ActionKind.RELEASE, ActionKind.RESCHEDULE, ActionKind.PLACE,
-    ActionKind.SCHEDULE_RESTART,
+    ActionKind.SCHEDULE_RESTART, ActionKind.ROLLOUT_DONE, ActionKind.ROLLOUT_STOPPED,
 })
 
 
@@ -144,10 +150,15 @@ class Action:
 
 @dataclass(frozen=True)
 class DesiredDeployment:
+    """``rollout``: N of ``edit --rollout --max-unavailable N`` while a rollout runs, else 0;
+    ``lost_grace_s``: this deployment's lost-worker grace (None: the cluster's)."""
+
     name: str
     replicas: int
     deleting: bool = False
     restart_on_error: bool = True
+    rollout: int = 0
+    lost_grace_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,8 @@ class ObservedInstance:
     ``unplaced`` is set when placement was tried and nothing fitted (the message says why).
     ``next_restart_at``: the stored time of its next restart (ERROR only); ``running_since``:
     when it last became RUNNING; ``pinned``: its GPUs were chosen by hand (never moved);
-    ``planned_stop``: its ERROR is a backend its node stopped on purpose (not a crash).
+    ``planned_stop``: its ERROR is a backend its node stopped on purpose (not a crash);
+    ``outdated``: launched with another configuration than the deployment's (an edit since).
     """
 
     id: int
@@ -176,6 +188,7 @@ class ObservedInstance:
     running_since: datetime | None = None
     pinned: bool = False
     planned_stop: bool = False
+    outdated: bool = False
 
     @property
     def placed(self) -> bool:
@@ -241,7 +254,8 @@ def plan(
     if deployment.replicas < 0:
         raise ValueError(f"replicas must be >= 0, got {deployment.replicas}")
     by_name = {w.name: w for w in workers}
-    count = _count(deployment, instances)
+    rolling = deployment.rollout > 0 and not deployment.deleting
+    rollout, count = _rollout(deployment, instances) if rolling else ([], _count(deployment, instances))
     marked = {a.instance for a in count if a.kind == ActionKind.MARK_FOR_REMOVAL}
     # what the instances will be once the count step is applied: the marked ones are removing
     after = [replace(i, deleting=True) if i.id in marked else i for i in instances]
@@ -249,10 +263,11 @@ def plan(
     actions = [
         *_unreachable(instances, by_name),
         *_reset_backoff(instances, now, timing),
+        *rollout,
         *count,
         *_forget(deployment, after, by_name),
         *_release(after, by_name),
-        *_reschedule(instances, by_name, now, timing),
+        *_reschedule(instances, by_name, now, _grace(deployment, timing)),
         *_place(after, options),
         *schedule,
         *_stop(after, by_name),
@@ -345,6 +360,53 @@ def _count(deployment: DesiredDeployment, instances: Sequence[ObservedInstance])
     why = "the deployment is being deleted" if deployment.deleting else f"{len(live)} replicas exist, {desired} wanted"
     return [Action(ActionKind.MARK_FOR_REMOVAL, instance=i.id, reason=f"{why}; {_describe(i)}") for i in surplus]
 
+
+
+def _rollout(deployment: DesiredDeployment, instances: Sequence[ObservedInstance]) -> tuple[list[Action], list[Action]]:
+    """A rollout's round (see :mod:`gpufleet.core.rollout`): ROLLOUT_DONE or ROLLOUT_STOPPED
+    when it ends, and the count actions that replace ``_count`` meanwhile.
+
+    A new instance in ERROR (not a planned stop) or one that could not be placed stops the
+    rollout: the new instances that do not run are marked for removal — no restart of a
+    configuration that just failed — and the rest is counted as without a rollout, so the
+    old instances keep serving."""
+    live = [i for i in instances if not i.deleting]
+    old = [i for i in live if i.outdated]
+    new = [i for i in live if not i.outdated]
+    failed = next((i for i in new if (i.state == S.ERROR and not i.planned_stop) or i.unplaced), None)
+    if failed is not None:
+        how = "could not be placed" if failed.unplaced else f"failed on {failed.worker}"
+        why = (f"rollout stopped: instance {failed.id} of the new configuration {how}; "
+               f"{len(old)} instance(s) of the previous configuration keep serving")
+        dropped = [i for i in new if i.state != S.RUNNING]
+        marks = [Action(ActionKind.MARK_FOR_REMOVAL, instance=i.id, worker=i.worker, reason=why) for i in dropped]
+        rest = [replace(i, deleting=True) if i in dropped else i for i in instances]
+        return [Action(ActionKind.ROLLOUT_STOPPED, instance=failed.id, reason=why)], marks + _count(deployment, rest)
+    if not old and not any(i.outdated for i in instances):  # done once the old ones are stopped and forgotten
+        done = Action(ActionKind.ROLLOUT_DONE, reason=f"rollout done: {len(new)} instance(s) run the new configuration")
+        return [done], _count(deployment, instances)
+    running = [i for i in new if i.state == S.RUNNING]
+    step = rollout_step(deployment.replicas, deployment.rollout, len(old), len(new), len(running))
+    actions = []
+    if step.create:
+        actions.append(Action(ActionKind.CREATE, count=step.create,
+                              reason=f"rollout: {len(old)} outdated, {len(running)} of {deployment.replicas} new "
+                                     f"RUNNING; creating {step.create} (at most {deployment.rollout} at a time)"))
+    for inst in sorted(old, key=removal_key)[: step.remove_old]:
+        actions.append(Action(ActionKind.MARK_FOR_REMOVAL, instance=inst.id, worker=inst.worker,
+                              reason=f"rollout: replaced by a RUNNING instance of the new configuration; "
+                                     f"{_describe(inst)}"))
+    for inst in sorted(new, key=removal_key)[: step.remove_new]:
+        actions.append(Action(ActionKind.MARK_FOR_REMOVAL, instance=inst.id, worker=inst.worker,
+                              reason=f"{len(new)} new instances, {deployment.replicas} wanted; {_describe(inst)}"))
+    return [], actions
+
+
+def _grace(deployment: DesiredDeployment, timing: Timing) -> Timing:
+    """The deployment's own lost-worker grace, when it has one, over the cluster's."""
+    if deployment.lost_grace_s is None:
+        return timing
+    return replace(timing, lost_grace_s=deployment.lost_grace_s)
 
 
 def _describe(inst: ObservedInstance) -> str:

@@ -98,6 +98,10 @@ class DeploymentConfig(Strict):
                                                         "(nodes with the docker runtime)")
     restart_on_error: bool = Field(default=True, description="restart an instance whose backend failed, with a "
                                    "back-off (at once, then 10 s, 20 s … capped at 300 s)")
+    lost_worker_grace_s: float | None = Field(
+        default=None, ge=0, le=7 * 24 * 3600,
+        description="seconds an instance waits on a worker that stopped its heartbeats before it is placed on "
+                    "another one; default: the cluster's (GPUFLEET_LOST_WORKER_GRACE, 300 s)")
 
     @model_validator(mode="after")
     def _secrets_in_env(self) -> DeploymentConfig:
@@ -163,6 +167,11 @@ class DeploymentEdit(Strict):
     unset_env: list[str] | None = None
     env_replace: bool | None = None
     restart_on_error: bool | None = Field(default=None, description="applies to running instances too")
+    lost_worker_grace_s: float | None = Field(default=None, ge=0, le=7 * 24 * 3600,
+                                              description="applies to running instances too")
+    rollout: bool = Field(default=False, description="replace running instances with ones of the new configuration, "
+                          "each new one RUNNING before an old one goes; without it they keep theirs")
+    max_unavailable: int = Field(default=1, ge=1, le=1000, description="with rollout: instances replaced at a time")
 
 
 class ScaleRequest(Strict):
@@ -313,6 +322,8 @@ class DeploymentView(DeploymentSpec):
     ready_replicas: int
     state: DeploymentState
     generation: int
+    rolling_out: bool = Field(default=False, description="an `edit --rollout` is replacing instances")
+    rollout_status: str = Field(default="", description="how the last rollout goes or went, in words")
     metadata: ModelMetadata | None = None
     estimate: ResourceEstimate | None = None
     created_at: datetime
@@ -393,6 +404,13 @@ class OperationAccepted(BaseModel):
     flow_run_id: str | None = None
     flow_run_url: str | None = None
     detail: str = ""
+
+
+class DeploymentEdited(DeploymentView):
+    """Answer to an edit: the deployment as recorded, and the `edit` flow run it started."""
+
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
 
 
 __all__ = [name for name in dir() if not name.startswith("_")]  # re-exports: ModelMetadata, Placement, ResourceEstimate, ...

@@ -22,7 +22,7 @@ from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable
 from gpufleet.core.plan import PLANNED_STOP
 from gpufleet.core.schemas import RPC_CAPABILITY, GpuInfo, InstanceStateUpdate, InstanceView, WorkerRegistration
 from gpufleet.core.states import ACTIVE_ON_NODE, InstanceState
-from gpufleet.node import backends, engines, node_auth, probes, processes, runtimes
+from gpufleet.node import backends, disk_bounds, engines, node_auth, probes, processes, runtimes
 from gpufleet.node.context import NodeContext
 from gpufleet.node import inventory
 from gpufleet.node.inventory import total_memory
@@ -279,6 +279,16 @@ class NodeAgent:
                 log.warning("supervision report failed: %s", exc)
             await self._sleep(SUPERVISE_INTERVAL_S)
 
+    async def cleanup_loop(self) -> None:
+        """The RPC tensor cache and the logs stay within their bounds (gpufleet.node.disk_bounds)."""
+        while not self._stop.is_set():
+            try:
+                running = [r.instance_id for r in self.registry.all()]
+                await asyncio.to_thread(disk_bounds.cleanup, self.node.rpc_cache_dir, self.node.logs_dir, running)
+            except (OSError, ValueError) as exc:
+                log.warning("disk clean-up failed: %s", exc)
+            await self._sleep(disk_bounds.CLEANUP_INTERVAL_S)
+
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
@@ -315,6 +325,7 @@ class NodeAgent:
         return server
 
     async def run(self) -> None:
+        disk_bounds.limits()  # a bad GPUFLEET_*_MAX_GIB stops the node at once, naming it
         self.node.export()
         node_auth.use_in_process(self.credentials)
         loop = asyncio.get_running_loop()
@@ -327,6 +338,7 @@ class NodeAgent:
             asyncio.create_task(self.heartbeat_loop()),
             asyncio.create_task(self.supervise_loop()),
             asyncio.create_task(self.probe_loop()),
+            asyncio.create_task(self.cleanup_loop()),
             asyncio.create_task(self.worker_loop()),
         ]
         log.info("node %s ready: queue %s, api %s", self.config.name,

@@ -154,7 +154,8 @@ def _spawn(instance: InstanceView, node: NodeContext, command: list[str], env: d
     with log.open("a") as f:
         f.write(run_logs.header(instance=instance.name, run=instance.restart_count + 1, worker=node.name,
                                 runtime=runtime_records.node_runtime(node), gpus=gpus, command=command,
-                                env={k: (run_logs.MASK if k in instance.config.secret_keys else v) for k, v in env.items()}))
+                                env={k: (run_logs.MASK if k in instance.config.secret_keys else v) for k, v in env.items()},
+                                notes=run_logs.take_notes(instance.id) if role == "server" else ()))
     try:
         record = runtime_records.start_record(instance, node, command, env, port, log, role, gpu_index,
                                               desc or runtime_records.fallback_description(command, env, port))

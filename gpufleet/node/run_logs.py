@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,29 @@ MASK = "****"
 #: Flags whose value is a secret, and environment variable names that hold one.
 _SECRET_FLAGS = ("--api-key", "--hf-token", "--token", "--password", "--secret", "--ssl-keyfile-password")
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+
+
+#: Lines noted for an instance's next run log before its backend starts (its weights: where they
+#: came from, download progress), written under the header by the launch; bounded per instance.
+MAX_NOTES = 40
+_notes: dict[int, list[str]] = {}
+_notes_lock = threading.Lock()
+
+
+def note(instance_id: int, line: str) -> None:
+    """Remember a line for the instance's next run log (the pull runs before the log exists:
+    the launch rotates the previous run's log, then writes these under its header)."""
+    with _notes_lock:
+        lines = _notes.setdefault(instance_id, [])
+        if len(lines) < MAX_NOTES:
+            lines.append(line)
+        else:
+            lines[-1] = line  # keep the last word (the download's end) over the middle
+
+
+def take_notes(instance_id: int) -> list[str]:
+    with _notes_lock:
+        return _notes.pop(instance_id, [])
 
 
 def previous_path(current: Path, n: int) -> Path:
@@ -90,7 +114,7 @@ def mask_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def header(*, instance: str, run: int, worker: str, runtime: str, gpus: Sequence[int], command: Sequence[str],
-           env: dict[str, str]) -> str:
+           env: dict[str, str], notes: Sequence[str] = ()) -> str:
     """gpufleet's lines at the start of a run's log (each prefixed ``[gpufleet]``)."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     shown_env = " ".join(f"{k}={v}" for k, v in sorted(mask_env(env).items()))
@@ -100,4 +124,5 @@ def header(*, instance: str, run: int, worker: str, runtime: str, gpus: Sequence
     ]
     if shown_env:
         lines.append(f"environment: {shown_env}")
+    lines += notes
     return "".join(f"[gpufleet] {line}\n" for line in lines)

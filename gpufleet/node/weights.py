@@ -13,9 +13,11 @@ Progress (bytes, %, rate) is reported through a callback, throttled.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +35,26 @@ from gpufleet.sources.resolve import FileChoice, choose_files, hub_for
 from gpufleet.sources.stores import HubStore
 
 DOWNLOAD_ATTEMPTS = 6  # each attempt resumes where the last one stopped
+
+
+class CacheFull(ModelSourceError):
+    """The node's model cache has no room for a file: said before a byte is written when
+    the free space is known to be short, else when a write fails (ENOSPC/EDQUOT), and then
+    the partial file is removed, so the cache holds nothing half-written."""
+
+
+def _check_room(dest: Path, name: str, needed: int) -> None:
+    free = shutil.disk_usage(_existing(dest)).free
+    if needed > free:
+        raise CacheFull(f"not enough disk space in the model cache {dest} for {name}: it needs "
+                        f"{_human(needed)} more, {_human(free)} free; free space or move the cache "
+                        f"(GPUFLEET_MODEL_CACHE)")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 BACKOFF_S = 0.5
 REPORT_EVERY_S = 1.0
 WAIT_POLL_S = 0.5
@@ -150,18 +172,30 @@ def download(request: Callable[[], FileRequest], dest: Path, f: RepoFile, report
         req = request()
         sidecar = Path(f"{final}.part.json")
         _drop_stale_part(part, sidecar, req)
-        sidecar.write_text(json.dumps({"etag": req.etag, "size": req.size}))
+        _check_room(final.parent, f.path, req.size - (part.stat().st_size if part.exists() else 0))
         last_error = ""
-        for attempt in range(DOWNLOAD_ATTEMPTS):
-            try:
-                _fetch_into(req, part, f.path, report)
-                break
-            except HubUnavailable as exc:
-                last_error = str(exc)
-                time.sleep(BACKOFF_S * 2**attempt)
-        else:
-            raise HubUnavailable(f"{f.path}: download failed after {DOWNLOAD_ATTEMPTS} attempts ({last_error}); "
-                                 f"{part.stat().st_size if part.exists() else 0} of {req.size} bytes kept for resuming")
+        try:
+            sidecar.write_text(json.dumps({"etag": req.etag, "size": req.size}))
+            for attempt in range(DOWNLOAD_ATTEMPTS):
+                try:
+                    _fetch_into(req, part, f.path, report)
+                    break
+                except HubUnavailable as exc:
+                    last_error = str(exc)
+                    time.sleep(BACKOFF_S * 2**attempt)
+            else:
+                raise HubUnavailable(f"{f.path}: download failed after {DOWNLOAD_ATTEMPTS} attempts ({last_error}); "
+                                     f"{part.stat().st_size if part.exists() else 0} of {req.size} bytes kept for "
+                                     "resuming")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            kept = part.stat().st_size if part.exists() else 0
+            part.unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+            raise CacheFull(f"the model cache {final.parent} ran out of disk space writing {f.path} "
+                            f"({_human(kept)} of {_human(req.size)} written, removed): {exc.strerror}; free "
+                            f"space or move the cache (GPUFLEET_MODEL_CACHE)") from exc
         if part.stat().st_size != req.size:
             raise ModelSourceError(f"{f.path}: downloaded {part.stat().st_size} bytes, expected {req.size}")
         os.replace(part, final)

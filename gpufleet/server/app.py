@@ -25,6 +25,7 @@ from gpufleet.core.backends.params import BackendParamError
 from gpufleet.core.schemas import (
     RpcServerInfo,
     DeploymentEdit,
+    DeploymentEdited,
     DeploymentSpec,
     DeploymentView,
     InstanceStateUpdate,
@@ -50,6 +51,7 @@ from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
 from gpufleet.server.model_routes import add_model_routes
 from gpufleet.server.schedule_routes import add_schedule_routes
+from gpufleet.server.part_logs import part_worker
 from gpufleet.server.backend_routes import NodeTrigger, add_backend_routes, prefect_node_trigger
 from gpufleet.server.validation import (
     InvalidSpec,
@@ -250,7 +252,7 @@ def create_app(
 
     @app.patch("/v1/deployments/{name}")
     def edit_deployment(name: str, edit: DeploymentEdit, request: Request,
-                        issued_at: str | None = Header(default=None, alias=ISSUED_AT)) -> DeploymentView:
+                        issued_at: str | None = Header(default=None, alias=ISSUED_AT)) -> DeploymentEdited:
         check_env(principal_of(request), name, {**(edit.env or {}), **(edit.secret_env or {})}, list(edit.secret_env or ()))
         with state.session() as s:
             current = repo.get_deployment(s, name)
@@ -264,7 +266,10 @@ def create_app(
         with state.session() as s:
             ordering.admit_by_name(s, name, "config", when)
             row = repo.edit_deployment(s, name, edit)
-            return repo.deployment_view(s, row)
+            view = repo.deployment_view(s, row)
+        # recorded; the `edit` flow run converges it (with --rollout: replaces instances)
+        run = start_flow("edit", {"name": name, "rollout": edit.rollout})
+        return DeploymentEdited(**view.model_dump(), flow_run_id=run.flow_run_id, flow_run_url=run.flow_run_url)
 
     @app.post("/v1/deployments/{name}/scale", status_code=202)
     def scale(name: str, body: ScaleRequest, trigger: bool = True,
@@ -317,14 +322,22 @@ def create_app(
         instance_id: int, request: Request, tail: int | None = Query(default=None, ge=0), follow: bool = False,
         previous: int = Query(default=0, ge=0, le=KEEP_PREVIOUS_LOGS,
                               description="0: the current run's log; n: the n-th run before it"),
+        part: str | None = Query(default=None, description="a part worker of a distributed instance: the logs of "
+                                                           "the llama.cpp rpc-server(s) it runs for the instance"),
+        gpu: int | None = Query(default=None, ge=0, description="with part: that GPU's rpc-server only"),
     ) -> StreamingResponse:
         with state.session() as s:
             inst = check_instance(principal_of(request), repo.get_instance(s, instance_id), s, operate=True)
             if inst.worker is None:
                 raise HTTPException(409, f"instance {instance_id} is not placed on a worker yet")
-            address = repo.get_worker(s, inst.worker).address
-            peer = key_store.peer_token(s, inst.worker)  # the node asks the server for it (docs/auth.md)
+            worker = part_worker(inst, part) if part is not None else inst.worker
+            address = repo.get_worker(s, worker).address
+            peer = key_store.peer_token(s, worker)  # the node asks the server for it (docs/auth.md)
         params: dict[str, Any] = {"follow": str(follow).lower()}
+        if part is not None:
+            params["rpc"] = "true"
+            if gpu is not None:
+                params["gpu"] = gpu
         if tail is not None:
             params["tail"] = tail
         if previous:
@@ -339,13 +352,13 @@ def create_app(
         except httpx.TransportError as exc:
             await client.aclose()
             raise HTTPException(
-                502, f"worker {inst.worker} at {address} is unreachable for logs: {exc}"
+                502, f"worker {worker} at {address} is unreachable for logs: {exc}"
             ) from exc
         if upstream.status_code != 200:
             body = (await upstream.aread()).decode(errors="replace")
             await upstream.aclose()
             await client.aclose()
-            raise HTTPException(upstream.status_code, f"worker {inst.worker}: {body}")
+            raise HTTPException(upstream.status_code, f"worker {worker}: {body}")
 
         async def relay() -> AsyncIterator[bytes]:
             try:

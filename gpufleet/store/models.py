@@ -59,6 +59,10 @@ class DeploymentRow(Base):
     #: when the requests that last set `replicas` / `config` were issued (migration 0007)
     replicas_issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     config_issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: N of `edit --rollout --max-unavailable N` while a rollout runs, else NULL (migration 0010)
+    rollout_max_unavailable: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: how the last rollout went, in words ("" when there was none)
+    rollout_status: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     instances: Mapped[list[InstanceRow]] = relationship(back_populates="deployment")
 

@@ -29,12 +29,13 @@ from gpufleet.core.plan import (
     Timing,
     plan,
 )
+from gpufleet.core.rollout import outdated
 from gpufleet.core.schemas import AppliedPlan, DeploymentConfig, ModelMetadata, NodeAction
 from gpufleet.core.states import InstanceState, check_transition
 from gpufleet.store import ledger
 from gpufleet.store.models import DeploymentRow, InstanceRow, WorkerRow, utcnow
 from gpufleet.store.repository import instance_view, track_lifecycle
-from gpufleet.settings import plan_timing
+from gpufleet.settings import plan_timing, time_scale
 from gpufleet.store.workers import fresh
 
 #: A plan applied on its own result converges in two rounds (count → place → serve), three
@@ -68,6 +69,7 @@ def observe_instance(row: InstanceRow) -> ObservedInstance:
         running_since=_aware(row.running_since) if row.running_since else None,
         pinned=bool((row.config or {}).get("placement", {}).get("gpu_selector")),
         planned_stop=row.state == InstanceState.ERROR and row.state_message.startswith(PLANNED_STOP),
+        outdated=outdated(row.config or {}, row.deployment.config or {}),
     )
 
 
@@ -77,10 +79,13 @@ def observe_workers(session: Session, now: datetime, timeout: timedelta) -> list
 
 
 def desired(row: DeploymentRow) -> DesiredDeployment:
-    """Restart on error is read from the deployment, not the instance's copy of the config:
-    it is a policy, so an edit applies to running instances too."""
-    restart_on_error = DeploymentConfig.model_validate(row.config).restart_on_error
-    return DesiredDeployment(row.name, row.replicas, row.deleting, restart_on_error)
+    """Restart on error and the lost-worker grace are read from the deployment, not the
+    instance's copy of the config: they are policies, so an edit applies to running instances
+    too. The grace is on the lifecycle clock (× GPUFLEET_TIME_SCALE) like the cluster's."""
+    config = DeploymentConfig.model_validate(row.config)
+    grace = config.lost_worker_grace_s * time_scale() if config.lost_worker_grace_s is not None else None
+    return DesiredDeployment(row.name, row.replicas, row.deleting, config.restart_on_error,
+                             rollout=row.rollout_max_unavailable or 0, lost_grace_s=grace)
 
 
 def instance_rows(session: Session, dep: DeploymentRow) -> list[InstanceRow]:
@@ -127,6 +132,7 @@ def apply_plan(session: Session, name: str, timeout: timedelta, *, stopped: Sequ
         options = PlanOptions(retry_unplaced=False, fresh=frozenset(placed) | options.fresh)
     else:
         current = plan_for(session, dep, now, timeout, options)  # the node actions of the last round's result
+    rollout_progress(session, dep)
     return _with_node_actions(session, dep, current, result)
 
 
@@ -189,6 +195,8 @@ def _apply(session: Session, dep: DeploymentRow, actions: Sequence[Action], time
             case ActionKind.PLACE:
                 assert action.instance is not None
                 to_place.append(action.instance)
+            case ActionKind.ROLLOUT_DONE | ActionKind.ROLLOUT_STOPPED:
+                end_rollout(dep, action, row)
     if released:
         ledger.bump_claims_version(session)
     session.flush()
@@ -206,6 +214,25 @@ def _apply(session: Session, dep: DeploymentRow, actions: Sequence[Action], time
         else:
             result.unplaced[row.id] = row.state_message
     return placed
+
+
+def end_rollout(dep: DeploymentRow, action: Action, failed: InstanceRow | None) -> None:
+    """The rollout is over; its status says how, and for a stop, what the failed instance said."""
+    status = action.reason
+    if action.kind == ActionKind.ROLLOUT_STOPPED and failed is not None and failed.state_message:
+        status += f". Instance {failed.id} said: {failed.state_message.strip()}"
+    dep.rollout_max_unavailable, dep.rollout_status, dep.updated_at = None, status, utcnow()
+
+
+def rollout_progress(session: Session, dep: DeploymentRow) -> None:
+    """While a rollout runs, its status counts what is left (for `gpufleet edit` waiting)."""
+    if dep.rollout_max_unavailable is None:
+        return
+    live = [r for r in instance_rows(session, dep) if not r.deleting]
+    left = sum(outdated(r.config or {}, dep.config or {}) for r in live)
+    running = sum(r.state == InstanceState.RUNNING and not outdated(r.config or {}, dep.config or {}) for r in live)
+    dep.rollout_status = (f"rolling out generation {dep.generation} ({dep.rollout_max_unavailable} at a time): "
+                          f"{left} outdated instance(s) left, {running} of {dep.replicas} new RUNNING")
 
 
 def release(row: InstanceRow, action: Action) -> None:

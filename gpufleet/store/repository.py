@@ -32,6 +32,7 @@ from gpufleet.core.schemas import (
 from gpufleet.core.states import InstanceState, InvalidTransition, check_transition, summarize
 from gpufleet.core import secrets
 from gpufleet.core.plan import crash_looping
+from gpufleet.core.rollout import outdated
 from gpufleet.settings import plan_timing
 from gpufleet.store import ledger
 from gpufleet.store.models import DeploymentRow, InstanceRow, WorkerRow, utcnow
@@ -93,6 +94,8 @@ def deployment_view(session: Session, row: DeploymentRow) -> DeploymentView:
         ready_replicas=sum(1 for s in states if s == InstanceState.RUNNING),
         state=summarize(row.replicas, [InstanceState(i.state) for i in instances]),
         generation=row.generation,
+        rolling_out=row.rollout_max_unavailable is not None,
+        rollout_status=row.rollout_status or "",
         metadata=ModelMetadata.model_validate(row.model_metadata) if row.model_metadata else None,
         estimate=ResourceEstimate.model_validate(row.estimate) if row.estimate else None,
         created_at=row.created_at,
@@ -138,8 +141,16 @@ def edit_deployment(session: Session, name: str, edit: DeploymentEdit) -> Deploy
     changes = edit.model_dump(exclude_none=True, exclude={"env", "secret_env", "unset_env", "env_replace"})
     if edit.env is not None or edit.secret_env is not None or edit.unset_env or edit.env_replace:
         changes["env"], changes["secret_keys"] = edited_env(config, edit)
-    row.config = DeploymentConfig.model_validate({**config.model_dump(mode="json"), **changes}).model_dump(mode="json")
-    row.generation += 1
+    changes = {k: v for k, v in changes.items() if k in DeploymentConfig.model_fields}
+    new_config = DeploymentConfig.model_validate({**config.model_dump(mode="json"), **changes}).model_dump(mode="json")
+    if outdated(row.config, new_config):  # a policy (restart on error, grace) outdates no instance
+        row.generation += 1
+    row.config = new_config
+    if edit.rollout:
+        if row.deleting:
+            raise Conflict(f"deployment {name!r} is being deleted")
+        row.rollout_max_unavailable = edit.max_unavailable
+        row.rollout_status = f"rollout of generation {row.generation} asked for ({edit.max_unavailable} at a time)"
     row.updated_at = utcnow()
     return row
 

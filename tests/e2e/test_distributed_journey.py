@@ -3,7 +3,9 @@ each, that run llama.cpp's real rpc-server and an RPC-enabled llama-server. One
 instance spans both: the part worker serves its GPU through an RPC server, the main
 worker serves its own (virtual) GPU through a loopback RPC server, and its llama-server
 splits the layers over the two. It answers chat; a killed RPC server puts it in ERROR
-and the controller restarts the whole instance; deleting it stops every process on
+and the controller restarts the whole instance (llama.cpp's RPC client aborts when a server
+it drives is gone, so the main server cannot outlive a part); `logs --part` reads the part
+worker's rpc-server logs; deleting it stops every process on
 both workers."""
 
 from __future__ import annotations
@@ -95,6 +97,15 @@ def test_distributed_instance_runs_across_two_workers(cluster: E2ECluster, rpc_p
     assert remote2.pid != remote.pid and pid_alive(remote2.pid)
     assert again["rpc_servers"][0]["port"] == remote2.port
     assert chat(again["port"])
+
+    # the part worker's rpc-server logs, this run's and the killed run's (`logs --part`)
+    part_log = cluster.cli("logs", str(again["id"]), "--part", part["worker"]).stdout
+    assert part_log.startswith(f"[gpufleet] starting on {part['worker']}") and "rpc-server" in part_log.splitlines()[0]
+    assert "run 2 of" in part_log
+    assert "run 1 of" in cluster.cli("logs", str(again["id"]), "--part", part["worker"], "--previous").stdout
+    assert "run 2 of" in cluster.cli("logs", str(again["id"]), "--part", part["worker"], "--gpu", "0").stdout
+    wrong = cluster.cli("logs", str(again["id"]), "--part", "nowhere", check=False)
+    assert wrong.returncode != 0 and f"its part workers: {part['worker']}" in wrong.stdout + wrong.stderr
 
     # delete: every process on both workers stops, and the registries are empty
     pids = [r.pid for node in ("ra", "rb") for r in records(cluster, node)]

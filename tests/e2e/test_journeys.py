@@ -148,7 +148,7 @@ def test_prefect_deployments_runs_and_typed_parameters(cluster: E2ECluster, tiny
         names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
         assert {"deploy/gpufleet", "scale/gpufleet", "stop/gpufleet", "start/gpufleet", "restart/gpufleet",
                 "delete/gpufleet", "delete-instance/gpufleet", "serve-instances/gpufleet", "reconcile/gpufleet",
-                "stop-instances/gpufleet"} <= names
+                "stop-instances/gpufleet", "edit/gpufleet"} <= names
         scale_dep = client.read_deployment_by_name("scale/gpufleet")
         props = scale_dep.parameter_openapi_schema["properties"]
         assert props["replicas"]["type"] == "integer" and props["replicas"]["minimum"] == 0

@@ -23,6 +23,7 @@ import pytest
 from gpufleet.cli import prefect_postgres
 from gpufleet.cli.embedded import start_cluster, stop_children
 from tests.e2e.conftest import E2ECluster, authenticated_env, free_port, stop_leftover_backends, use_key
+from tests.support.fake_hub import FakeHub
 
 TIME_SCALE = 0.1
 #: seconds on the real clock, before the scale (the default: 300 s)
@@ -68,6 +69,24 @@ def faults_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCl
         stop_children(cluster.children)
         stop_leftover_backends(home)
         prefect_postgres.discard(home)
+
+
+@pytest.fixture(scope="session")
+def faults_hub(faults_cluster: FaultCluster) -> Iterator[FakeHub]:
+    """The hub stand-in, its endpoint saved in the Prefect block `hub-credentials` of the fault
+    cluster (the server and the nodes read it), for the download faults."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blocks.hub_credentials import HubCredentials
+
+    hub = FakeHub().start()
+    with temporary_settings(updates={PREFECT_API_URL: faults_cluster.prefect_api_url}):
+        HubCredentials(huggingface_endpoint=hub.url).save("default", overwrite=True)
+        try:
+            yield hub
+        finally:
+            HubCredentials.delete("default")
+            hub.stop()
 
 
 @pytest.fixture(scope="session")

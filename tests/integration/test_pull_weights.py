@@ -154,3 +154,42 @@ def test_hub_pull_through_resolve_weights(fake_hub: FakeHub, gguf_repo: bytes, t
     assert path.name == "p-Q8_0.gguf" and path.stat().st_size == 104
     with pytest.raises(backends.BackendFailed, match=r"hf:org/pull-GGUF.*'\*Q2\*'.* on worker gpu-01"):
         backends.resolve_weights(_instance(hf("*Q2*")), node)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # noqa: ANN201
+    """A 1 MiB tmpfs as the node's model cache (we are root); skipped where mount is refused."""
+    import subprocess
+
+    mnt = tmp_path / "cache"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def test_disk_full_is_said_before_a_byte_is_written(fake_hub: FakeHub, gguf_repo: bytes, small_tmpfs: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GPUFLEET_MODEL_CACHE", str(small_tmpfs))
+    with pytest.raises(weights.CacheFull, match=r"not enough disk space in the model cache .* needs 3\.0 MiB more"):
+        pull_hub_model(hf(), tmp_path)
+    assert _leftovers(small_tmpfs) == [] and file_gets(fake_hub) == []
+
+
+def test_disk_full_while_writing_leaves_nothing_half_written(fake_hub: FakeHub, gguf_repo: bytes, small_tmpfs: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The free space looked enough (another pull took it meanwhile): the write fails with
+    ENOSPC, the part is removed, and the error says so."""
+    monkeypatch.setenv("GPUFLEET_MODEL_CACHE", str(small_tmpfs))
+    monkeypatch.setattr(weights, "_check_room", lambda *_: None)
+    with pytest.raises(weights.CacheFull, match=r"ran out of disk space writing p-Q4_K_M\.gguf .* removed"):
+        pull_hub_model(hf(), tmp_path)
+    assert _leftovers(small_tmpfs) == []

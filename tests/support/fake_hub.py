@@ -110,6 +110,8 @@ class Fault:
     times: int
     status: int = 503  # or 0: cut the connection after `after_bytes` of body
     after_bytes: int = 0
+    #: only downloads from byte 0 (a header read by range, or a resume, passes untouched)
+    whole_only: bool = False
 
 
 class FakeHub:
@@ -128,9 +130,10 @@ class FakeHub:
         self.repos[repo_id] = repo
         return repo
 
-    def fail(self, match: str, times: int = 1, status: int = 503, after_bytes: int = 0) -> None:
+    def fail(self, match: str, times: int = 1, status: int = 503, after_bytes: int = 0,
+             whole_only: bool = False) -> None:
         with self._lock:
-            self.faults.append(Fault(match, times, status, after_bytes))
+            self.faults.append(Fault(match, times, status, after_bytes, whole_only))
 
     def start(self) -> FakeHub:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -161,10 +164,10 @@ class FakeHub:
     def bytes_sent(self, contains: str = "") -> int:
         return sum(r.body_bytes for r in self.requests(contains=contains))
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, ranged: bool = False) -> Fault | None:
         with self._lock:
             for f in self.faults:
-                if f.match in path and f.times > 0:
+                if f.match in path and f.times > 0 and not (f.whole_only and ranged):
                     f.times -= 1
                     return f
         return None
@@ -250,7 +253,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     self._send(416, b"", {"Content-Range": f"bytes */{size}"})
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-            fault = hub._take_fault(self.path) if self.command == "GET" else None
+            fault = hub._take_fault(self.path, ranged=rng is not None) if self.command == "GET" else None
             if fault and fault.status:
                 self._send(fault.status, b"injected failure")
             self.send_response(status)

@@ -74,3 +74,17 @@ def test_node_log_api_serves_previous_runs(tmp_path: Path) -> None:
     missing = api.get("/v1/instances/4/logs", params={"previous": 2})
     assert missing.status_code == 404 and "not been restarted 2 time(s)" in missing.json()["detail"]
     assert api.get("/v1/instances/4/logs", params={"previous": 9}).status_code == 422
+
+
+def test_notes_of_the_pull_go_under_the_next_header() -> None:
+    from gpufleet.node import run_logs
+
+    for n in range(run_logs.MAX_NOTES + 5):
+        run_logs.note(99, f"DOWNLOADING {n} %")
+    run_logs.note(99, "weights ready")
+    notes = run_logs.take_notes(99)
+    assert len(notes) == run_logs.MAX_NOTES and notes[-1] == "weights ready" and notes[0] == "DOWNLOADING 0 %"
+    assert run_logs.take_notes(99) == []  # taken once: the next run starts clean
+    text = run_logs.header(instance="m-1", run=1, worker="w", runtime="process", gpus=[], command=["x"], env={},
+                           notes=["weights ready"])
+    assert text.splitlines()[-1] == "[gpufleet] weights ready"

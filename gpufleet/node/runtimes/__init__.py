@@ -15,6 +15,8 @@ docker when a Docker engine answers, process otherwise. See docs/runtimes.md.
 
 from __future__ import annotations
 
+import signal
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -68,10 +70,21 @@ class ExitStatus:
 
     code: int | None
     oom_killed: bool = False
+    #: the kernel's own words for a process backend's OOM kill (gpufleet.node.oom), if any
+    oom_verdict: str | None = None
 
     def describe(self) -> str:
-        text = f" with code {self.code}" if self.code is not None else ""
-        if self.oom_killed:
+        if self.code is not None and self.code < 0:  # a process killed by a signal
+            try:
+                name = signal.Signals(-self.code).name
+            except ValueError:
+                name = f"signal {-self.code}"
+            text = f", killed by {name}"
+        else:
+            text = f" with code {self.code}" if self.code is not None else ""
+        if self.oom_verdict:
+            text += f" ({self.oom_verdict})"
+        elif self.oom_killed:
             text += " (killed for running out of memory: OOMKilled)"
         return text
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gpufleet.node import processes
+from gpufleet.node import oom, processes
 from gpufleet.node.runtimes import ExitStatus, RuntimeName, Started, StartFailed, StartRequest
 
 if TYPE_CHECKING:
@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 class ProcessRuntime:
     name: RuntimeName = "process"
 
+    def __init__(self) -> None:
+        #: pid -> its memory cgroup and OOM-kill count when last seen alive (the verdict at exit)
+        self._oom: dict[int, oom.OomWatch | None] = {}
+
     def start(self, request: StartRequest) -> Started:
         try:
             pid, start_time = processes.spawn(request.command, request.env, request.log_path, cwd=request.node.home)
@@ -27,9 +31,13 @@ class ProcessRuntime:
         return Started(pid, start_time)
 
     def is_alive(self, record: BackendRecord) -> bool:
-        return processes.is_alive(record.pid, record.start_time)
+        alive = processes.is_alive(record.pid, record.start_time)
+        if alive:
+            self._oom[record.pid] = oom.watch(record.pid)
+        return alive
 
     def stop(self, record: BackendRecord, grace: float) -> bool:
+        self._oom.pop(record.pid, None)
         stopped = processes.terminate(record.pid, record.start_time, grace)
         processes.reap_children()
         return stopped
@@ -38,7 +46,10 @@ class ProcessRuntime:
         """Known only for children of this agent process (a backend adopted after a
         restart is not our child: its exit code is gone with it)."""
         code = processes.exit_code(record.pid)
-        return None if code is None else ExitStatus(code)
+        verdict = oom.verdict(self._oom.pop(record.pid, None)) if code is None or code < 0 else None
+        if code is None and verdict is None:
+            return None
+        return ExitStatus(code, oom_killed=verdict is not None, oom_verdict=verdict)
 
     def discard(self, record: BackendRecord) -> None:
         processes.reap_children()

@@ -1,8 +1,9 @@
 // Edit a deployment: Replicas (scale), backend version, backend parameters and
 // environment. Running instances keep the configuration they were started with; new
 // instances (scale up, replacements) get the new one, and the dialog offers to replace
-// the running ones now, one at a time, so the replica count never drops by more than one.
-import { ApiError, del, get, patch, post } from "./api.js";
+// the running ones now: the server's rollout (`rollout: true`), each new one RUNNING before
+// an old one goes, stopped with its reason if a new one fails.
+import { ApiError, get, patch, post } from "./api.js";
 import { bytes, h, notice } from "./dom.js";
 import { openDialog } from "./dialogs.js";
 import { clearErrors, field, intOrText, pairRows, paramList, paramRows, showErrors } from "./form.js";
@@ -43,7 +44,7 @@ export function openEditDialog(dep, instances, { onSaved }) {
     field("edit", "backend_version", "Backend version", version),
     params.el, env.el,
     field("edit", "restart_on_error", "Auto-restart on error (applies to running instances too)", restartOnError),
-    field("edit", "replace", `Replace the ${running.length} running instance(s) now, one at a time, so they use the new configuration`,
+    field("edit", "replace", `Replace the ${running.length} running instance(s) now, one at a time (each new one running before an old one goes), so they use the new configuration`,
       replace),
     formError,
     h("div", { class: "buttons" }, h("button", { type: "button", onclick: close }, "Cancel"), save));
@@ -74,12 +75,13 @@ export function openEditDialog(dep, instances, { onSaved }) {
     const name = encodeURIComponent(dep.name);
     try {
       const changed = Object.keys(edit).length > 0;
-      if (changed) await patch(`/v1/deployments/${name}`, edit);
+      if (replace.checked) edit.rollout = true;
+      if (changed || replace.checked) await patch(`/v1/deployments/${name}`, edit);
       if (n !== dep.replicas) await post(`/v1/deployments/${name}/scale`, { replicas: n });
       close();
       notice(`${dep.name}: ${[changed ? "configuration saved" : "", n !== dep.replicas ? `scaling to ${n}` : ""].filter(Boolean).join(", ") || "nothing changed"}`);
       if (onSaved) onSaved();
-      if (replace.checked) replaceInstances(dep.name, running.map((i) => i.id), onSaved);
+      if (replace.checked) followRollout(dep.name, onSaved);
     } catch (exc) {
       showErrors(form, exc.fields || { "": exc.message });
     } finally {
@@ -88,26 +90,26 @@ export function openEditDialog(dep, instances, { onSaved }) {
   });
 }
 
-/** Delete the old instances one by one, each after the previous one's replacement runs. */
-async function replaceInstances(name, ids, onProgress) {
+/** Say how the server's rollout goes until it is done or stopped. */
+async function followRollout(name, onProgress) {
   const path = `/v1/deployments/${encodeURIComponent(name)}`;
-  for (const id of ids) {
-    try {
-      await del(`/v1/instances/${id}`);
-      notice(`replacing instance ${id} of ${name}`);
-      const deadline = Date.now() + REPLACE_TIMEOUT_MS;
-      for (;;) {
-        await new Promise((r) => setTimeout(r, 1500));
-        if (onProgress) onProgress();
-        const [d, insts] = await Promise.all([get(path), get(`/v1/instances?deployment=${encodeURIComponent(name)}`)]);
-        const gone = !insts.some((i) => i.id === id);
-        if (gone && d.ready_replicas >= d.replicas) break;
-        if (Date.now() > deadline) throw new ApiError(0, `instance ${id}'s replacement is not RUNNING after 10 minutes; stopped replacing`, {});
+  const deadline = Date.now() + REPLACE_TIMEOUT_MS;
+  let last = "";
+  try {
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 1000));
+      if (onProgress) onProgress();
+      const d = await get(path);
+      if (d.rollout_status && d.rollout_status !== last && d.rolling_out) notice(d.rollout_status);
+      last = d.rollout_status;
+      if (!d.rolling_out) {
+        const stopped = (d.rollout_status || "").startsWith("rollout stopped");
+        notice(stopped ? d.rollout_status : `${name}: every instance now runs the new configuration`, stopped ? "error" : undefined);
+        return;
       }
-    } catch (exc) {
-      notice(exc.detail || exc.message, "error");
-      return;
+      if (Date.now() > deadline) throw new ApiError(0, `the rollout of ${name} still runs after 10 minutes: ${d.rollout_status}`, {});
     }
+  } catch (exc) {
+    notice(exc.detail || exc.message, "error");
   }
-  if (ids.length) notice(`${name}: every instance now runs the new configuration`);
 }
