@@ -183,6 +183,8 @@ def instance_view(row: InstanceRow) -> InstanceView:
         running_since=row.running_since,
         deleting=row.deleting,
         config=DeploymentConfig.model_validate(row.config),
+        generation=row.generation,
+        outdated=outdated(row.config or {}, row.deployment.config or {}),
         placement=Placement.model_validate(row.placement) if row.placement else None,
         rpc_servers=[RpcServerInfo.model_validate(r) for r in row.rpc_servers or ()],
         created_at=row.created_at,
