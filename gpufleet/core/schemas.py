@@ -308,6 +308,9 @@ class InstanceView(BaseModel):
     running_since: datetime | None = None
     deleting: bool = False
     config: DeploymentConfig
+    generation: int = Field(default=0, description="the deployment's generation this instance was created with")
+    outdated: bool = Field(default=False, description="launched with another configuration than the deployment's "
+                                                      "(an edit since); `edit --rollout` replaces it")
     placement: Placement | None = None
     rpc_servers: list[RpcServerInfo] = Field(default_factory=list,
                                              description="RPC servers of a distributed instance, as reported")

@@ -63,9 +63,10 @@ def test_rollout_replaces_one_at_a_time_and_stops_on_a_failing_config(
     c.cli("deploy", "--name", "roll", "--local-path", str(tiny_gguf), "--replicas", "2")
     old = all_running(c, "roll", 2)
 
-    # without --rollout, edit keeps its rule: running instances keep their configuration
+    # without --rollout, edit keeps its rule: running instances keep their configuration (now outdated)
     c.cli("edit", "roll", "--backend-param=--ctx-size=512")
-    assert [i["id"] for i in all_running(c, "roll", 2)] == [i["id"] for i in old]
+    kept = all_running(c, "roll", 2)
+    assert [i["id"] for i in kept] == [i["id"] for i in old] and all(i["outdated"] for i in kept)
 
     t0 = time.time()
     with RunningWatch(c, "roll") as watch:
@@ -75,7 +76,8 @@ def test_rollout_replaces_one_at_a_time_and_stops_on_a_failing_config(
     assert watch.samples > 10 and watch.fewest is not None and watch.fewest >= 1, (watch.fewest, watch.samples)
     new = all_running(c, "roll", 2)
     assert not {i["id"] for i in new} & {i["id"] for i in old}
-    assert all(i["config"]["backend_params"] == ["--ctx-size=256"] for i in new)
+    assert all(i["config"]["backend_params"] == ["--ctx-size=256"] and not i["outdated"] for i in new)
+    assert all(i["generation"] > old[0]["generation"] for i in new)
     assert not any(pid_alive(i["pid"]) for i in old)
     assert all(chat(i["port"]) for i in new)
     dep = httpx.get(f"{c.api_url}/v1/deployments/roll").json()
