@@ -44,7 +44,7 @@ from gpufleet.cli.wait import WaitFailed, positive_timeout, wait_for_deployment
 from gpufleet.client import ApiError, GpufleetClient, ServerUnavailable, server_url
 from gpufleet.credentials import CredentialsError
 from gpufleet.core.backends.params import BackendParamError, parse_param
-from gpufleet.core.schemas import DeploymentEdit, DeploymentSpec, ModelSource
+from gpufleet.core.schemas import DeploymentEdit, DeploymentSpec
 from gpufleet.settings import DEFAULT_PORT, database_url, home
 
 app = typer.Typer(

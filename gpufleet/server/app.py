@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, AsyncIterator, TypeVar
 
 import httpx
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy.orm import Session, sessionmaker
 
 from gpufleet import orchestration
 from gpufleet.core.backends.params import BackendParamError
@@ -47,7 +45,6 @@ from gpufleet.server.events import EventSink
 from gpufleet.server.stuck_runs import StuckRuns
 from gpufleet.settings import KEEP_PREVIOUS_LOGS
 from gpufleet.server.metrics import add_metrics
-from gpufleet.settings import WORKER_TIMEOUT_S
 from gpufleet.server.placement_routes import add_placement_routes
 from gpufleet.server.model_routes import add_model_routes
 from gpufleet.server.schedule_routes import add_schedule_routes
@@ -69,32 +66,16 @@ from gpufleet.server.deployment_access import (
 from gpufleet.server.key_routes import add_key_routes
 from gpufleet.gateway.mount import add_gateway
 from gpufleet.server.request_ids import add_request_ids
+from gpufleet.server.state import ServerState, Trigger
 from gpufleet.store import keys as key_store, ordering, plan_apply, repository as repo
 from gpufleet.store.models import utcnow
-from gpufleet.store.db import make_engine, migrate, session_factory
 from gpufleet.web import mount_web
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Trigger = Callable[[str, dict[str, Any]], str]
 #: the header in which a client says when it issued a request (gpufleet.store.ordering)
 ISSUED_AT = "Gpufleet-Issued-At"
-
-
-class ServerState:
-    def __init__(self, database_url: str, trigger: Trigger) -> None:
-        self.engine = make_engine(database_url)
-        migrate(self.engine)
-        self.sessions: sessionmaker[Session] = session_factory(self.engine)
-        self.placement_lock = threading.Lock()
-        self.trigger = trigger
-        self.worker_timeout = timedelta(seconds=WORKER_TIMEOUT_S)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self.sessions() as s, s.begin():
-            yield s
 
 
 def prefect_trigger(flow_name: str, parameters: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from gpufleet.server.validation import validate_spec
 from gpufleet.store import repository as repo
 
 if TYPE_CHECKING:
-    from gpufleet.server.app import ServerState
+    from gpufleet.server.state import ServerState
 
 
 class PlaceRequest(BaseModel):
