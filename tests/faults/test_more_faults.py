@@ -130,7 +130,7 @@ def test_server_sigkill_during_a_deploy_of_5(faults_cluster: FaultCluster, tiny_
     time.sleep(2)  # a duplicate launch would show up now
     assert len(c.api_instances("five")) == 5
     assert sorted(backends_of(c, "five")) == sorted(i["pid"] for i in live)  # one process per instance
-    assert [d["name"] for d in httpx.get(f"{c.api_url}/v1/deployments").json()].count("five") == 1
+    assert [d["name"] for d in httpx.get(f"{c.api_url}/v1/deployments", headers=c.headers).json()].count("five") == 1
     figures["server_sigkill_during_deploy_of_5"] = {
         "server_away_s": round(away, 2), "kill_to_all_running_s": round(t_done - t0, 2),
         "instances": 5, "duplicates": 0, "lost": "0 deployments, 0 instances, 0 log runs"}
@@ -216,7 +216,7 @@ def test_50_concurrent_scale_deploy_delete_calls(faults_cluster: FaultCluster, t
     assert all(a.endswith(" ok") or a == "scale 412" for a in answers), answers
 
     def settled() -> bool:
-        names = {d["name"] for d in httpx.get(f"{c.api_url}/v1/deployments").json()}
+        names = {d["name"] for d in httpx.get(f"{c.api_url}/v1/deployments", headers=c.headers).json()}
         if names & {f"sd-{i}" for i in range(5)} or not {f"sn-{i}" for i in range(5)} <= names:
             return False
         live = [i for i in c.api_instances("storm") if not i["deleting"]]
@@ -224,9 +224,9 @@ def test_50_concurrent_scale_deploy_delete_calls(faults_cluster: FaultCluster, t
 
     wait_until(settled, timeout=300, interval=1, what=f"storm at {last_count}, deploys and deletes applied")
     t_settled = time.time()
-    assert httpx.get(f"{c.api_url}/v1/deployments/storm").json()["replicas"] == last_count
+    assert httpx.get(f"{c.api_url}/v1/deployments/storm", headers=c.headers).json()["replicas"] == last_count
     # no over-committed GPU: Σ claims per GPU of fg ≤ its memory
-    workers = {w["name"]: w for w in httpx.get(f"{c.api_url}/v1/workers").json()}
+    workers = {w["name"]: w for w in httpx.get(f"{c.api_url}/v1/workers", headers=c.headers).json()}
     claims: dict[int, int] = {}
     for inst in c.api_instances():
         placement = inst.get("placement") or {}
@@ -242,7 +242,7 @@ def test_50_concurrent_scale_deploy_delete_calls(faults_cluster: FaultCluster, t
         "lost": "0 deployments, 0 instances, 0 log runs"}
     for name in ["storm", *(f"sn-{i}" for i in range(5))]:
         c.cli("rm", name, "--no-wait")
-    wait_until(lambda: not [d for d in httpx.get(f"{c.api_url}/v1/deployments").json()
+    wait_until(lambda: not [d for d in httpx.get(f"{c.api_url}/v1/deployments", headers=c.headers).json()
                             if d["name"] == "storm" or d["name"].startswith("sn-")], timeout=120, what="cleaned up")
     node.proc.terminate()
     node.proc.wait(30)

@@ -80,7 +80,7 @@ def test_rollout_replaces_one_at_a_time_and_stops_on_a_failing_config(
     assert all(i["generation"] > old[0]["generation"] for i in new)
     assert not any(pid_alive(i["pid"]) for i in old)
     assert all(chat(i["port"]) for i in new)
-    dep = httpx.get(f"{c.api_url}/v1/deployments/roll").json()
+    dep = httpx.get(f"{c.api_url}/v1/deployments/roll", headers=c.headers).json()
     assert not dep["rolling_out"] and dep["rollout_status"].startswith("rollout done")
 
     # a flag llama-server accepts by name but refuses when it starts: the first new instance
@@ -97,7 +97,7 @@ def test_rollout_replaces_one_at_a_time_and_stops_on_a_failing_config(
     kept = all_running(c, "roll", 2)
     assert {i["id"] for i in kept} == {i["id"] for i in new}
     assert all(chat(i["port"]) for i in kept)
-    dep = httpx.get(f"{c.api_url}/v1/deployments/roll").json()
+    dep = httpx.get(f"{c.api_url}/v1/deployments/roll", headers=c.headers).json()
     assert not dep["rolling_out"] and "rollout stopped" in dep["rollout_status"]
     figures["rollout"] = {"replicas": 2, "rollout_s": round(took, 2), "fewest_running_during": watch.fewest,
                           "failed_rollout_stopped_after_s": round(stop_s, 2),
