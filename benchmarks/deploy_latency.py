@@ -123,6 +123,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from gpufleet.cli.embedded import _spawn, _wait_for_worker, start_cluster
     from gpufleet.demo.tiny_model import write_tiny_llama_gguf
 
+    # the latency of orchestration, without authentication (benchmarks/auth_overhead.py measures that);
+    # the baselines this runs against may predate keys
+    os.environ["GPUFLEET_AUTH"] = "off"
     home = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
     model = write_tiny_llama_gguf(home / "tiny.gguf")
     backend = [backend_start_seconds(model) for _ in range(5)]

@@ -73,7 +73,7 @@ def main() -> None:
                                         "--server", cluster.api_url, "--stop-backends-on-exit",
                                         "--virtual-gpus", "T4-0.6G:1", "--label", "pool=rpc"],
                        env, home / "logs")
-        _wait_for_worker(cluster.api_url, name, child, 60)
+        _wait_for_worker(cluster.api_url, name, child, 60, cluster.api_key)
         nodes.append(child)
     placements = {
         "one worker": {"worker_selector": ["pool=rpc"]},
@@ -82,7 +82,7 @@ def main() -> None:
     start: dict[str, list[float]] = {k: [] for k in placements}
     token: dict[str, list[float]] = {k: [] for k in placements}
     try:
-        with GpufleetClient(cluster.api_url) as c:
+        with GpufleetClient(cluster.api_url, api_key=cluster.api_key) as c:
             for r in range(args.rounds):
                 for i, (label, placement) in enumerate(placements.items()):
                     name = f"bench-{r}-{i}"

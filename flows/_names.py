@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 from gpufleet.client import ApiError
+from gpufleet.orchestration import node_run_name
 
 
 def _params() -> dict[str, Any]:
@@ -24,10 +25,6 @@ def _params() -> dict[str, Any]:
 
 def _field(value: Any, key: str) -> Any:
     return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
-
-
-def _ids(values: Any) -> str:
-    return ", ".join(str(v) for v in (values or []))
 
 
 def deploy_name() -> str:
@@ -55,8 +52,7 @@ def on_node(operation: str) -> Callable[[], str]:
     queue names itself through its environment)."""
 
     def name() -> str:
-        node = os.environ.get("GPUFLEET_NODE_NAME", "?")
-        return f"{operation} {node}: {_ids(_params().get('instance_ids'))}"
+        return node_run_name(operation, os.environ.get("GPUFLEET_NODE_NAME", "?"), _params().get("instance_ids"))
 
     name.__name__ = f"{operation.replace('-', '_')}_name"
     return name

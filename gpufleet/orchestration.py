@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -29,6 +30,12 @@ PREFECT_YAML = REPO_ROOT / "prefect.yaml"
 
 def node_queue(worker: str) -> str:
     return f"node-{worker}"
+
+
+def node_run_name(operation: str, worker: str, instance_ids: Iterable[int] | None) -> str:
+    """``serve-instances node-a: 7, 8``: a node-local run's name, given when it is created (a run
+    its node never begins keeps it) and again when it begins."""
+    return f"{operation} {worker}: {', '.join(str(i) for i in instance_ids or [])}"
 
 
 def deployment_name(flow_name: str) -> str:

@@ -13,7 +13,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from gpufleet.orchestration import deployment_name, node_queue
+from gpufleet.orchestration import deployment_name, node_queue, node_run_name
 from tasks._retry import NETWORK_TASK
 
 NODE_RUN_TIMEOUT_S = 900.0
@@ -29,6 +29,7 @@ def run_on_node(flow_name: str, worker: str, parameters: dict[str, Any], idempot
         deployment_name(flow_name),
         parameters=parameters,
         work_queue_name=node_queue(worker),
+        flow_run_name=node_run_name(flow_name, worker, parameters.get("instance_ids")),
         timeout=0,
         idempotency_key=idempotency_key,
     )

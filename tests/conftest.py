@@ -59,3 +59,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return next((i + 1 for i, m in enumerate(LATE_MARKERS) if item.get_closest_marker(m)), 0)
 
     items[:] = sorted(items, key=rank)
+
+
+#: Session clusters whose admin key a test's in-process clients should send.
+CLUSTER_FIXTURES = ("cluster", "faults_cluster")
+
+
+@pytest.fixture(autouse=True)
+def _cluster_key(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test's in-process clients send the key of the cluster it uses. Both the e2e and the fault
+    cluster live for the whole session, and each sets the process's key when it starts, so without
+    this the cluster started second would lend its key to the other's tests."""
+    for name in CLUSTER_FIXTURES:
+        if name in request.fixturenames:
+            key = getattr(request.getfixturevalue(name), "api_key", None)
+            if key:
+                monkeypatch.setenv("GPUFLEET_API_KEY", key)
+            return

@@ -96,8 +96,11 @@ def _wait_for_worker(server_url: str, name: str, child: Child, timeout: float, a
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
 
     def registered() -> bool:
-        workers = httpx.get(f"{server_url}/v1/workers", timeout=2, headers=headers).json()
-        return any(w["name"] == name and w["ready"] for w in workers)
+        resp = httpx.get(f"{server_url}/v1/workers", timeout=2, headers=headers)
+        if resp.status_code in (401, 403):
+            raise StartFailed(f"the server at {server_url} refused to list workers (HTTP {resp.status_code}): "
+                              f"pass its admin key (<home>/credentials) or set {credentials.API_KEY_ENV}")
+        return any(w["name"] == name and w["ready"] for w in resp.json())
 
     _wait_ready(child, registered, f"register node {name}", timeout)
 

@@ -143,6 +143,7 @@ class Controller:
 
     def act(self, session: Session, dep: DeploymentRow, plan: Plan, now: datetime) -> None:
         self.apply_here(session, plan)
+        self.end_runs_on_lost_workers(plan)
         self.restart(session, plan)
         rest = [a for a in plan.actions if a.kind not in OWN_ACTIONS]
         if not rest:
@@ -184,6 +185,16 @@ class Controller:
                 events.worker_changed(w.name, w.ready)
             if stuck is not None and before is not False and not w.ready:
                 stuck.worker_lost(w.name)  # its node runs still Running end Crashed, now
+
+    def end_runs_on_lost_workers(self, plan: Plan) -> None:
+        """A placement released from a lost worker: the serve run dispatched to it after the
+        worker was last seen (so after note_workers ended its runs) will never begin; end it, so
+        the control run waiting on it goes on rather than wait out its timeout."""
+        stuck = getattr(self.state, "stuck_runs", None)
+        if stuck is None:
+            return
+        for worker in sorted({a.worker for a in plan.of(ActionKind.RELEASE) if a.worker}):
+            stuck.worker_lost(worker)
 
     def restart(self, session: Session, plan: Plan) -> None:
         for action in plan.of(ActionKind.RESTART):

@@ -6,8 +6,9 @@ only notices through its zombie detection (heartbeats missed for minutes); gpufl
 sooner, and says so in the run's state:
 
 - a node that stops heartbeating (the controller's lost worker): its runs still Pending or
-  Running on ``node-<name>`` become Crashed, naming the node, so the control run waiting on
-  them goes on at once (and the plan re-drives what they were doing);
+  Running on ``node-<name>`` become Crashed, naming the node, and those still Scheduled (the node
+  never picked them up) Cancelled, so the control run waiting on them goes on at once (and the
+  plan re-drives what they were doing: a placement on it is released and made again);
 - a gpufleet server that starts: control runs left Pending or Running by a gpufleet server
   process of this host that is gone become Crashed, "interrupted by a server restart" (its
   controller re-drives them); runs another live server (or another host) runs are left alone.
@@ -52,9 +53,10 @@ def process_gone(infrastructure_pid: str | None) -> bool:
 
 
 def crash_runs(queue: str, message: str, started_before: datetime | None = None,
-               only: Callable[[Any], bool] | None = None) -> list[str]:
+               only: Callable[[Any], bool] | None = None, unstarted: bool = False) -> list[str]:
     """Set the Pending/Running runs of ``queue`` (work pool gpufleet) to Crashed with ``message``
-    (those started before ``started_before`` and for which ``only(run)`` holds, when given)."""
+    (those started before ``started_before`` and for which ``only(run)`` holds, when given);
+    with ``unstarted``, its Scheduled runs too, to Cancelled (nothing of them ran)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -66,13 +68,13 @@ def crash_runs(queue: str, message: str, started_before: datetime | None = None,
         WorkQueueFilterName,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.states import Crashed
+    from prefect.states import Cancelled, Crashed
 
+    types = [StateType.RUNNING, StateType.PENDING] + ([StateType.SCHEDULED] if unstarted else [])
     crashed = []
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=types))),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[orchestration.POOL])),
             work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=[queue])),
         )
@@ -81,10 +83,12 @@ def crash_runs(queue: str, message: str, started_before: datetime | None = None,
                 continue
             if only is not None and not only(run):
                 continue
-            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            scheduled = run.state is not None and run.state.type == StateType.SCHEDULED
+            end = Cancelled(message=f"{message}; it had not begun") if scheduled else Crashed(message=message)
+            client.set_flow_run_state(run.id, end, force=True)
             crashed.append(str(run.id))
     if crashed:
-        log.warning("%s: runs %s set Crashed: %s", queue, ", ".join(crashed), message)
+        log.warning("%s: runs %s ended (Crashed, or Cancelled if not begun): %s", queue, ", ".join(crashed), message)
     return crashed
 
 
@@ -105,7 +109,7 @@ class StuckRuns:
 
     def worker_lost(self, worker: str) -> None:
         self._async(crash_runs, orchestration.node_queue(worker),
-                    f"node {worker} stopped heartbeating while this run ran on it (its worker is gone)")
+                    f"node {worker} stopped heartbeating (its worker is gone)", None, None, True)
 
     def server_started(self) -> None:
         self._async(crash_runs, orchestration.CONTROL_QUEUE,

@@ -35,7 +35,7 @@ def start_node(cluster: E2ECluster, name: str, **env: str) -> None:
     args = [sys.executable, "-m", "gpufleet.cli.main", "node", "--name", name, "--server", cluster.api_url,
             "--stop-backends-on-exit"]
     child = _spawn(f"node-{name}", args, {**cluster.env, **env}, cluster.home / "logs")
-    _wait_for_worker(cluster.api_url, name, child, 60)
+    _wait_for_worker(cluster.api_url, name, child, 60, cluster.api_key)
     cluster.children.append(child)
 
 

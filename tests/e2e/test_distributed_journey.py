@@ -33,7 +33,7 @@ def start_rpc_node(cluster: E2ECluster, name: str, binaries: tuple[list[str], li
     args = [sys.executable, "-m", "gpufleet.cli.main", "node", "--name", name, "--server", cluster.api_url,
             "--stop-backends-on-exit", "--virtual-gpus", "T4-1G:1", "--label", "pool=rpc"]
     child = _spawn(f"node-{name}", args, env, cluster.home / "logs")
-    _wait_for_worker(cluster.api_url, name, child, 60)
+    _wait_for_worker(cluster.api_url, name, child, 60, cluster.api_key)
     return child
 
 

@@ -29,7 +29,7 @@ def start_docker_node(cluster: E2ECluster, image: str) -> Child:
             "--stop-backends-on-exit", "--runtime", "docker", "--host-runtime-image", image,
             "--label", "runtime=docker"]
     child = _spawn(f"node-{NODE}", args, cluster.env, cluster.home / "logs")
-    _wait_for_worker(cluster.api_url, NODE, child, 60)
+    _wait_for_worker(cluster.api_url, NODE, child, 60, cluster.api_key)
     cluster.children.append(child)
     return child
 

@@ -142,7 +142,11 @@ def test_gateway_journey(cluster: E2ECluster, gateway_node: str, tmp_path: Path)
     for s in streams:
         s.start()
         assert s.first.wait(60)
-    assert all(metric(api, "gpufleet_gateway_in_flight_requests", deployment="gwj", replica=n) == 1 for n in names)
+    in_flight = [metric(api, "gpufleet_gateway_in_flight_requests", deployment="gwj", replica=n) for n in names]
+    assert in_flight == [1, 1], (
+        f"in flight per replica {dict(zip(names, in_flight))}; calibration streams still running: "
+        f"{[s.is_alive() for s in calibration]} after {took:.1f} s; instances: "
+        f"{[(i['name'], i['state'], i['restart_count'], i.get('state_message')) for i in cluster.api_instances('gwj')]}")
     scaled = threading.Thread(target=cluster.cli, args=("scale", "gwj", "1"))
     scale_started = time.monotonic()
     scaled.start()

@@ -22,7 +22,7 @@ def start_labelled_node(cluster: E2ECluster, name: str, gpus: str, labels: dict[
     for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
     child = _spawn(f"node-{name}", args, cluster.env, cluster.home / "logs")
-    _wait_for_worker(cluster.api_url, name, child, 60)
+    _wait_for_worker(cluster.api_url, name, child, 60, cluster.api_key)
     return child
 
 
@@ -35,6 +35,9 @@ def pool(cluster: E2ECluster) -> Iterator[list[Child]]:
         yield children
     finally:
         stop_children(children)
+        # gone for good: the journeys after this one must not be placed on them before they time out
+        for name in ("pa", "pb"):
+            cluster.cli("workers", "rm", name, "--force", check=False)
 
 
 def placed(cluster: E2ECluster, name: str) -> list[dict]:
@@ -103,3 +106,4 @@ def test_pending_with_reasons_then_placed_when_a_worker_joins(cluster: E2ECluste
         cluster.cli("rm", "late")
     finally:
         stop_children([child])
+        cluster.cli("workers", "rm", "pc", "--force", check=False)

@@ -98,3 +98,39 @@ def test_a_node_dying_mid_run_leaves_no_run_running(cluster: E2ECluster, e2e_hub
     back.proc.wait(30)
     cluster.children.remove(back)
     cluster.cli("workers", "rm", "node-doomed", "--force")
+
+
+def test_a_serve_run_sent_to_a_node_lost_before_it_began_ends_and_the_deploy_goes_on(
+        cluster: E2ECluster, tiny_gguf: Path) -> None:
+    """The node is frozen (SIGSTOP: no heartbeats, no polling of its queue) just before the
+    deploy; the placement still sees it ready (it times out after 5 s here), so the serve run goes
+    to a queue nobody reads. Once the node is taken for lost, that run ends Cancelled (it never
+    began), the deploy run finishes instead of waiting out its timeout, and the instance, placed
+    again when the node comes back, runs once, there."""
+    node = cluster.start_node("node-frozen", labels={"pool": "frozen"})
+    try:
+        node.proc.send_signal(signal.SIGSTOP)
+        cluster.cli("deploy", "--name", "frozen", "--local-path", str(tiny_gguf), "--worker-selector",
+                    "pool=frozen", "--no-wait")
+        [inst] = wait_until(lambda: [i for i in cluster.api_instances("frozen") if i["worker"] == "node-frozen"],
+                            timeout=30, what="frozen placed on node-frozen")
+        serve = final_run_named(cluster, f"serve-instances node-frozen: {inst['id']}", timeout=60)
+        assert serve.state.is_cancelled(), serve.state
+        assert "node-frozen stopped heartbeating" in serve.state.message and "had not begun" in serve.state.message
+        deploy = final_run_named(cluster, "deploy frozen ×1", timeout=60)
+        assert deploy.state.is_completed(), deploy.state
+        [pending] = cluster.api_instances("frozen")
+        assert pending["state"] == "PENDING" and "node-frozen" in pending["state_message"]
+
+        node.proc.send_signal(signal.SIGCONT)
+        [back] = wait_until(lambda: [i for i in cluster.api_instances("frozen") if i["state"] == "RUNNING"],
+                            timeout=120, what="frozen RUNNING once node-frozen is back")
+        assert back["worker"] == "node-frozen"
+        assert len(cluster.api_instances("frozen")) == 1
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+        cluster.cli("rm", "frozen", check=False)
+        node.proc.terminate()
+        node.proc.wait(30)
+        cluster.children.remove(node)
+        cluster.cli("workers", "rm", "node-frozen", "--force", check=False)
