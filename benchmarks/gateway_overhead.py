@@ -15,6 +15,13 @@ process; the stub and llama.cpp in theirs; the load generator (aiohttp) in this 
 small machine all of them share the same cores, so the gateway's CPU comes out of the
 backend's and the client's: the throughput ratio against the instant stub measures that
 contention as much as the gateway; against llama.cpp the backend is the bottleneck.
+
+``--floors`` measures, in the same run and against the same stub, two proxies that do less than
+any HTTP gateway can, to show what the machine allows: a TCP relay in Python (asyncio, one
+upstream connection per caller connection, bytes passed on without parsing: two reads and two
+writes per request, the least any proxy in Python does) and nginx (C, a keepalive pool to the
+stub, one worker process; `apt-get install nginx-light`). If they too stay far under 95 % of
+direct throughput, the goal cannot be met on this machine by any gateway sharing its cores.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +102,64 @@ uvicorn.run(create_gateway_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv
 '''
 
 
+#: the least a proxy in Python can do: relay bytes between the caller's connection and one upstream
+#: connection of its own, no parsing, no routing (a floor, not a gateway)
+RELAY = r'''
+import asyncio, sys
+upstream_port, port = int(sys.argv[1]), int(sys.argv[2])
+
+class Pipe(asyncio.Protocol):
+    peer = None
+    def __init__(self):
+        self.pending = []
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        if self.peer is None:
+            self.pending.append(data)
+        else:
+            self.peer.transport.write(data)
+    def connection_lost(self, exc):
+        if self.peer is not None:
+            self.peer.transport.close()
+
+class Caller(Pipe):
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        asyncio.get_running_loop().create_task(self.link())
+    async def link(self):
+        _, up = await asyncio.get_running_loop().create_connection(Pipe, "127.0.0.1", upstream_port)
+        up.peer, self.peer = self, up
+        for data in self.pending:
+            up.transport.write(data)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Caller, "127.0.0.1", port, backlog=4096)
+    print("ready", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+'''
+
+#: nginx as a reverse proxy with a keepalive pool to the stub (one worker: one process, like the gateway)
+NGINX_CONF = """{user}
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  upstream stub {{ server 127.0.0.1:{upstream}; keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{ proxy_pass http://stub; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+"""
+
+
 #: the gateway inside the gpufleet server (its app, middlewares and /metrics counter included), its
 #: database saying that the stub is the RUNNING replica of deployment "stub"
 IN_SERVER = r'''
@@ -138,7 +204,7 @@ async def throughput(url: str, body: bytes, concurrency: int, total: int) -> tup
     connector = aiohttp.TCPConnector(limit=0)
     failed = 0
     async with aiohttp.ClientSession(connector=connector) as session:
-        left = total
+        left = 0
 
         async def worker() -> None:
             nonlocal left, failed
@@ -151,7 +217,10 @@ async def throughput(url: str, body: bytes, concurrency: int, total: int) -> tup
                 except aiohttp.ClientError:
                     failed += 1
 
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, 32))))  # warm the connections
+        # open every connection first (two requests on each), so what is measured is the steady
+        # state of ``concurrency`` kept-alive callers, not 256 TCP handshakes through the proxy
+        left = 2 * concurrency
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         left, failed = total, 0
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -203,6 +272,39 @@ async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: 
     return row
 
 
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not listen on {port} in {timeout} s")
+
+
+def start_floors(stub_port: int, tmp: Path, env: dict[str, str]) -> list[tuple[str, int, subprocess.Popen[bytes]]]:
+    """The two floor proxies in front of the stub: (name, port, process)."""
+    relay_port = free_port()
+    relay = subprocess.Popen([sys.executable, "-c", RELAY, str(stub_port), str(relay_port)], env=env)
+    wait_port(relay_port, relay, "TCP relay")
+    floors = [("TCP relay in Python (asyncio, no parsing)", relay_port, relay)]
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        print("nginx not found (apt-get install nginx-light): its floor is not measured")
+        return floors
+    nginx_port = free_port()
+    conf = tmp / "nginx.conf"
+    user = "user root root;" if os.geteuid() == 0 else ""  # its worker reads the 0700 temporary directory
+    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, upstream=stub_port, port=nginx_port))
+    proc = subprocess.Popen([nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")])
+    wait_port(nginx_port, proc, "nginx")
+    return [*floors, ("nginx 1 worker (C, keepalive pool)", nginx_port, proc)]
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -227,6 +329,8 @@ def main() -> None:
     ap.add_argument("--extra-path", default="", help="prepended to the gateway's PYTHONPATH (where httptools/uvloop "
                     "are installed when the environment has neither)")
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--floors", action="store_true", help="also measure a Python TCP relay and nginx in front of "
+                    "the same stub: what any proxy sharing these cores can reach")
     ap.add_argument("--in-server", action="store_true", help="also measure the gateway inside the gpufleet server")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (args.extra_path, str(ROOT)) if p)}
@@ -253,6 +357,12 @@ def main() -> None:
         through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         asyncio.run(measure("instant stub upstream, gpufleet gateway process", direct, through, "stub", 4,
                             args.requests, args.throughput_requests))
+        if args.floors:
+            for name, port, proc in start_floors(stub_port, tmp, env):
+                procs.append(proc)
+                asyncio.run(measure(f"instant stub upstream, floor: {name}", direct,
+                                    f"http://127.0.0.1:{port}/v1/chat/completions", "stub", 4, args.requests,
+                                    args.throughput_requests))
         if args.in_server:
             srv_port = free_port()
             key_file = tmp / "admin-key"
@@ -272,8 +382,12 @@ def main() -> None:
                                 args.llama_requests, max(256, args.throughput_requests // 5)))
     finally:
         for p in procs:
-            p.kill()
-            p.wait()
+            p.terminate()  # nginx's master stops its worker on SIGTERM (a SIGKILL would orphan it)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 if __name__ == "__main__":
