@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -25,7 +24,8 @@ from gpufleet.gateway.balancer import LeastOutstanding
 from gpufleet.gateway.metrics import UNKNOWN, GatewayMetrics
 from gpufleet.gateway.settings import GatewaySettings
 from gpufleet.gateway.table import Replica, Route as TableRoute, RoutingCache
-from gpufleet.gateway.upstream import Unreachable, Upstream, request_headers, response_headers, usage_of
+from gpufleet.gateway.upstream import (Answer, BrokenAnswer, Unreachable, Upstream, request_headers,
+                                      response_headers, usage_of)
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,10 @@ class Gateway:
                                      headers=response_headers(upstream))
         try:
             content = await upstream.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (BrokenAnswer, TimeoutError) as exc:
             upstream.close()
             done(None, failed=True)
-            if isinstance(exc, asyncio.TimeoutError):
+            if isinstance(exc, TimeoutError):
                 self._count_error(model, "upstream_timeout")
                 raise errors.upstream_timeout(model, name, self.upstream.request_timeout_s) from None
             self._count_error(model, "upstream_cut")
@@ -207,20 +207,20 @@ class _Finish:
                     g.metrics.tokens.labels(r.deployment, kind).inc(value)
 
 
-async def _relay(upstream: aiohttp.ClientResponse, done: _Finish) -> AsyncIterator[bytes]:
+async def _relay(upstream: Answer, done: _Finish) -> AsyncIterator[bytes]:
     """Pass a streamed answer on chunk by chunk, as the backend writes it (no buffering)."""
     tail = b""
     complete = False
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.chunks():
             if done.first_byte is None:
                 done.first()
             tail = (tail + chunk)[-STREAM_TAIL_BYTES:]
             yield chunk
         complete = True
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (BrokenAnswer, TimeoutError) as exc:
         r = done.replica
-        code = "upstream_timeout" if isinstance(exc, asyncio.TimeoutError) else "upstream_cut"
+        code = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_cut"
         done.gateway._count_error(r.deployment, code)  # noqa: SLF001 - the same gateway's counter
         log.warning("stream from replica %s of %s broke off: %s", r.name, r.deployment, exc or type(exc).__name__)
     finally:
