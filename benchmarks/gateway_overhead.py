@@ -9,7 +9,9 @@
    - throughput at 32 and 256 concurrent requests, gateway / direct (goal: ≥ 95 %);
 2. against a real llama.cpp server (the tiny model, max_tokens 4): the same figures.
 
-The gateway is the real one (gpufleet.gateway.standalone under uvicorn, its routing table
+The gateway is the real one (gpufleet.gateway.standalone served as `gpufleet gateway` serves it,
+by gpufleet.gateway.front; ``--uvicorn`` also measures the same app under uvicorn, as gateway
+processes were served before, in the same run), its routing table
 read from a stand-in of the server's /v1/gateway/routes served by the stub), in its own
 process; the stub and llama.cpp in theirs; the load generator (aiohttp) in this one. On a
 small machine all of them share the same cores, so the gateway's CPU comes out of the
@@ -95,10 +97,17 @@ asyncio.run(main())
 '''
 
 GATEWAY = r'''
-import sys, uvicorn
+import sys
 from gpufleet.gateway.standalone import create_gateway_app
-uvicorn.run(create_gateway_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
-            access_log=False, http=sys.argv[3], loop=sys.argv[4], backlog=4096)
+app = create_gateway_app(sys.argv[1])
+if sys.argv[3] == "front":
+    from gpufleet.gateway.front import run
+    run(app, "127.0.0.1", int(sys.argv[2]))
+else:
+    import uvicorn
+    _, http, loop = sys.argv[3].split(":")
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False, http=http,
+                loop=loop, backlog=4096)
 '''
 
 
@@ -324,8 +333,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="requests at concurrency 1, each way")
     ap.add_argument("--throughput-requests", type=int, default=3000)
     ap.add_argument("--llama-requests", type=int, default=300)
-    ap.add_argument("--http", default="auto", help="uvicorn's HTTP parser for the gateway (auto: httptools, a gpufleet dependency; h11)")
-    ap.add_argument("--loop", default="asyncio", help="uvicorn's event loop for the gateway (asyncio, uvloop)")
+    ap.add_argument("--uvicorn", action="store_true", help="also measure the gateway app under uvicorn (as gateway "
+                    "processes were served before gpufleet.gateway.front), beside the front in the same run")
+    ap.add_argument("--http", default="auto", help="with --uvicorn: its HTTP parser (auto: httptools; h11)")
+    ap.add_argument("--loop", default="uvloop", help="with --uvicorn: its event loop (uvloop, asyncio)")
     ap.add_argument("--extra-path", default="", help="prepended to the gateway's PYTHONPATH (where httptools/uvloop "
                     "are installed when the environment has neither)")
     ap.add_argument("--skip-llama", action="store_true")
@@ -348,15 +359,24 @@ def main() -> None:
         stub = subprocess.Popen([sys.executable, "-c", STUB, str(stub_port), str(llama_port)], env=env)
         procs.append(stub)
         gw = subprocess.Popen([sys.executable, "-c", GATEWAY, f"http://127.0.0.1:{stub_port}", str(gw_port),
-                               args.http, args.loop], env=env)
+                               "front"], env=env)
         procs.append(gw)
         wait_http(f"http://127.0.0.1:{gw_port}/health", gw, "gateway")
-        print(f"gateway: gpufleet.gateway.standalone, uvicorn http={args.http} loop={args.loop}, one process; "
+        print(f"gateway: gpufleet.gateway.standalone served by gpufleet.gateway.front, one process; "
               f"{os.cpu_count()} CPUs shared by stub/llama.cpp, gateway and client")
         direct = f"http://127.0.0.1:{stub_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         asyncio.run(measure("instant stub upstream, gpufleet gateway process", direct, through, "stub", 4,
                             args.requests, args.throughput_requests))
+        if args.uvicorn:
+            uv_port = free_port()
+            uv = subprocess.Popen([sys.executable, "-c", GATEWAY, f"http://127.0.0.1:{stub_port}", str(uv_port),
+                                   f"uvicorn:{args.http}:{args.loop}"], env=env)
+            procs.append(uv)
+            wait_http(f"http://127.0.0.1:{uv_port}/health", uv, "gateway under uvicorn")
+            asyncio.run(measure(f"instant stub upstream, the same gateway app under uvicorn (http={args.http}, "
+                                f"loop={args.loop})", direct, f"http://127.0.0.1:{uv_port}/v1/chat/completions",
+                                "stub", 4, args.requests, args.throughput_requests))
         if args.floors:
             for name, port, proc in start_floors(stub_port, tmp, env):
                 procs.append(proc)

@@ -25,10 +25,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run an OpenAI-compatible gateway for every deployment (/v1/chat/completions, /v1/models …);
         the timeouts and waits come from GPUFLEET_GATEWAY_* (docs/gateway.md)."""
-        import uvicorn
-
         from gpufleet.client import server_url
         from gpufleet.credentials import CredentialsError, api_key
+        from gpufleet.gateway.front import run
         from gpufleet.gateway.settings import GatewaySettings
         from gpufleet.gateway.standalone import create_gateway_app
 
@@ -44,7 +43,5 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(exc)) from exc
         headers = {"Authorization": f"Bearer {key}"} if key else None
         logging.getLogger(__name__).info("gateway on http://%s:%d, routing table from %s", host, port, url)
-        # uvicorn picks httptools and uvloop when they are installed (`pip install 'uvicorn[standard]'`):
-        # twice the requests per second of h11 and asyncio (docs/gateway.md, Overhead)
-        uvicorn.run(create_gateway_app(url, settings, headers), host=host, port=port, log_level="warning",
-                    access_log=False, timeout_keep_alive=60, backlog=4096)
+        # its own HTTP server, not uvicorn: the gateway's hot path (docs/gateway.md, Overhead)
+        run(create_gateway_app(url, settings, headers), host, port)

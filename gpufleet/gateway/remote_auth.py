@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpufleet.core.access import Principal
@@ -105,17 +106,15 @@ class RemoteAuthMiddleware:
             return
         answer = await self.auth.check(token_of(scope.get("headers", [])))
         if answer.principal is None:
-            await _refuse(send, answer.status, answer.message)
+            await refusal(answer.status, answer.message)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = answer.principal
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Send, status: int, message: str) -> None:
+def refusal(status: int, message: str) -> Response:
+    """The answer to a caller the server did not accept, in the OpenAI shape."""
     kind = {401: "authentication_error", 403: "permission_error"}.get(status, "server_error")
     data = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="gpufleet"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    headers = {"www-authenticate": 'Bearer realm="gpufleet"'} if status == 401 else None
+    return Response(data, status_code=status, media_type="application/json", headers=headers)

@@ -82,15 +82,22 @@ class Gateway:
 
     async def proxy(self, request: Request, path: str) -> Response:
         started = time.perf_counter()
-        body = await request.body()
+        return await self.forward(principal_of(request), path, request.url.query, await request.body(),
+                                  request_headers(request.headers), started)
+
+    async def forward(self, principal: Principal, path: str, query: str, body: bytes, headers: dict[str, str],
+                      started: float | None = None) -> Response:
+        """Pass one request on to a replica of the deployment its body names; the answer to give
+        the caller (a streamed one is relayed as it is read). ``headers``: those the backend may
+        see (upstream.FORWARD_REQUEST_HEADERS). Raises :class:`errors.GatewayError` for the
+        gateway's own answers."""
+        started = time.perf_counter() if started is None else started
         model = _model_of(body)
-        principal = principal_of(request)
         if not principal.may_infer(model):
             known = model in (await self.cache.table()).routes  # labels never take the caller's words
             self._count_error(model if known else UNKNOWN, "model_not_allowed")
             raise errors.forbidden(model)
-        url_tail = path + (f"?{request.url.query}" if request.url.query else "")
-        headers = request_headers(request.headers)
+        url_tail = path + (f"?{query}" if query else "")
         failures: dict[int, int] = {}
         deadline = time.monotonic() + self.settings.wait_s
         while True:

@@ -54,4 +54,5 @@ def create_gateway_app(server_url: str, settings: GatewaySettings | None = None,
     app = Starlette(routes=[*gateway.routes(), Route("/metrics", metrics), Route("/health", health)],
                     lifespan=lifespan, middleware=[Middleware(RemoteAuthMiddleware, authenticator=authenticator)])
     app.state.gateway = gateway
+    app.state.authenticator = authenticator
     return app
