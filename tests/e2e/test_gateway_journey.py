@@ -6,7 +6,6 @@ new requests meanwhile all go to the one that stays. /metrics says what happened
 
 from __future__ import annotations
 
-import math
 import re
 import subprocess
 import sys
@@ -49,6 +48,11 @@ def chat(base: str, model: str, **extra: object) -> httpx.Response:
         "model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, **extra})
 
 
+#: every stream this journey started: closed at its end, so a failed journey leaves no generation
+#: running on the machine for the next tests
+STREAMS: list["Stream"] = []
+
+
 class Stream(threading.Thread):
     def __init__(self, base: str, model: str, tokens: int) -> None:
         super().__init__(daemon=True)
@@ -56,6 +60,8 @@ class Stream(threading.Thread):
         self.body = b""
         self.first = threading.Event()
         self.ended_at = 0.0
+        self.stop = False  # set when the journey ends: the stream is closed, and its generation ends
+        STREAMS.append(self)
 
     def run(self) -> None:
         body = {"model": self.model, "messages": [{"role": "user", "content": "Hello"}],
@@ -64,6 +70,8 @@ class Stream(threading.Thread):
             for chunk in r.iter_raw():
                 self.body += chunk
                 self.first.set()
+                if self.stop:
+                    break
         self.ended_at = time.monotonic()
 
 
@@ -80,6 +88,9 @@ def gateway_node(cluster: E2ECluster) -> Iterator[str]:
     try:
         yield "node-gw"
     finally:
+        for stream in STREAMS:
+            stream.stop = True
+        STREAMS.clear()
         cluster.cli("rm", "gwj", check=False)
         stop_children([child])
         cluster.children.remove(child)
@@ -126,10 +137,11 @@ def test_gateway_journey(cluster: E2ECluster, gateway_node: str, tmp_path: Path)
 
     # scale down with a long stream on each replica: the one removed drains
     # two slots per replica: the stream holds one, new requests get the other. The streams must
-    # outlast the scale run's dispatch and stay inside the node's drain grace: ~20 s, from the
-    # time two streams at once take for 1,500 tokens, since the machine's load changes it. On this
-    # tiny model attention over the context is most of the work, so the time grows with the square
-    # of the tokens
+    # outlast the scale run's dispatch (up to ~10 s on a loaded machine) and stay inside the node's
+    # drain grace (300 s): at least ~25 s, from the time two streams at once take for 1,500 tokens,
+    # since the machine's load changes it. The time per token grows with the context (attention),
+    # so sizing by a linear rate gives at least 25 s: measured, 3,082 tokens took 2.1 × the time of
+    # 1,500 (a square law had sized streams that ended after 10 s)
     calibration = [Stream(api, "gwj", 1500) for _ in range(2)]
     t0 = time.monotonic()
     for s in calibration:
@@ -138,7 +150,7 @@ def test_gateway_journey(cluster: E2ECluster, gateway_node: str, tmp_path: Path)
         s.join(timeout=120)
     took = time.monotonic() - t0
     rate = 1500 / took
-    streams = [Stream(api, "gwj", max(1500, min(15000, int(1500 * math.sqrt(20 / took))))) for _ in range(2)]
+    streams = [Stream(api, "gwj", max(1500, min(15000, int(1500 * 25 / took)))) for _ in range(2)]
     for s in streams:
         s.start()
         assert s.first.wait(60)
@@ -158,7 +170,10 @@ def test_gateway_journey(cluster: E2ECluster, gateway_node: str, tmp_path: Path)
     for _ in range(4):  # new requests while the removed replica drains: all to the one that stays
         assert chat(api, "gwj").status_code == 200
     assert metric(api, "gpufleet_gateway_requests_total", deployment="gwj", replica=stays) - before == 4
-    assert all(s.is_alive() for s in streams), "a stream ended before the drain was exercised"
+    assert all(s.is_alive() for s in streams), (
+        f"a stream ended before the drain was exercised: calibration {took:.1f} s for 1500 tokens; streams "
+        f"{[(s.tokens, len(s.body), s.body.rstrip().endswith(b'data: [DONE]'), round(s.ended_at - scale_started, 1)) for s in streams]} "
+        f"(tokens, bytes, complete, ended s after the scale began); now {time.monotonic() - scale_started:.1f} s after")
     for s in streams:
         s.join(timeout=300)
     scaled.join(timeout=300)
