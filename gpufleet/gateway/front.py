@@ -30,6 +30,7 @@ from typing import Any
 
 import httptools
 from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message
 
@@ -144,9 +145,10 @@ class CallerConnection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        if self.transport is not None and (b"expect", b"100-continue") in (
+        busy = self.pending or (self.serving is not None and not self.serving.done())
+        if self.transport is not None and not busy and (b"expect", b"100-continue") in (
                 (k, v.lower()) for k, v in self.headers):
-            self.transport.write(_CONTINUE)
+            self.transport.write(_CONTINUE)  # never inside an answer still being written
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -167,6 +169,9 @@ class CallerConnection(asyncio.Protocol):
                 await self._answer(request)
             except asyncio.CancelledError:
                 raise
+            except (OSError, ClientDisconnect):  # the caller left while its answer was written
+                self._close()
+                return
             except Exception:  # noqa: BLE001 - answered 500, logged; the process serves on
                 log.exception("the gateway failed to answer %s %s", request.method.decode(), request.path.decode())
                 if not self.closed:
