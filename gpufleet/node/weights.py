@@ -164,7 +164,11 @@ def download(request: Callable[[], FileRequest], dest: Path, f: RepoFile, report
     part = Path(f"{final}.part")
 
     def show_other_pull() -> None:
-        report(part.stat().st_size if part.exists() else 0, f.path)
+        try:
+            done = part.stat().st_size
+        except FileNotFoundError:  # not begun, or just renamed into place: the lock tells next
+            return
+        report(done, f.path)
 
     with file_lock(final, show_other_pull):
         if _complete(final, f.size):  # another replica finished it while we waited
