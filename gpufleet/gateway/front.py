@@ -10,7 +10,7 @@ write the answer. The answer is still a Starlette response, called as an ASGI ap
 module's ``send``, so the gateway has one way of answering whichever server runs it.
 
 HTTP/1.1 as the callers use it: keep-alive (idle connections closed after
-:data:`KEEPALIVE_S`), pipelined requests answered in order, ``Expect: 100-continue``,
+:data:`CALLER_IDLE_S`), pipelined requests answered in order, ``Expect: 100-continue``,
 chunked request bodies (httptools decodes them), chunked answers when the length is not
 known (HTTP/1.0 callers get the body and a close instead), and back-pressure: a streamed
 answer waits while the caller's socket buffer is full. A caller that leaves mid-answer
@@ -43,7 +43,7 @@ from gpufleet.server.auth import token_of
 log = logging.getLogger(__name__)
 
 #: an idle caller connection is closed after this (uvicorn's setting for gateway processes was the same)
-KEEPALIVE_S = 60.0
+CALLER_IDLE_S = 60.0
 HOT_PATHS = frozenset(p.encode() for p in ENDPOINTS)
 _FORWARDED = frozenset(h.encode() for h in FORWARD_REQUEST_HEADERS)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -209,7 +209,7 @@ class CallerConnection(asyncio.Protocol):
 
     def _arm_idle(self) -> None:
         if not self.closed and not self.pending:
-            self.idle_timer = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._close)
+            self.idle_timer = asyncio.get_running_loop().call_later(CALLER_IDLE_S, self._close)
 
 
 class _Writer:
