@@ -11,17 +11,32 @@ from starlette.responses import Response
 class GatewayError(Exception):
     """An answer the gateway gives itself (the backend's own errors pass through untouched)."""
 
-    def __init__(self, status: int, message: str, type_: str, code: str) -> None:
+    def __init__(self, status: int, message: str, type_: str, code: str | int) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.code = code
 
+    def body(self) -> bytes:
+        return json.dumps({"error": {"message": self.message, "type": self.type, "code": self.code}}).encode()
+
+    def headers(self) -> dict[str, str]:
+        """Besides the content type: when to try again (503), how to authenticate (401)."""
+        if self.status == 503:
+            return {"retry-after": "1"}
+        if self.status == 401:
+            return {"www-authenticate": 'Bearer realm="gpufleet"'}
+        return {}
+
     def response(self) -> Response:
-        body = {"error": {"message": self.message, "type": self.type, "code": self.code}}
-        headers = {"Retry-After": "1"} if self.status == 503 else None
-        return Response(json.dumps(body), status_code=self.status, media_type="application/json", headers=headers)
+        return Response(self.body(), status_code=self.status, media_type="application/json", headers=self.headers())
+
+
+def refused(status: int, message: str) -> GatewayError:
+    """A caller the server did not accept (401 no or bad key, 403, 503 server unreachable)."""
+    kind = {401: "authentication_error", 403: "permission_error"}.get(status, "server_error")
+    return GatewayError(status, message, kind, status)
 
 
 def bad_request(message: str) -> GatewayError:

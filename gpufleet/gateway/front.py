@@ -1,20 +1,19 @@
 """The HTTP/1.1 server of a ``gpufleet gateway`` process: an asyncio protocol parsed by httptools
-that hands the inference routes straight to the gateway and everything else to its Starlette
-app as plain ASGI.
+that hands the inference routes to gpufleet.gateway.exchange and everything else to its
+Starlette app as plain ASGI.
 
 Why not uvicorn, which serves the gpufleet server: a gateway process exists to pass requests
 on, and the benchmark (docs/gateway.md, Overhead) showed uvicorn's protocol, Starlette's
 routing and request objects costing several times what the pass-on itself does. Here the hot
-path is: parse, look up the caller's key in the authenticator's cache, ``Gateway.forward``,
-write the answer. The answer is still a Starlette response, called as an ASGI app with this
-module's ``send``, so the gateway has one way of answering whichever server runs it.
+path is: parse, then an :class:`~gpufleet.gateway.exchange.Exchange` sends the request from
+this parser's callback and writes the answer from the backend's.
 
 HTTP/1.1 as the callers use it: keep-alive (idle connections closed after
 :data:`CALLER_IDLE_S`), pipelined requests answered in order, ``Expect: 100-continue``,
 chunked request bodies (httptools decodes them), chunked answers when the length is not
 known (HTTP/1.0 callers get the body and a close instead), and back-pressure: a streamed
-answer waits while the caller's socket buffer is full. A caller that leaves mid-answer
-cancels its request, which closes the backend connection (gpufleet.gateway.routes._relay).
+answer is not read from the backend while the caller's socket buffer is full. A caller that
+leaves mid-answer ends its request, which closes the backend connection.
 """
 
 from __future__ import annotations
@@ -25,27 +24,22 @@ import json
 import logging
 import signal
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import httptools
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message
 
-from gpufleet.gateway import errors
-from gpufleet.gateway.remote_auth import RemoteAuthenticator, refusal
+from gpufleet.gateway.exchange import Exchange, simple_answer, status_line
+from gpufleet.gateway.remote_auth import RemoteAuthenticator
 from gpufleet.gateway.routes import ENDPOINTS, Gateway
-from gpufleet.gateway.upstream import FORWARD_REQUEST_HEADERS
-from gpufleet.server.auth import token_of
 
 log = logging.getLogger(__name__)
 
 #: an idle caller connection is closed after this (uvicorn's setting for gateway processes was the same)
 CALLER_IDLE_S = 60.0
 HOT_PATHS = frozenset(p.encode() for p in ENDPOINTS)
-_FORWARDED = frozenset(h.encode() for h in FORWARD_REQUEST_HEADERS)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -69,44 +63,39 @@ class GatewayFront:
     def connection(self) -> "CallerConnection":
         return CallerConnection(self)
 
-    async def answer(self, request: _Request) -> Response | None:
-        """The hot path's answer, or None when the ASGI app should answer instead."""
-        if request.method != b"POST" or request.path not in HOT_PATHS:
-            return None
-        checked = await self.authenticator.check(token_of(request.headers))
-        if checked.principal is None:
-            return refusal(checked.status, checked.message)
-        forwarded = {k.decode(): v.decode("latin-1") for k, v in request.headers if k in _FORWARDED}
-        try:
-            return await self.gateway.forward(checked.principal, request.path.decode(),
-                                              request.query.decode("latin-1"), request.body, forwarded)
-        except errors.GatewayError as exc:
-            return exc.response()
-
 
 class CallerConnection(asyncio.Protocol):
+    """One caller's connection: its requests answered one at a time, in order."""
+
     def __init__(self, front: GatewayFront) -> None:
         self.front = front
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.pending: collections.deque[_Request] = collections.deque()
-        self.serving: asyncio.Task[None] | None = None
-        self.writable = asyncio.Event()
+        #: the request being answered: an exchange (the hot path) or the app's task
+        self.current: Exchange | asyncio.Task[None] | None = None
+        self.paused = False
+        self.writable = asyncio.Event()  # for the app's answers, which await it
         self.writable.set()
         self.closed = False
+        self.last_active = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self._dispatching = False
         self._reset()
 
     def _reset(self) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+        self.expect_continue = False
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._arm_idle()
+        self.loop = asyncio.get_running_loop()
+        self.last_active = self.loop.time()
+        self.idle_timer = self.loop.call_later(CALLER_IDLE_S, self._idle_check)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -118,36 +107,42 @@ class CallerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.paused = False
         self.writable.set()
+        self.pending.clear()
         if self.idle_timer is not None:
             self.idle_timer.cancel()
-        if self.serving is not None and not self.serving.done():
-            self.serving.cancel()  # the caller left: its request stops, and with it the backend's answer
+        current, self.current = self.current, None
+        if isinstance(current, Exchange):
+            current.abandon()  # the caller left: its request stops, and with it the backend's answer
+        elif current is not None and not current.done():
+            current.cancel()
 
     def pause_writing(self) -> None:
+        self.paused = True
         self.writable.clear()
+        if isinstance(self.current, Exchange):
+            self.current.caller_paused()
 
     def resume_writing(self) -> None:
+        self.paused = False
         self.writable.set()
+        if isinstance(self.current, Exchange):
+            self.current.caller_resumed()
 
     # -- httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self._reset()
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_continue = True
 
     def on_headers_complete(self) -> None:
-        busy = self.pending or (self.serving is not None and not self.serving.done())
-        if self.transport is not None and not busy and (b"expect", b"100-continue") in (
-                (k, v.lower()) for k, v in self.headers):
+        if self.expect_continue and self.transport is not None and not self.pending and self.current is None:
             self.transport.write(_CONTINUE)  # never inside an answer still being written
 
     def on_body(self, body: bytes) -> None:
@@ -155,51 +150,67 @@ class CallerConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         path, _, query = self.url.partition(b"?")
-        self.pending.append(_Request(self.parser.get_method(), path, query, self.headers, b"".join(self.body),
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.pending.append(_Request(self.parser.get_method(), path, query, self.headers, body,
                                      self.parser.should_keep_alive(), self.parser.get_http_version() == "1.1"))
-        if self.serving is None or self.serving.done():
-            self.serving = asyncio.get_running_loop().create_task(self._serve())
+        self._reset()
+        if self.current is None and not self._dispatching:
+            self._next()
 
-    # -- answering
+    # -- answering, one request at a time
 
-    async def _serve(self) -> None:
-        while self.pending and not self.closed:
-            request = self.pending.popleft()
-            try:
-                await self._answer(request)
-            except asyncio.CancelledError:
-                raise
-            except (OSError, ClientDisconnect):  # the caller left while its answer was written
-                self._close()
-                return
-            except Exception:  # noqa: BLE001 - answered 500, logged; the process serves on
-                log.exception("the gateway failed to answer %s %s", request.method.decode(), request.path.decode())
-                if not self.closed:
-                    self._fail(500, "the gateway failed; its log says why")
-                return
-            if not request.keep_alive:
-                self._close()
-                return
-        self._arm_idle()
-
-    async def _answer(self, request: _Request) -> None:
-        writer = _Writer(self, request)
-        response = await self.front.answer(request)
-        if response is None:
-            await self.front.app(_scope(request, self.transport), _receiver(request, self), writer.send)
-            return
+    def _next(self) -> None:
+        """Answer the next pending request: the hot routes by an exchange, the rest by the app."""
+        self._dispatching = True
         try:
-            await response(_scope(request, self.transport), _receiver(request, self), writer.send)
+            while self.current is None and self.pending and not self.closed:
+                request = self.pending.popleft()
+                if request.method == b"POST" and request.path in HOT_PATHS:
+                    exchange = Exchange(self, self.front.gateway, self.front.authenticator, request)
+                    self.current = exchange
+                    exchange.start()  # an answer given at once (a refusal) has called finished()
+                else:
+                    self.current = self.loop.create_task(self._answer_app(request))
         finally:
-            if isinstance(response, StreamingResponse):
-                await response.body_iterator.aclose()  # type: ignore[attr-defined]  # ends _relay at once
+            self._dispatching = False
+        if self.current is None:
+            self.last_active = self.loop.time()
+
+    def finished(self, keep_alive: bool) -> None:
+        """The current answer is written (gpufleet.gateway.exchange.Caller)."""
+        self.current = None
+        if not keep_alive:
+            self._close()
+        elif not self._dispatching:
+            self._next()
+
+    def abort(self) -> None:
+        """The current answer cannot be completed: the caller sees the connection close."""
+        self.current = None
+        self._close()
+
+    async def _answer_app(self, request: _Request) -> None:
+        try:
+            await self.front.app(_scope(request, self.transport), _receiver(request, self),
+                                 _Writer(self, request).send)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, ClientDisconnect):  # the caller left while its answer was written
+            self.abort()
+            return
+        except Exception:  # noqa: BLE001 - answered 500, logged; the process serves on
+            log.exception("the gateway failed to answer %s %s", request.method.decode(), request.path.decode())
+            self.current = None
+            if not self.closed:
+                self._fail(500, "the gateway failed; its log says why")
+            return
+        self.finished(request.keep_alive)
 
     def _fail(self, status: int, message: str) -> None:
         if self.transport is not None and not self.closed:
             body = json.dumps({"error": {"message": message, "type": "invalid_request_error",
                                          "code": status}}).encode()
-            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                                 b"connection: close\r\n\r\n%s" % (status, _reason(status), len(body), body))
+            self.transport.write(simple_answer(status, {}, body, keep_alive=False))
         self._close()
 
     def _close(self) -> None:
@@ -207,9 +218,18 @@ class CallerConnection(asyncio.Protocol):
             self.transport.close()
         self.closed = True
 
-    def _arm_idle(self) -> None:
-        if not self.closed and not self.pending:
-            self.idle_timer = asyncio.get_running_loop().call_later(CALLER_IDLE_S, self._close)
+    def _idle_check(self) -> None:
+        """Close the connection once it has been idle for :data:`CALLER_IDLE_S` (one timer per
+        connection, moved on when it fires early, rather than one per request)."""
+        if self.closed:
+            return
+        left = CALLER_IDLE_S
+        if self.current is None and not self.pending and not self.url:  # url: a request being read
+            left = self.last_active + CALLER_IDLE_S - self.loop.time()
+            if left <= 0:
+                self._close()
+                return
+        self.idle_timer = self.loop.call_later(left, self._idle_check)
 
 
 class _Writer:
@@ -249,7 +269,7 @@ class _Writer:
             await connection.writable.wait()  # the caller reads slower than the backend writes
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        lines = [b"HTTP/1.1 %d %s" % (status, _reason(status))]
+        lines = [status_line(status).rstrip()]
         has_length = False
         for name, value in headers:
             has_length = has_length or name.lower() == b"content-length"
@@ -287,13 +307,6 @@ def _receiver(request: _Request, connection: CallerConnection):  # noqa: ANN202 
         return {"type": "http.disconnect"}
 
     return receive
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
 
 
 def run(app: Starlette, host: str, port: int) -> None:

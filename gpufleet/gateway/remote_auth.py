@@ -12,7 +12,6 @@ as the anonymous admin, and so does the gateway.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpufleet.core.access import Principal
+from gpufleet.gateway import errors
 from gpufleet.server.auth import token_of
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,16 @@ class RemoteAuthenticator:
         self._session: aiohttp.ClientSession | None = None
         self._cache: dict[str, _Answer] = {}
 
+    def cached(self, token: str | None) -> _Answer | None:
+        """The server's answer about ``token`` while it is remembered; None: :meth:`check` must ask."""
+        hit = self._cache.get(_digest(token))
+        return hit if hit is not None and hit.until >= time.monotonic() else None
+
     async def check(self, token: str | None) -> _Answer:
-        digest = hashlib.sha256((token or "").encode()).hexdigest()
-        hit = self._cache.get(digest)
-        if hit is not None and hit.until >= time.monotonic():
+        hit = self.cached(token)
+        if hit is not None:
             return hit
+        digest = _digest(token)
         answer = await self._ask(token)
         if len(self._cache) > 10000:
             self._cache.clear()
@@ -81,6 +86,10 @@ class RemoteAuthenticator:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _digest(token: str | None) -> bytes:
+    return hashlib.sha256((token or "").encode()).digest()
 
 
 def _message(body: Any) -> str:  # noqa: ANN401 - a JSON answer
@@ -114,7 +123,4 @@ class RemoteAuthMiddleware:
 
 def refusal(status: int, message: str) -> Response:
     """The answer to a caller the server did not accept, in the OpenAI shape."""
-    kind = {401: "authentication_error", 403: "permission_error"}.get(status, "server_error")
-    data = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
-    headers = {"www-authenticate": 'Bearer realm="gpufleet"'} if status == 401 else None
-    return Response(data, status_code=status, media_type="application/json", headers=headers)
+    return errors.refused(status, message).response()

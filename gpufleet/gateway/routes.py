@@ -7,7 +7,6 @@ Plain Starlette routes, not FastAPI ones: the body is passed on as the caller se
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -21,7 +20,7 @@ from starlette.routing import Route
 from gpufleet.core.access import ANONYMOUS_ADMIN, Principal
 from gpufleet.gateway import errors
 from gpufleet.gateway.balancer import LeastOutstanding
-from gpufleet.gateway.metrics import UNKNOWN, GatewayMetrics
+from gpufleet.gateway.metrics import UNKNOWN, GatewayMetrics, ReplicaMeters
 from gpufleet.gateway.settings import GatewaySettings
 from gpufleet.gateway.table import Replica, Route as TableRoute, RoutingCache
 from gpufleet.gateway.upstream import (Answer, BrokenAnswer, Unreachable, Upstream, request_headers,
@@ -92,29 +91,70 @@ class Gateway:
         see (upstream.FORWARD_REQUEST_HEADERS). Raises :class:`errors.GatewayError` for the
         gateway's own answers."""
         started = time.perf_counter() if started is None else started
-        model = _model_of(body)
-        if not principal.may_infer(model):
-            known = model in (await self.cache.table()).routes  # labels never take the caller's words
-            self._count_error(model if known else UNKNOWN, "model_not_allowed")
-            raise errors.forbidden(model)
+        model = self.admit(principal, body)
         url_tail = path + (f"?{query}" if query else "")
         failures: dict[int, int] = {}
         deadline = time.monotonic() + self.settings.wait_s
         while True:
-            route = await self._route(model)
-            candidates = [r for r in route.replicas if failures.get(r.instance, 0) < DISCONNECT_TRIES]
-            replica = self.balancer.pick(candidates)
-            if replica is None:
-                await self._wait(route, deadline, tried=bool(failures))
-                continue
+            replica = await self.replica_for(model, failures, deadline)
             try:
                 return await self._send(replica, path, url_tail, body, headers, started)
             except Unreachable as exc:
-                failures[replica.instance] = failures.get(replica.instance, 0) + (
-                    1 if exc.reason == "disconnected" else DISCONNECT_TRIES)
-                self.metrics.retries.labels(model, exc.reason).inc()
-                log.warning("replica %s of %s at %s: %s (%s); trying another", replica.name, model, replica.url,
-                            exc.reason, exc)
+                self.unreachable(replica, exc, failures)
+
+    # -- the steps, shared with gpufleet.gateway.exchange (the front's callback-driven pass-on)
+
+    def admit(self, principal: Principal, body: bytes) -> str:
+        """The deployment the body names, if this caller may use it. Raises
+        :class:`errors.GatewayError` (400 no model, 403 not in the key's scope)."""
+        model = _model_of(body)
+        if not principal.may_infer(model):
+            table = self.cache.current
+            known = table is not None and model in table.routes  # labels never take the caller's words
+            self.count_error(model if known else UNKNOWN, "model_not_allowed")
+            raise errors.forbidden(model)
+        return model
+
+    def replica_now(self, model: str, failures: dict[int, int]) -> Replica | None:
+        """The replica to send to, if one can be chosen without waiting (a fresh table, a ready
+        replica not given up on); None: :meth:`replica_for` must be awaited."""
+        table = self.cache.fresh()
+        route = table.routes.get(model) if table is not None else None
+        if route is None or route.deleting:
+            return None
+        return self.balancer.pick(_candidates(route, failures))
+
+    async def replica_for(self, model: str, failures: dict[int, int], deadline: float) -> Replica:
+        """The replica to send to, waiting until ``deadline`` (monotonic) for one to come up.
+        Raises :class:`errors.GatewayError` (404 unknown model, 503 none came up)."""
+        while True:
+            route = await self._route(model)
+            replica = self.balancer.pick(_candidates(route, failures))
+            if replica is not None:
+                return replica
+            await self._wait(route, deadline, tried=bool(failures))
+
+    def unreachable(self, replica: Replica, exc: Unreachable, failures: dict[int, int]) -> None:
+        """``replica`` failed before a byte of its answer: count it, so that it is tried again
+        at most once (a disconnect) or not at all (refused, connect timeout)."""
+        failures[replica.instance] = failures.get(replica.instance, 0) + (
+            1 if exc.reason == "disconnected" else DISCONNECT_TRIES)
+        self.metrics.retry(replica.deployment, exc.reason)
+        log.warning("replica %s of %s at %s: %s (%s); trying another", replica.name, replica.deployment,
+                    replica.url, exc.reason, exc)
+
+    def begin(self, replica: Replica, started: float) -> "_Finish":
+        """A request goes to ``replica``: it counts as in flight until the returned finish is called."""
+        self.balancer.acquire(replica)
+        finish = _Finish(self, replica, self.metrics.of_replica(replica.deployment, replica.name), started)
+        finish.meters.in_flight += 1
+        return finish
+
+    def headed(self, replica: Replica, path: str, status: int) -> None:
+        """The replica's answer began with ``status``."""
+        self.metrics.answered(replica.deployment, replica.name, path, status)
+        if status >= 400:
+            self.count_error(replica.deployment, f"upstream_{status}")
 
     async def _route(self, model: str) -> TableRoute:
         table = await self.cache.table()
@@ -123,7 +163,7 @@ class Gateway:
             table = await self.cache.refresh(min_age=MISS_REFRESH_S)  # a miss: it may have just changed
             route = table.routes.get(model)
         if route is None or route.deleting:
-            self._count_error(UNKNOWN, "model_not_found")
+            self.count_error(UNKNOWN, "model_not_found")
             raise errors.unknown_model(model)
         return route
 
@@ -132,10 +172,10 @@ class Gateway:
         must not fail its first callers), polling the table, up to the configured time."""
         model = route.deployment
         if route.replicas_desired == 0:
-            self._count_error(model, "no_replica")
+            self.count_error(model, "no_replica")
             raise errors.no_replica(model, "it is scaled to 0 replicas (gpufleet start or scale brings it back)")
         if time.monotonic() >= deadline:
-            self._count_error(model, "no_replica")
+            self.count_error(model, "no_replica")
             why = ("every ready replica failed to answer" if tried else
                    f"none of its {route.replicas_desired} replica(s) is RUNNING")
             raise errors.no_replica(model, f"{why} (waited {self.settings.wait_s:g} s)")
@@ -144,23 +184,17 @@ class Gateway:
     async def _send(self, replica: Replica, path: str, url_tail: str, body: bytes, headers: dict[str, str],
                     started: float) -> Response:
         model, name = replica.deployment, replica.name
-        self.balancer.acquire(replica)
-        in_flight, latency, ttft = self.metrics.of_replica(model, name)
-        in_flight.inc()
+        done = self.begin(replica, started)
         try:
             upstream = await self.upstream.open(replica.url + url_tail, body, headers)
         except BaseException as exc:
-            self.balancer.release(replica)
-            in_flight.dec()
+            done.abandon()
             if isinstance(exc, TimeoutError):
-                self._count_error(model, "upstream_timeout")
+                self.count_error(model, "upstream_timeout")
                 raise errors.upstream_timeout(model, name, self.upstream.request_timeout_s) from None
             raise
         status = upstream.status
-        self.metrics.answered(model, name, path, status)
-        if status >= 400:
-            self._count_error(model, f"upstream_{status}")
-        done = _Finish(self, replica, (in_flight, latency, ttft), started)
+        self.headed(replica, path, status)
         if upstream.content_type == "text/event-stream":
             return StreamingResponse(_relay(upstream, done), status_code=status,
                                      headers=response_headers(upstream))
@@ -170,9 +204,9 @@ class Gateway:
             upstream.close()
             done(None, failed=True)
             if isinstance(exc, TimeoutError):
-                self._count_error(model, "upstream_timeout")
+                self.count_error(model, "upstream_timeout")
                 raise errors.upstream_timeout(model, name, self.upstream.request_timeout_s) from None
-            self._count_error(model, "upstream_cut")
+            self.count_error(model, "upstream_cut")
             raise errors.upstream_failed(model, f"replica {name} broke off its answer: {exc}") from exc
         except BaseException:
             upstream.close()
@@ -182,8 +216,8 @@ class Gateway:
         done(usage_of(content) if status < 300 else None)
         return Response(content, status_code=status, headers=response_headers(upstream))
 
-    def _count_error(self, deployment: str, code: str) -> None:
-        self.metrics.errors.labels(deployment, code).inc()
+    def count_error(self, deployment: str, code: str) -> None:
+        self.metrics.error(deployment, code)
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -193,25 +227,26 @@ class _Finish:
     """Once per request, when its answer has been passed on in full (or broke off): the
     balancer and the metrics learn it."""
 
-    def __init__(self, gateway: Gateway, replica: Replica, children: tuple[Any, Any, Any], started: float) -> None:
-        self.gateway, self.replica, self.started = gateway, replica, started
-        self.in_flight, self.latency, self.ttft = children
+    __slots__ = ("gateway", "replica", "meters", "started", "first_byte")
+
+    def __init__(self, gateway: Gateway, replica: Replica, meters: ReplicaMeters, started: float) -> None:
+        self.gateway, self.replica, self.meters, self.started = gateway, replica, meters, started
         self.first_byte: float | None = None
 
     def first(self) -> None:
         self.first_byte = time.perf_counter()
-        self.ttft.observe(self.first_byte - self.started)
+        self.meters.ttft.observe(self.first_byte - self.started)
+
+    def abandon(self) -> None:
+        """The request never got an answer begun (the replica failed first): not a latency."""
+        self.gateway.balancer.release(self.replica)
+        self.meters.in_flight -= 1
 
     def __call__(self, usage: dict[str, Any] | None, failed: bool = False) -> None:
-        g, r = self.gateway, self.replica
-        g.balancer.release(r)
-        self.in_flight.dec()
-        self.latency.observe(time.perf_counter() - self.started)
+        self.abandon()
+        self.meters.latency.observe(time.perf_counter() - self.started)
         if usage:
-            for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
-                value = usage.get(key)
-                if isinstance(value, int) and value > 0:
-                    g.metrics.tokens.labels(r.deployment, kind).inc(value)
+            self.gateway.metrics.usage(self.replica.deployment, usage)
 
 
 async def _relay(upstream: Answer, done: _Finish) -> AsyncIterator[bytes]:
@@ -228,7 +263,7 @@ async def _relay(upstream: Answer, done: _Finish) -> AsyncIterator[bytes]:
     except (BrokenAnswer, TimeoutError) as exc:
         r = done.replica
         code = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_cut"
-        done.gateway._count_error(r.deployment, code)  # noqa: SLF001 - the same gateway's counter
+        done.gateway.count_error(r.deployment, code)
         log.warning("stream from replica %s of %s broke off: %s", r.name, r.deployment, exc or type(exc).__name__)
     finally:
         if complete:
@@ -238,9 +273,16 @@ async def _relay(upstream: Answer, done: _Finish) -> AsyncIterator[bytes]:
         done(usage_of(tail) if complete else None, failed=not complete)
 
 
+def _candidates(route: TableRoute, failures: dict[int, int]) -> tuple[Replica, ...] | list[Replica]:
+    """The route's ready replicas, less those given up on for this request."""
+    if not failures:
+        return route.replicas
+    return [r for r in route.replicas if failures.get(r.instance, 0) < DISCONNECT_TRIES]
+
+
 def _model_of(body: bytes) -> str:
     try:
-        payload = json.loads(body)
+        payload = json.loads(body.decode())  # UTF-8 (RFC 8259); a str skips json's encoding detection
     except ValueError as exc:
         raise errors.bad_request(f"the body must be a JSON object: {exc}") from None
     if not isinstance(payload, dict):

@@ -100,14 +100,24 @@ class RoutingCache:
     def age(self) -> float:
         return self._clock() - self._read_at
 
-    async def table(self) -> RouteTable:
-        """The table to route with: the cached one while fresh; read again when stale."""
+    def fresh(self) -> RouteTable | None:
+        """The table to route with now, without waiting: the cached one while fresh, or while
+        a read it has just begun is under way; None when :meth:`table` would wait for a read."""
+        if self._table is None:
+            return None
         age = self.age
-        if self._table is not None and age < self._refresh_s:
+        if age < self._refresh_s:
             return self._table
-        if self._table is not None and age < 3 * self._refresh_s:
+        if age < 3 * self._refresh_s:
             self._start_read(fresh=False)  # serve this request from the cached table; the next gets the new one
             return self._table
+        return None
+
+    async def table(self) -> RouteTable:
+        """The table to route with: the cached one while fresh; read again when stale."""
+        table = self.fresh()
+        if table is not None:
+            return table
         return await asyncio.shield(self._start_read(fresh=False))
 
     async def refresh(self, min_age: float = 0.0) -> RouteTable:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -21,8 +22,11 @@ from typing import Any
 
 from gpufleet.gateway.wire import KEEPALIVE_S, Address, Answer, BrokenAnswer, Pool, Unreachable, request_bytes
 
+_DECODER = json.JSONDecoder()
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*\{')
+
 __all__ = ["KEEPALIVE_S", "Answer", "BrokenAnswer", "Unreachable", "Upstream", "request_headers",
-           "response_headers", "usage_of"]
+           "response_headers", "split_url", "usage_of"]
 
 #: request headers the backend sees; never the caller's credentials (Authorization, cookies)
 FORWARD_REQUEST_HEADERS = ("content-type", "accept")
@@ -32,7 +36,7 @@ HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "conte
 
 
 @lru_cache(maxsize=4096)
-def _split(url: str) -> tuple[Address, str]:
+def split_url(url: str) -> tuple[Address, str]:
     """``http://host:port/path?query`` → (address, request target); replicas' URLs repeat."""
     scheme, _, rest = url.partition("://")
     netloc, slash, target = rest.partition("/")
@@ -49,12 +53,10 @@ class Upstream:
         """Send the request; return once the answer's status and headers arrived. Raises
         :class:`Unreachable` for a failure before any byte, ``TimeoutError`` when the whole
         request's time ran out."""
-        if self._pool is None:
-            self._pool = Pool(self.connect_timeout_s)
         deadline = time.monotonic() + self.request_timeout_s
-        address, target = _split(url)
-        connection = await self._pool.connection(address)
-        answer = connection.send(request_bytes(method, target, address, dict(headers), body), deadline)
+        address, target = split_url(url)
+        connection = await self.pool.connection(address)
+        answer = connection.start(request_bytes(method, target, address, dict(headers), body), deadline)
         try:
             await asyncio.wait_for(asyncio.shield(answer.head), deadline - time.monotonic())
         except TimeoutError:
@@ -64,6 +66,12 @@ class Upstream:
             connection.close()
             raise
         return answer
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            self._pool = Pool(self.connect_timeout_s)
+        return self._pool
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -81,27 +89,17 @@ def response_headers(response: Answer) -> dict[str, str]:
 
 def usage_of(body: bytes) -> dict[str, Any] | None:
     """The last ``"usage": {...}`` object in a JSON answer or the tail of an SSE stream,
-    found without parsing the whole body (an embeddings answer can be megabytes)."""
+    found without parsing the whole body (an embeddings answer can be megabytes): from the
+    last ``"usage"`` key, one JSON object is decoded and the rest ignored."""
     at = body.rfind(b'"usage"')
     if at < 0:
         return None
-    start = body.find(b"{", at)
-    if start < 0:
+    key = _USAGE_KEY.match(body, at)
+    if key is None:  # "usage": null, or not a key
         return None
-    depth, end = 0, -1
-    for i in range(start, min(len(body), start + 2048)):  # usage holds numbers and small objects
-        c = body[i]
-        if c == 0x7B:  # {
-            depth += 1
-        elif c == 0x7D:  # }
-            depth -= 1
-            if depth == 0:
-                end = i
-                break
-    if end < 0:
-        return None
-    try:
-        usage = json.loads(body[start:end + 1])
+    start = key.end() - 1
+    try:  # usage holds numbers and small objects: 2 KiB is plenty
+        usage, _ = _DECODER.raw_decode(body[start:start + 2048].decode("utf-8", "replace"))
     except ValueError:
         return None
     return usage if isinstance(usage, dict) else None

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import httptools
+
+log = logging.getLogger(__name__)
 
 #: idle pooled connections are dropped after this, under the backends' own 5 s keep-alive
 KEEPALIVE_S = 4.0
@@ -61,9 +65,24 @@ class Address:
         return cls(host.strip("[]"), int(port), netloc.encode("latin-1"))
 
 
+class Receiver(Protocol):
+    """Whoever a :class:`Connection` hands a backend's answer to, from the parser's callbacks:
+    :class:`Answer` for code that awaits it, gpufleet.gateway.exchange for the front, which
+    writes it on to the caller from these callbacks without a task in between."""
+
+    def head_in(self, status: int, keep_alive: bool, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def body_in(self, data: bytes) -> None: ...
+
+    def complete(self) -> None: ...
+
+    def lost(self, exc: BaseException) -> None:
+        """The connection closed or garbled the answer before its end."""
+
+
 class Answer:
-    """A backend's answer as it arrives: the status and headers once the head is in, then the
-    body, read whole (:meth:`read`) or chunk by chunk (:meth:`chunks`)."""
+    """A backend's answer as it arrives, for code that awaits it: the status and headers once
+    the head is in, then the body, read whole (:meth:`read`) or chunk by chunk (:meth:`chunks`)."""
 
     def __init__(self, connection: "Connection", deadline: float) -> None:
         self._connection = connection
@@ -77,7 +96,7 @@ class Answer:
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
-        self.complete = False
+        self.is_complete = False
         self._error: BaseException | None = None
 
     # -- what the caller reads
@@ -114,7 +133,7 @@ class Answer:
                     self._paused = False
                     self._connection.resume_reading()
                 return chunk
-            if self.complete:
+            if self.is_complete:
                 return None
             if self._error is not None:
                 raise BrokenAnswer(str(self._error) or type(self._error).__name__)
@@ -126,7 +145,7 @@ class Answer:
 
     def release(self) -> None:
         """Done with it: a complete answer on a kept-alive connection returns it to the pool."""
-        if self.complete and self.keep_alive and self._error is None:
+        if self.is_complete and self.keep_alive and self._error is None:
             self._connection.idle()
         else:
             self._connection.close()
@@ -134,14 +153,14 @@ class Answer:
     def close(self) -> None:
         self._connection.close()
 
-    # -- what the connection tells it
+    # -- what the connection tells it (Receiver)
 
-    def _on_head(self, status: int, keep_alive: bool) -> None:
-        self.status, self.keep_alive = status, keep_alive
+    def head_in(self, status: int, keep_alive: bool, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status, self.keep_alive, self.raw_headers = status, keep_alive, headers
         if not self.head.done():
             self.head.set_result(None)
 
-    def _on_body(self, data: bytes) -> None:
+    def body_in(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
         if not self._paused and self._buffered > HIGH_WATER:
@@ -149,12 +168,12 @@ class Answer:
             self._connection.pause_reading()
         self._wake()
 
-    def _on_complete(self) -> None:
-        self.complete = True
+    def complete(self) -> None:
+        self.is_complete = True
         self._wake()
 
-    def _on_lost(self, exc: BaseException) -> None:
-        if self.complete:
+    def lost(self, exc: BaseException) -> None:
+        if self.is_complete:
             return
         self._error = exc
         if not self.head.done():
@@ -167,6 +186,10 @@ class Answer:
             self._waiter.set_result(None)
 
 
+class _Unexpected(Exception):
+    """Bytes from a backend while no request of ours is on its connection."""
+
+
 class Connection(asyncio.Protocol):
     """One connection to a backend, carrying one request at a time."""
 
@@ -175,18 +198,27 @@ class Connection(asyncio.Protocol):
         self.address = address
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._answer: Answer | None = None
+        self._receiver: Receiver | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
         self.closed = False
         self.idle_since = 0.0
 
-    def send(self, request: bytes, deadline: float) -> Answer:
+    def send(self, request: bytes, receiver: Receiver) -> None:
+        """Write ``request``; its answer goes to ``receiver`` as it arrives."""
         assert self._transport is not None
-        self._answer = Answer(self, deadline)
+        self._receiver = receiver
+        self._headers = []
         self._transport.write(request)
-        return self._answer
+
+    def start(self, request: bytes, deadline: float) -> Answer:
+        """Write ``request``; its answer, to await."""
+        answer = Answer(self, deadline)
+        self.send(request, answer)
+        return answer
 
     def idle(self) -> None:
-        self._answer = None
+        """The answer was read in full: back to the pool for the next request."""
+        self._receiver = None
         if self.closed:
             return
         self.idle_since = time.monotonic()
@@ -196,6 +228,11 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
         self.closed = True
+
+    def abandon(self) -> None:
+        """Close without telling the receiver: it gave the answer up itself."""
+        self._receiver = None
+        self.close()
 
     def pause_reading(self) -> None:
         if self._transport is not None and not self.closed:
@@ -211,37 +248,47 @@ class Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._answer is None:  # bytes nobody asked for: this connection cannot be trusted
-            self.close()
-            return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:  # raised by a callback of ours
+            cause = exc.__context__
+            if not isinstance(cause, _Unexpected):  # bytes nobody asked for just close the connection
+                log.error("passing on an answer from %s:%s failed", self.address.host, self.address.port,
+                          exc_info=cause)
+            self._break(BrokenAnswer(f"the gateway failed on this answer: {cause!r}"))
         except httptools.HttpParserError as exc:
-            self._answer._on_lost(BrokenAnswer(f"a malformed answer: {exc}"))  # noqa: SLF001
-            self.close()
+            self._break(BrokenAnswer(f"a malformed answer: {exc}"))
+
+    def _break(self, exc: BaseException) -> None:
+        receiver, self._receiver = self._receiver, None
+        self.close()
+        if receiver is not None:
+            receiver.lost(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._answer is not None:
-            self._answer._on_lost(exc or ConnectionResetError("the backend closed the connection"))  # noqa: SLF001
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            receiver.lost(exc or ConnectionResetError("the backend closed the connection"))
 
     # -- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self._answer is not None
-        self._answer.raw_headers.append((name, value))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self._answer is not None
-        self._answer._on_head(self._parser.get_status_code(), self._parser.should_keep_alive())  # noqa: SLF001
+        if self._receiver is None:
+            raise _Unexpected
+        self._receiver.head_in(self._parser.get_status_code(), self._parser.should_keep_alive(), self._headers)
 
     def on_body(self, body: bytes) -> None:
-        assert self._answer is not None
-        self._answer._on_body(body)  # noqa: SLF001
+        if self._receiver is not None:  # None: the receiver closed this connection mid-answer
+            self._receiver.body_in(body)
 
     def on_message_complete(self) -> None:
-        assert self._answer is not None
-        self._answer._on_complete()  # noqa: SLF001
+        receiver = self._receiver
+        if receiver is not None:
+            receiver.complete()
 
 
 class Pool:
@@ -249,19 +296,28 @@ class Pool:
 
     def __init__(self, connect_timeout_s: float) -> None:
         self.connect_timeout_s = connect_timeout_s
-        self._idle: dict[Address, list[Connection]] = {}
+        #: by Address.host_header (HOST:PORT), a bytes key: hashing a dataclass runs Python code
+        self._idle: dict[bytes, list[Connection]] = {}
 
     def put(self, connection: Connection) -> None:
-        self._idle.setdefault(connection.address, []).append(connection)
+        self._idle.setdefault(connection.address.host_header, []).append(connection)
 
-    async def connection(self, address: Address) -> Connection:
-        idle = self._idle.get(address)
+    def take(self, address: Address) -> Connection | None:
+        """A kept-alive connection to ``address``, if one is idle (no waiting)."""
+        idle = self._idle.get(address.host_header)
         now = time.monotonic()
         while idle:
             connection = idle.pop()
             if not connection.closed and now - connection.idle_since < KEEPALIVE_S:
                 return connection
             connection.close()
+        return None
+
+    async def connection(self, address: Address) -> Connection:
+        """An idle connection to ``address``, else a new one. Raises :class:`Unreachable`."""
+        connection = self.take(address)
+        if connection is not None:
+            return connection
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(

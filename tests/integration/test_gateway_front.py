@@ -5,10 +5,8 @@ the wire (keep-alive, pipelining, Expect: 100-continue, HTTP/1.0, a caller leavi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,18 +15,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpufleet.gateway.front import GatewayFront, serve
-from gpufleet.gateway.settings import GatewaySettings
-from gpufleet.gateway.standalone import create_gateway_app
 from tests.support.gateway import (
     GatewayServer,
     LlamaServer,
     chat_body,
+    start_front,
     start_gateway_server,
     stream_chunks,
     write_long_model,
 )
-from tests.support.servers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -58,32 +53,9 @@ def front(gw: GatewayServer, backends: list[LlamaServer]) -> Iterator[str]:
     RUNNING replicas, one on each llama.cpp server."""
     for iid, backend in zip(gw.deploy("fr", 2), backends):
         gw.run(iid, backend)
-    app = create_gateway_app(gw.url, GatewaySettings(refresh_s=0.2, wait_s=1.0), headers=gw.headers)
-    port = free_port()
-    started: dict[str, object] = {}
-
-    def run() -> None:
-        async def main() -> None:
-            started["stop"], started["loop"] = asyncio.Event(), asyncio.get_running_loop()
-            await serve(GatewayFront(app, app.state.gateway, app.state.authenticator), "127.0.0.1", port,
-                        started["stop"])  # type: ignore[arg-type]
-        asyncio.run(main())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the front never answered /health"
-        time.sleep(0.05)
-    yield base
-    started["loop"].call_soon_threadsafe(started["stop"].set)  # type: ignore[attr-defined]
-    thread.join(10)
+    running = start_front(gw)
+    yield running.url
+    running.stop()
 
 
 def gauge(base: str, headers: dict[str, str], name: str) -> dict[str, float]:

@@ -192,3 +192,62 @@ def stream_chunks(url: str, body: dict[str, Any], timeout: float = 120,
         assert response.status_code == 200, response.read()
         for chunk in response.iter_raw():
             yield time.monotonic(), chunk
+
+
+@dataclass
+class RunningFront:
+    """A `gpufleet gateway` process's app served by its own HTTP server (gpufleet.gateway.front),
+    in a thread of its own as `gpufleet gateway` runs it."""
+
+    url: str
+    app: Any
+    loop: Any
+    stop_event: Any
+    thread: threading.Thread
+
+    def metrics(self, headers: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(10)
+
+
+def start_front(gw: GatewayServer, wait_s: float = 1.0, refresh_s: float = 0.2) -> RunningFront:
+    """A front reading its table and keys from ``gw``; it answers /health when this returns."""
+    import asyncio
+
+    from gpufleet.gateway.front import GatewayFront, serve
+    from gpufleet.gateway.settings import GatewaySettings
+    from gpufleet.gateway.standalone import create_gateway_app
+
+    app = create_gateway_app(gw.url, GatewaySettings(refresh_s=refresh_s, wait_s=wait_s), headers=gw.headers)
+    port = free_port()
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def run() -> None:
+        async def main() -> None:
+            started["stop"], started["loop"] = asyncio.Event(), asyncio.get_running_loop()
+            ready.set()
+            await serve(GatewayFront(app, app.state.gateway, app.state.authenticator), "127.0.0.1", port,
+                        started["stop"])
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the front never answered /health")
+        time.sleep(0.05)
+    return RunningFront(base, app, started["loop"], started["stop"], thread)

@@ -108,6 +108,8 @@ def test_table_json_round_trip() -> None:
     (b'{"choices":[]}', None),
     (b'{"usage":{"completion_tokens":', None),  # cut off
     (b'{"usage": null}', None),
+    (b'{"usage": null, "timings": {"n": 1}}', None),  # not the next object
+    (b'{"text": "a \\"usage\\" word", "usage" : {"prompt_tokens": 4}}', {"prompt_tokens": 4}),
 ])
 def test_usage_of(body: bytes, usage: dict | None) -> None:
     assert usage_of(body) == usage
