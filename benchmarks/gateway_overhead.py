@@ -241,8 +241,16 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: int, n: int,
-                  throughput_total: int) -> dict[str, float]:
+                  throughput_total: int, proxy_pid: int | None = None) -> dict[str, float]:
+    """``proxy_pid``: the process behind ``gateway``, whose CPU time per request is printed
+    (the figure least disturbed by a noisy machine: what the proxy itself costs)."""
     body = chat(model, max_tokens)
     d_lat: list[float] = []
     g_lat: list[float] = []
@@ -258,10 +266,15 @@ async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: 
     row["added_p50_ms"] = row["p50_gateway_ms"] - row["p50_direct_ms"]
     row["added_p99_ms"] = row["p99_gateway_ms"] - row["p99_direct_ms"]
     for c in (32, 256):
-        runs_d, runs_g = [], []
+        runs_d, runs_g, cpu = [], [], []
         for _ in range(3):  # alternate: drift hits both alike
             runs_d.append(await throughput(direct, body, c, throughput_total))
+            before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
             runs_g.append(await throughput(gateway, body, c, throughput_total))
+            if proxy_pid:  # the connections' warm-up requests (2 per caller) are counted too
+                cpu.append((cpu_seconds(proxy_pid) - before) / (throughput_total + 2 * c))
+        if cpu:
+            row[f"proxy_cpu_us_{c}"] = statistics.median(cpu) * 1e6
         d = statistics.median(r for r, _ in runs_d)
         g = statistics.median(r for r, _ in runs_g)
         row[f"rps_direct_{c}"], row[f"rps_gateway_{c}"], row[f"ratio_{c}"] = d, g, g / d
@@ -274,8 +287,9 @@ async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: 
     print(f"  added         p50 {row['added_p50_ms']:+.3f} ms (goal < 0.5)   p99 {row['added_p99_ms']:+.3f} ms "
           f"(goal < 1)")
     for c in (32, 256):
+        cpu_note = (f"  [its CPU: {row[f'proxy_cpu_us_{c}']:.0f} us/request]" if f"proxy_cpu_us_{c}" in row else "")
         print(f"  throughput c={c:<3} direct {row[f'rps_direct_{c}']:8.0f} req/s  gateway "
-              f"{row[f'rps_gateway_{c}']:8.0f} req/s  ratio {row[f'ratio_{c}']:.1%} (goal >= 95 %)"
+              f"{row[f'rps_gateway_{c}']:8.0f} req/s  ratio {row[f'ratio_{c}']:.1%} (goal >= 95 %){cpu_note}"
               + (f"  failed: direct {row[f'failed_direct_{c}']:.0f}, gateway {row[f'failed_gateway_{c}']:.0f}"
                  if row[f"failed_direct_{c}"] or row[f"failed_gateway_{c}"] else ""))
     return row
@@ -367,7 +381,7 @@ def main() -> None:
         direct = f"http://127.0.0.1:{stub_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         asyncio.run(measure("instant stub upstream, gpufleet gateway process", direct, through, "stub", 4,
-                            args.requests, args.throughput_requests))
+                            args.requests, args.throughput_requests, gw.pid))
         if args.uvicorn:
             uv_port = free_port()
             uv = subprocess.Popen([sys.executable, "-c", GATEWAY, f"http://127.0.0.1:{stub_port}", str(uv_port),
@@ -376,13 +390,14 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{uv_port}/health", uv, "gateway under uvicorn")
             asyncio.run(measure(f"instant stub upstream, the same gateway app under uvicorn (http={args.http}, "
                                 f"loop={args.loop})", direct, f"http://127.0.0.1:{uv_port}/v1/chat/completions",
-                                "stub", 4, args.requests, args.throughput_requests))
+                                "stub", 4, args.requests, args.throughput_requests, uv.pid))
         if args.floors:
             for name, port, proc in start_floors(stub_port, tmp, env):
                 procs.append(proc)
                 asyncio.run(measure(f"instant stub upstream, floor: {name}", direct,
                                     f"http://127.0.0.1:{port}/v1/chat/completions", "stub", 4, args.requests,
-                                    args.throughput_requests))
+                                    args.throughput_requests,
+                                    None if name.startswith("nginx") else proc.pid))  # nginx serves from a child
         if args.in_server:
             srv_port = free_port()
             key_file = tmp / "admin-key"
@@ -395,7 +410,7 @@ def main() -> None:
             HEADERS["authorization"] = f"Bearer {key_file.read_text()}"
             asyncio.run(measure("instant stub upstream, the gateway inside the gpufleet server", direct,
                                 f"http://127.0.0.1:{srv_port}/v1/chat/completions", "stub", 4, args.requests,
-                                args.throughput_requests))
+                                args.throughput_requests, srv.pid))
         if not args.skip_llama:
             asyncio.run(measure("real llama.cpp (tiny model, max_tokens 4, 4 slots)",
                                 f"http://127.0.0.1:{llama_port}/v1/chat/completions", through, "llama", 4,

@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from gpufleet.gateway import errors
 from gpufleet.gateway.routes import STREAM_TAIL_BYTES
-from gpufleet.gateway.upstream import FORWARD_REQUEST_HEADERS, HOP_HEADERS, split_url, usage_of
+from gpufleet.gateway.upstream import HOP_HEADERS, split_url, usage_of
 from gpufleet.gateway.wire import Address, Connection, Unreachable
-from gpufleet.server.auth import token_of
 
 if TYPE_CHECKING:
     from gpufleet.gateway.remote_auth import RemoteAuthenticator
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_FORWARDED = frozenset(h.encode() for h in FORWARD_REQUEST_HEADERS)
 _HOP = frozenset(h.encode() for h in HOP_HEADERS)
 _EVENT_STREAM = b"text/event-stream"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -70,12 +68,14 @@ class Request(Protocol):
     body: bytes
     keep_alive: bool
     http11: bool
+    token: str | None
+    forwarded: bytes  # the request headers the backend sees, as they go on the wire
 
 
 class Exchange:
     """One request: chosen a replica, sent, answered — a :class:`gpufleet.gateway.wire.Receiver`."""
 
-    __slots__ = ("caller", "gateway", "authenticator", "request", "started", "wait_deadline", "failures",
+    __slots__ = ("caller", "gateway", "authenticator", "request", "started", "failures",
                  "replica", "finish", "connection", "reuse", "timer", "task", "status", "headers", "streaming",
                  "parts", "tail", "ended")
 
@@ -83,7 +83,6 @@ class Exchange:
                  request: Request) -> None:
         self.caller, self.gateway, self.authenticator, self.request = caller, gateway, authenticator, request
         self.started = time.perf_counter()
-        self.wait_deadline = time.monotonic() + gateway.settings.wait_s
         self.failures: dict[int, int] = {}
         self.replica: Replica | None = None
         self.finish: _Finish | None = None
@@ -103,7 +102,7 @@ class Exchange:
     def start(self) -> None:
         """Send the request now if nothing needs waiting for, else in a task that awaits what
         is missing (and no step is taken twice: a replica chosen here is the one connected to)."""
-        checked = self.authenticator.cached(token_of(self.request.headers))
+        checked = self.authenticator.cached(self.request.token)
         if checked is None:
             self._later(None, None)
             return
@@ -129,15 +128,17 @@ class Exchange:
         self.task = asyncio.get_running_loop().create_task(self._send_later(model, replica))
 
     async def _send_later(self, model: str | None, replica: Replica | None) -> None:
+        # the wait for a replica counts from the request's arrival
+        wait_until = time.monotonic() + self.gateway.settings.wait_s - (time.perf_counter() - self.started)
         try:
             if model is None:
-                checked = await self.authenticator.check(token_of(self.request.headers))
+                checked = await self.authenticator.check(self.request.token)
                 if checked.principal is None:
                     raise errors.refused(checked.status, checked.message)
                 model = self.gateway.admit(checked.principal, self.request.body)
             while True:
                 if replica is None:
-                    replica = await self.gateway.replica_for(model, self.failures, self.wait_deadline)
+                    replica = await self.gateway.replica_for(model, self.failures, wait_until)
                 address, target = _target(replica.url + self._url_tail())
                 try:
                     connection = await self.gateway.upstream.pool.connection(address)
@@ -163,9 +164,8 @@ class Exchange:
         self.finish = self.gateway.begin(replica, self.started)
         self.timer = asyncio.get_running_loop().call_later(self.gateway.upstream.request_timeout_s, self._expire)
         body = self.request.body
-        forwarded = b"".join(k + b": " + v + b"\r\n" for k, v in self.request.headers if k in _FORWARDED)
         connection.send(b"POST %s HTTP/1.1\r\nhost: %s\r\n%scontent-length: %d\r\n\r\n%s" % (
-            target, address.host_header, forwarded, len(body), body), self)
+            target, address.host_header, self.request.forwarded, len(body), body), self)
 
     # ------------------------------------------------------------------ the answer (wire.Receiver)
 

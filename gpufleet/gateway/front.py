@@ -34,6 +34,8 @@ from starlette.types import ASGIApp, Message
 from gpufleet.gateway.exchange import Exchange, simple_answer, status_line
 from gpufleet.gateway.remote_auth import RemoteAuthenticator
 from gpufleet.gateway.routes import ENDPOINTS, Gateway
+from gpufleet.gateway.upstream import FORWARD_REQUEST_HEADERS
+from gpufleet.server.auth import token_of
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 CALLER_IDLE_S = 60.0
 HOT_PATHS = frozenset(p.encode() for p in ENDPOINTS)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_FORWARDED = frozenset(h.encode() for h in FORWARD_REQUEST_HEADERS)
+_NOTED = _FORWARDED | {b"expect", b"authorization", b"x-api-key"}
 
 
 @dataclass
@@ -52,6 +56,10 @@ class _Request:
     body: bytes
     keep_alive: bool
     http11: bool
+    #: the caller's key (gpufleet.server.auth.token_of)
+    token: str | None
+    #: the headers the backend sees (upstream.FORWARD_REQUEST_HEADERS), as they go on the wire
+    forwarded: bytes
 
 
 class GatewayFront:
@@ -88,6 +96,8 @@ class CallerConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.expect_continue = False
+        self.forwarded: list[bytes] = []
+        self.credentials: list[tuple[bytes, bytes]] = []
 
     # -- asyncio.Protocol
 
@@ -138,8 +148,13 @@ class CallerConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         self.headers.append((name, value))
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_continue = True
+        if name in _NOTED:  # read here, once, rather than searched for later
+            if name in _FORWARDED:
+                self.forwarded.append(name + b": " + value + b"\r\n")
+            elif name == b"expect":
+                self.expect_continue = value.lower() == b"100-continue"
+            else:
+                self.credentials.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.expect_continue and self.transport is not None and not self.pending and self.current is None:
@@ -152,7 +167,9 @@ class CallerConnection(asyncio.Protocol):
         path, _, query = self.url.partition(b"?")
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.pending.append(_Request(self.parser.get_method(), path, query, self.headers, body,
-                                     self.parser.should_keep_alive(), self.parser.get_http_version() == "1.1"))
+                                     self.parser.should_keep_alive(), self.parser.get_http_version() == "1.1",
+                                     token_of(self.credentials) if self.credentials else None,
+                                     b"".join(self.forwarded)))
         self._reset()
         if self.current is None and not self._dispatching:
             self._next()
@@ -181,8 +198,10 @@ class CallerConnection(asyncio.Protocol):
         self.current = None
         if not keep_alive:
             self._close()
-        elif not self._dispatching:
+        elif self.pending and not self._dispatching:
             self._next()
+        else:
+            self.last_active = self.loop.time()
 
     def abort(self) -> None:
         """The current answer cannot be completed: the caller sees the connection close."""
