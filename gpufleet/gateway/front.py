@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import json
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +67,26 @@ class _Request:
 class GatewayFront:
     """What every caller connection shares: the gateway, its authenticator and its ASGI app."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway, authenticator: RemoteAuthenticator) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway, authenticator: RemoteAuthenticator,
+                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         self.app, self.gateway, self.authenticator = app, gateway, authenticator
+        self._on_close = on_close
+
+    @classmethod
+    def of(cls, app: Starlette) -> "GatewayFront":
+        """The front of ``create_gateway_app``'s app (its state holds the gateway and what to close)."""
+        return cls(app, app.state.gateway, app.state.authenticator, app.state.close)
 
     def connection(self) -> "CallerConnection":
         return CallerConnection(self)
+
+    async def close(self) -> None:
+        """What the app's lifespan closes at shutdown (the front runs no lifespan)."""
+        if self._on_close is not None:
+            await self._on_close()
+        else:
+            await self.gateway.close()
+            await self.authenticator.close()
 
 
 class CallerConnection(asyncio.Protocol):
@@ -330,7 +347,8 @@ def _receiver(request: _Request, connection: CallerConnection):  # noqa: ANN202 
 
 def run(app: Starlette, host: str, port: int) -> None:
     """Serve ``create_gateway_app``'s app until SIGINT or SIGTERM, on uvloop when it is installed."""
-    front = GatewayFront(app, app.state.gateway, app.state.authenticator)
+    front = GatewayFront.of(app)
+    gc.freeze()  # what start-up made (modules, the app) is left out of every later collection
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -356,8 +374,7 @@ async def serve(front: GatewayFront, host: str, port: int, stop: asyncio.Event) 
         await stop.wait()
     finally:
         server.close()
-        await front.gateway.close()
-        await front.authenticator.close()
+        await front.close()
 
 
 __all__ = ["GatewayFront", "run", "serve"]

@@ -44,15 +44,19 @@ def create_gateway_app(server_url: str, settings: GatewaySettings | None = None,
             return JSONResponse({"status": "error", "detail": f"cannot read the routing table: {exc}"}, 503)
         return JSONResponse({"status": "ok", "deployments": len(table.routes)})
 
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
+    async def close() -> None:
         await gateway.close()
         await source.close()
         await authenticator.close()
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await close()
 
     app = Starlette(routes=[*gateway.routes(), Route("/metrics", metrics), Route("/health", health)],
                     lifespan=lifespan, middleware=[Middleware(RemoteAuthMiddleware, authenticator=authenticator)])
     app.state.gateway = gateway
     app.state.authenticator = authenticator
+    app.state.close = close  # for gpufleet.gateway.front, which runs no lifespan
     return app

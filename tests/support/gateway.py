@@ -232,8 +232,7 @@ def start_front(gw: GatewayServer, wait_s: float = 1.0, refresh_s: float = 0.2) 
         async def main() -> None:
             started["stop"], started["loop"] = asyncio.Event(), asyncio.get_running_loop()
             ready.set()
-            await serve(GatewayFront(app, app.state.gateway, app.state.authenticator), "127.0.0.1", port,
-                        started["stop"])
+            await serve(GatewayFront.of(app), "127.0.0.1", port, started["stop"])
         asyncio.run(main())
 
     thread = threading.Thread(target=run, daemon=True)
