@@ -39,6 +39,10 @@ def refused(status: int, message: str) -> GatewayError:
     return GatewayError(status, message, kind, status)
 
 
+def internal() -> GatewayError:
+    return GatewayError(500, "the gateway failed; its log says why", "server_error", "internal_error")
+
+
 def bad_request(message: str) -> GatewayError:
     return GatewayError(400, message, "invalid_request_error", "invalid_request")
 

@@ -150,6 +150,10 @@ class Exchange:
         except errors.GatewayError as exc:
             self._answer_error(exc)
             return
+        except Exception:  # noqa: BLE001 - a fault of the gateway's: answered 500 and logged, not a hung caller
+            log.exception("the gateway failed to pass on a request to %s", self.request.path.decode("latin-1"))
+            self._answer_error(errors.internal())
+            return
         if self.ended:  # the caller left while the connection was opened: a spare for the pool
             connection.idle()
             return

@@ -129,6 +129,9 @@ class CallerConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, "upgrades are not served here")
+        except httptools.HttpParserCallbackError as exc:  # raised by our own callbacks: a fault of the gateway's
+            log.error("the gateway failed on a request", exc_info=exc.__context__)
+            self._fail(500, "the gateway failed; its log says why")
         except httptools.HttpParserError as exc:
             self._fail(400, f"malformed HTTP request: {exc}")
 
@@ -244,8 +247,8 @@ class CallerConnection(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         if self.transport is not None and not self.closed:
-            body = json.dumps({"error": {"message": message, "type": "invalid_request_error",
-                                         "code": status}}).encode()
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
             self.transport.write(simple_answer(status, {}, body, keep_alive=False))
         self._close()
 

@@ -269,6 +269,41 @@ def test_an_answer_cut_mid_body_is_502_and_a_cut_stream_closes_the_connection(fr
         streamer.stop()
 
 
+def test_a_fault_of_the_gateway_is_a_500_and_the_front_serves_on(front: RunningFront, gw: GatewayServer,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug on the hot path (here: choosing a replica raises) answers 500 in the OpenAI shape,
+    both when it strikes at once and once the request waits in a task; nothing hangs."""
+    backend = RawBackend(lambda backend, writer, n: _answer(writer))
+    try:
+        deploy_on(gw, "fbug", [backend])
+        assert post(front, gw, "fbug").status_code == 200
+        gateway = front.app.state.gateway
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("a bug")
+        monkeypatch.setattr(gateway, "replica_now", broken)
+        r = post(front, gw, "fbug")
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
+        monkeypatch.setattr(gateway, "replica_now", lambda *_: None)  # to the task, which fails there
+        monkeypatch.setattr(gateway, "replica_for", _raise_later)
+        r = post(front, gw, "fbug")
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error", r.text
+        monkeypatch.undo()
+        assert post(front, gw, "fbug").status_code == 200
+    finally:
+        backend.stop()
+
+
+async def _answer(writer: asyncio.StreamWriter) -> bool:
+    writer.write(json_answer())
+    await writer.drain()
+    return True
+
+
+async def _raise_later(*_: object) -> None:
+    raise RuntimeError("a bug")
+
+
 FLOOD_CHUNK = b"data: " + b"x" * (64 * 1024 - 8) + b"\n\n"
 FLOOD_CHUNKS = 2048  # 128 MiB
 
