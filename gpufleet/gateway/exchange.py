@@ -47,11 +47,42 @@ _EVENT_STREAM = b"text/event-stream"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
+class Deadlines:
+    """When each request under way must end, checked by one timer every :data:`TICK_S` rather
+    than by a timer per request: a dictionary entry set and popped costs less than a timer
+    handle made and cancelled for each of thousands of requests a second, nearly all of which
+    end long before their deadline. A request that runs out ends at most a tick late."""
+
+    TICK_S = 0.1
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._until: dict[Exchange, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def set(self, exchange: "Exchange", seconds: float) -> None:
+        self._until[exchange] = self._loop.time() + seconds
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.TICK_S, self._tick)
+
+    def clear(self, exchange: "Exchange") -> None:
+        self._until.pop(exchange, None)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        for exchange in [e for e, until in self._until.items() if until <= now]:
+            del self._until[exchange]
+            exchange.expire()
+        self._timer = self._loop.call_later(self.TICK_S, self._tick) if self._until else None
+
+
 class Caller(Protocol):
     """What an exchange needs of the caller's connection (gpufleet.gateway.front)."""
 
     transport: asyncio.Transport | None
     paused: bool
+    loop: asyncio.AbstractEventLoop
+    deadlines: Deadlines
 
     def finished(self, keep_alive: bool) -> None:
         """The answer was written in full; the connection serves the next request or closes."""
@@ -76,7 +107,7 @@ class Exchange:
     """One request: chosen a replica, sent, answered — a :class:`gpufleet.gateway.wire.Receiver`."""
 
     __slots__ = ("caller", "gateway", "authenticator", "request", "started", "failures",
-                 "replica", "finish", "connection", "reuse", "timer", "task", "status", "headers", "streaming",
+                 "replica", "finish", "connection", "reuse", "task", "status", "headers", "streaming",
                  "parts", "tail", "ended")
 
     def __init__(self, caller: Caller, gateway: Gateway, authenticator: RemoteAuthenticator,
@@ -88,7 +119,6 @@ class Exchange:
         self.finish: _Finish | None = None
         self.connection: Connection | None = None
         self.reuse = True  # the backend keeps the connection open after this answer
-        self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -125,7 +155,7 @@ class Exchange:
         self._send(replica, connection, address, target)
 
     def _later(self, model: str | None, replica: Replica | None) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._send_later(model, replica))
+        self.task = self.caller.loop.create_task(self._send_later(model, replica))
 
     async def _send_later(self, model: str | None, replica: Replica | None) -> None:
         # the wait for a replica counts from the request's arrival
@@ -166,7 +196,7 @@ class Exchange:
     def _send(self, replica: Replica, connection: Connection, address: Address, target: bytes) -> None:
         self.replica, self.connection = replica, connection
         self.finish = self.gateway.begin(replica, self.started)
-        self.timer = asyncio.get_running_loop().call_later(self.gateway.upstream.request_timeout_s, self._expire)
+        self.caller.deadlines.set(self, self.gateway.upstream.request_timeout_s)
         body = self.request.body
         connection.send(b"POST %s HTTP/1.1\r\nhost: %s\r\n%scontent-length: %d\r\n\r\n%s" % (
             target, address.host_header, self.request.forwarded, len(body), body), self)
@@ -197,7 +227,7 @@ class Exchange:
 
     def complete(self) -> None:
         assert self.finish is not None
-        self._stop_timer()
+        self.caller.deadlines.clear(self)
         connection, self.connection = self.connection, None
         if connection is not None:
             if self.reuse:
@@ -216,7 +246,7 @@ class Exchange:
         self._end(self._keep_alive())
 
     def lost(self, exc: BaseException) -> None:
-        self._stop_timer()
+        self.caller.deadlines.clear(self)
         self.connection = None
         if self.ended:
             return
@@ -232,8 +262,8 @@ class Exchange:
         self._broke(errors.upstream_failed(self.replica.deployment,
                                            f"replica {self.replica.name} broke off its answer: {exc}"))
 
-    def _expire(self) -> None:
-        self.timer = None
+    def expire(self) -> None:
+        """The request's time ran out (:class:`Deadlines`)."""
         if self.ended:
             return
         assert self.replica is not None and self.finish is not None
@@ -284,7 +314,7 @@ class Exchange:
         if self.ended:
             return
         self.ended = True
-        self._stop_timer()
+        self.caller.deadlines.clear(self)
         if self.task is not None and not self.task.done():
             self.task.cancel()
         connection, self.connection = self.connection, None
@@ -328,10 +358,6 @@ class Exchange:
         self.ended = True
         self.caller.finished(keep_alive)
 
-    def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 @lru_cache(maxsize=4096)
@@ -359,4 +385,4 @@ def simple_answer(status: int, headers: dict[str, str], body: bytes, keep_alive:
     return b"".join(lines) + b"\r\n" + body
 
 
-__all__ = ["Caller", "Exchange", "simple_answer", "status_line"]
+__all__ = ["Caller", "Deadlines", "Exchange", "simple_answer", "status_line"]

@@ -33,7 +33,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message
 
-from gpufleet.gateway.exchange import Exchange, simple_answer, status_line
+from gpufleet.gateway.exchange import Deadlines, Exchange, simple_answer, status_line
 from gpufleet.gateway.remote_auth import RemoteAuthenticator
 from gpufleet.gateway.routes import ENDPOINTS, Gateway
 from gpufleet.gateway.upstream import FORWARD_REQUEST_HEADERS
@@ -71,6 +71,12 @@ class GatewayFront:
                  on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         self.app, self.gateway, self.authenticator = app, gateway, authenticator
         self._on_close = on_close
+        self._deadlines: Deadlines | None = None
+
+    def deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        if self._deadlines is None:
+            self._deadlines = Deadlines(loop)
+        return self._deadlines
 
     @classmethod
     def of(cls, app: Starlette) -> "GatewayFront":
@@ -121,6 +127,7 @@ class CallerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()
+        self.deadlines = self.front.deadlines(self.loop)
         self.last_active = self.loop.time()
         self.idle_timer = self.loop.call_later(CALLER_IDLE_S, self._idle_check)
 
