@@ -1,5 +1,8 @@
-"""The gateway's HTTP handlers, on any Starlette app: the gpufleet server's (add_gateway) or a
-``gpufleet gateway`` process's (gpufleet.gateway.standalone).
+"""The gateway: the steps of passing a request on (admit the caller, choose a replica, wait for
+one, count what failed, account for the answer), and its HTTP handlers on any Starlette app —
+the gpufleet server's (add_gateway) or a ``gpufleet gateway`` process's
+(gpufleet.gateway.standalone). A gateway process's own HTTP server runs the same steps from
+protocol callbacks instead (gpufleet.gateway.exchange).
 
 Plain Starlette routes, not FastAPI ones: the body is passed on as the caller sent it (only
 ``model`` is read from it), so validating it into a model would cost time for nothing.
@@ -47,6 +50,9 @@ def principal_of(request: Request) -> Principal:
 
 
 class Gateway:
+    """One per app: the routing table's cache, the balancer, the backend connections and the
+    metrics that every request shares."""
+
     def __init__(self, cache: RoutingCache, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         self.cache = cache
         self.settings = settings

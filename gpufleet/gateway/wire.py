@@ -11,6 +11,10 @@ backend address (uncapped), idle connections dropped before the backends' own ke
 closes them, a connect timeout, one deadline for the whole request and no idle timeout,
 and a streamed body handed on chunk by chunk with back-pressure (reading from the backend
 pauses while the caller is slower).
+
+An answer goes to a :class:`Receiver` from the parser's callbacks: an :class:`Answer` for code
+that awaits it (the gateway in the gpufleet server), or the front's exchange
+(gpufleet.gateway.exchange), which writes it on to the caller from those same callbacks.
 """
 
 from __future__ import annotations
