@@ -6,7 +6,10 @@
    chat completion), so the gateway's own cost is what is measured:
    - added latency p50 / p99 at concurrency 1 (goals: < 0.5 ms / < 1 ms), the median of
      alternating direct and gateway blocks, so drift on a shared machine hits both alike;
-   - throughput at 32 and 256 concurrent requests, gateway / direct (goal: ≥ 95 %);
+   - throughput at 32 and 256 concurrent requests, gateway / direct (goal: ≥ 95 %): ``--runs``
+     alternating pairs of runs (default 5), each gateway run divided by the direct run just
+     before it, and the median of those ratios printed with their spread — on a shared
+     machine a slow spell then spoils one pair, not the figure;
 2. against a real llama.cpp server (the tiny model, max_tokens 4): the same figures.
 
 The gateway is the real one (gpufleet.gateway.standalone served as `gpufleet gateway` serves it,
@@ -17,6 +20,12 @@ process; the stub and llama.cpp in theirs; the load generator (aiohttp) in this 
 small machine all of them share the same cores, so the gateway's CPU comes out of the
 backend's and the client's: the throughput ratio against the instant stub measures that
 contention as much as the gateway; against llama.cpp the backend is the bottleneck.
+
+``--pin`` puts the load generator on CPU 0 and every server on the others. Unpinned, the
+scheduler moves the load generator, the backend and the gateway between the two cores, and the
+gateway's CPU comes partly out of the load generator's, which sets the direct throughput;
+pinned, it comes out of the backend's core only, as when the callers are other machines.
+Both are worth reading: the unpinned figure is the harsher.
 
 ``--floors`` measures, in the same run and against the same stub, two proxies that do less than
 any HTTP gateway can, to show what the machine allows: a TCP relay in Python (asyncio, one
@@ -187,6 +196,9 @@ while True:
 '''
 
 
+#: alternating direct/gateway throughput runs per concurrency (--runs)
+RUNS = 5
+
 #: every request's headers: a key (the stub's stand-in of the server accepts any; the gateway inside
 #: the server gets a real admin key, set below)
 HEADERS = {"content-type": "application/json", "authorization": "Bearer gf_bench"}
@@ -267,7 +279,7 @@ async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: 
     row["added_p99_ms"] = row["p99_gateway_ms"] - row["p99_direct_ms"]
     for c in (32, 256):
         runs_d, runs_g, cpu = [], [], []
-        for _ in range(3):  # alternate: drift hits both alike
+        for _ in range(RUNS):  # alternate: drift hits both alike
             runs_d.append(await throughput(direct, body, c, throughput_total))
             before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
             runs_g.append(await throughput(gateway, body, c, throughput_total))
@@ -275,13 +287,17 @@ async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: 
                 cpu.append((cpu_seconds(proxy_pid) - before) / (throughput_total + 2 * c))
         if cpu:
             row[f"proxy_cpu_us_{c}"] = statistics.median(cpu) * 1e6
-        d = statistics.median(r for r, _ in runs_d)
-        g = statistics.median(r for r, _ in runs_g)
-        row[f"rps_direct_{c}"], row[f"rps_gateway_{c}"], row[f"ratio_{c}"] = d, g, g / d
+        # each gateway run against the direct run just before it, then the median of those ratios:
+        # a slow spell of the machine hits a pair, not the whole figure
+        ratios = sorted(g / d for (g, _), (d, _) in zip(runs_g, runs_d))
+        row[f"rps_direct_{c}"] = statistics.median(r for r, _ in runs_d)
+        row[f"rps_gateway_{c}"] = statistics.median(r for r, _ in runs_g)
+        row[f"ratio_{c}"] = statistics.median(ratios)
+        row[f"ratio_min_{c}"], row[f"ratio_max_{c}"] = ratios[0], ratios[-1]
         row[f"failed_direct_{c}"] = sum(f for _, f in runs_d)
         row[f"failed_gateway_{c}"] = sum(f for _, f in runs_g)
-    print(f"\n{name}  (concurrency 1: {len(d_lat)} requests each way; throughput: median of 3 runs of "
-          f"{throughput_total})")
+    print(f"\n{name}  (concurrency 1: {len(d_lat)} requests each way; throughput: {RUNS} alternating pairs of "
+          f"runs of {throughput_total}, the median of the pairs' ratios)")
     print(f"  latency c=1   direct p50 {row['p50_direct_ms']:.3f} ms  p99 {row['p99_direct_ms']:.3f} ms | "
           f"gateway p50 {row['p50_gateway_ms']:.3f} ms  p99 {row['p99_gateway_ms']:.3f} ms")
     print(f"  added         p50 {row['added_p50_ms']:+.3f} ms (goal < 0.5)   p99 {row['added_p99_ms']:+.3f} ms "
@@ -289,10 +305,42 @@ async def measure(name: str, direct: str, gateway: str, model: str, max_tokens: 
     for c in (32, 256):
         cpu_note = (f"  [its CPU: {row[f'proxy_cpu_us_{c}']:.0f} us/request]" if f"proxy_cpu_us_{c}" in row else "")
         print(f"  throughput c={c:<3} direct {row[f'rps_direct_{c}']:8.0f} req/s  gateway "
-              f"{row[f'rps_gateway_{c}']:8.0f} req/s  ratio {row[f'ratio_{c}']:.1%} (goal >= 95 %){cpu_note}"
+              f"{row[f'rps_gateway_{c}']:8.0f} req/s  ratio {row[f'ratio_{c}']:.1%} (goal >= 95 %; pairs "
+              f"{row[f'ratio_min_{c}']:.0%}–{row[f'ratio_max_{c}']:.0%}){cpu_note}"
               + (f"  failed: direct {row[f'failed_direct_{c}']:.0f}, gateway {row[f'failed_gateway_{c}']:.0f}"
                  if row[f"failed_direct_{c}"] or row[f"failed_gateway_{c}"] else ""))
     return row
+
+
+#: the CPUs this benchmark may use, read before --pin narrows its own
+ALL_CPUS = sorted(os.sched_getaffinity(0))
+
+
+def pin(enabled: bool) -> None:
+    """With --pin: this process (the load generator) on CPU 0, its child processes and theirs
+    (stub, llama.cpp, gateway, floors, nginx's worker) on the other CPUs."""
+    if not enabled:
+        return
+    cpus = ALL_CPUS
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    ours, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - ours
+        ours |= frontier
+    for pid in ours:
+        try:
+            os.sched_setaffinity(pid, cpus[1:])
+        except OSError:
+            pass
+    os.sched_setaffinity(0, cpus[:1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
@@ -343,6 +391,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float
 
 
 def main() -> None:
+    global RUNS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000, help="requests at concurrency 1, each way")
     ap.add_argument("--throughput-requests", type=int, default=3000)
@@ -357,7 +406,12 @@ def main() -> None:
     ap.add_argument("--floors", action="store_true", help="also measure a Python TCP relay and nginx in front of "
                     "the same stub: what any proxy sharing these cores can reach")
     ap.add_argument("--in-server", action="store_true", help="also measure the gateway inside the gpufleet server")
+    ap.add_argument("--runs", type=int, default=RUNS, help="alternating direct/gateway throughput runs (pairs)")
+    ap.add_argument("--pin", action="store_true", help="the load generator on CPU 0, every server (stub, llama.cpp, "
+                    "gateway, floors) on the others: the gateway's cost then comes out of the backend's core, "
+                    "not the load generator's, as when callers are other machines")
     args = ap.parse_args()
+    RUNS = args.runs
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (args.extra_path, str(ROOT)) if p)}
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
@@ -380,6 +434,7 @@ def main() -> None:
               f"{os.cpu_count()} CPUs shared by stub/llama.cpp, gateway and client")
         direct = f"http://127.0.0.1:{stub_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        pin(args.pin)
         asyncio.run(measure("instant stub upstream, gpufleet gateway process", direct, through, "stub", 4,
                             args.requests, args.throughput_requests, gw.pid))
         if args.uvicorn:
@@ -388,12 +443,14 @@ def main() -> None:
                                    f"uvicorn:{args.http}:{args.loop}"], env=env)
             procs.append(uv)
             wait_http(f"http://127.0.0.1:{uv_port}/health", uv, "gateway under uvicorn")
+            pin(args.pin)
             asyncio.run(measure(f"instant stub upstream, the same gateway app under uvicorn (http={args.http}, "
                                 f"loop={args.loop})", direct, f"http://127.0.0.1:{uv_port}/v1/chat/completions",
                                 "stub", 4, args.requests, args.throughput_requests, uv.pid))
         if args.floors:
             for name, port, proc in start_floors(stub_port, tmp, env):
                 procs.append(proc)
+                pin(args.pin)
                 asyncio.run(measure(f"instant stub upstream, floor: {name}", direct,
                                     f"http://127.0.0.1:{port}/v1/chat/completions", "stub", 4, args.requests,
                                     args.throughput_requests,
@@ -408,10 +465,12 @@ def main() -> None:
             while not key_file.exists() or not key_file.read_text():  # written just after it starts serving
                 time.sleep(0.05)
             HEADERS["authorization"] = f"Bearer {key_file.read_text()}"
+            pin(args.pin)
             asyncio.run(measure("instant stub upstream, the gateway inside the gpufleet server", direct,
                                 f"http://127.0.0.1:{srv_port}/v1/chat/completions", "stub", 4, args.requests,
                                 args.throughput_requests, srv.pid))
         if not args.skip_llama:
+            pin(args.pin)
             asyncio.run(measure("real llama.cpp (tiny model, max_tokens 4, 4 slots)",
                                 f"http://127.0.0.1:{llama_port}/v1/chat/completions", through, "llama", 4,
                                 args.llama_requests, max(256, args.throughput_requests // 5)))
