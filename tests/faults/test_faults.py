@@ -156,8 +156,11 @@ def test_crash_loop_follows_the_backoff_schedule(faults_cluster: FaultCluster, t
             schedule.append({"attempt": n + 1, "stored_delay_s": round(stored, 3), "error_at": time.time(),
                              "expected_s": restart_delay_seconds(n, TIMING)})
             # from the failure the plan saw; a second report of the same failure (the node's supervision
-            # and the serve run both say ERROR) may move updated_at a few tens of milliseconds later
-            assert stored == pytest.approx(restart_delay_seconds(n, TIMING), abs=0.1), inst
+            # and the serve run both say ERROR) may move updated_at later — tens of milliseconds, 141 ms
+            # seen on a loaded CI machine — so the stored delay is the back-off less at most that gap
+            # (bounds still disjoint between steps: 0, 1, 2, 4, 8 s)
+            expected = restart_delay_seconds(n, TIMING)
+            assert expected - 0.5 <= stored <= expected + 0.01, (stored, expected, inst)
             assert inst["crash_looping"] is (n >= 3)
             if n >= 3 and not crash_looping_shown:
                 shown = c.cli("ps", "loop").stdout  # a table: its cells may wrap at spaces
