@@ -394,7 +394,7 @@ def main() -> None:
     global RUNS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000, help="requests at concurrency 1, each way")
-    ap.add_argument("--throughput-requests", type=int, default=3000)
+    ap.add_argument("--throughput-requests", type=int, default=15000, help="requests per throughput run (at 12,000 a second a run lasts about a second)")
     ap.add_argument("--llama-requests", type=int, default=300)
     ap.add_argument("--uvicorn", action="store_true", help="also measure the gateway app under uvicorn (as gateway "
                     "processes were served before gpufleet.gateway.front), beside the front in the same run")

@@ -95,11 +95,11 @@ class Request(Protocol):
     method: bytes
     path: bytes
     query: bytes
-    headers: list[tuple[bytes, bytes]]
     body: bytes
     keep_alive: bool
     http11: bool
     token: str | None
+    digest: bytes  # remote_auth.key_digest(token)
     forwarded: bytes  # the request headers the backend sees, as they go on the wire
 
 
@@ -132,7 +132,7 @@ class Exchange:
     def start(self) -> None:
         """Send the request now if nothing needs waiting for, else in a task that awaits what
         is missing (and no step is taken twice: a replica chosen here is the one connected to)."""
-        checked = self.authenticator.cached(self.request.token)
+        checked = self.authenticator.cached(self.request.digest)
         if checked is None:
             self._later(None, None)
             return

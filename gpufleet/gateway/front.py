@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message
 
 from gpufleet.gateway.exchange import Deadlines, Exchange, simple_answer, status_line
-from gpufleet.gateway.remote_auth import RemoteAuthenticator
+from gpufleet.gateway.remote_auth import RemoteAuthenticator, key_digest
 from gpufleet.gateway.routes import ENDPOINTS, Gateway
 from gpufleet.gateway.upstream import FORWARD_REQUEST_HEADERS
 from gpufleet.server.auth import token_of
@@ -47,6 +47,7 @@ HOT_PATHS = frozenset(p.encode() for p in ENDPOINTS)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FORWARDED = frozenset(h.encode() for h in FORWARD_REQUEST_HEADERS)
 _NOTED = _FORWARDED | {b"expect", b"authorization", b"x-api-key"}
+_NOTED_LENGTHS = frozenset(len(name) for name in _NOTED)
 
 
 @dataclass
@@ -54,12 +55,13 @@ class _Request:
     method: bytes
     path: bytes
     query: bytes
-    headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]]  # lowercase names; empty for the inference routes (they need none)
     body: bytes
     keep_alive: bool
     http11: bool
-    #: the caller's key (gpufleet.server.auth.token_of)
+    #: the caller's key (gpufleet.server.auth.token_of) and its remote_auth.key_digest
     token: str | None
+    digest: bytes
     #: the headers the backend sees (upstream.FORWARD_REQUEST_HEADERS), as they go on the wire
     forwarded: bytes
 
@@ -109,6 +111,8 @@ class CallerConnection(asyncio.Protocol):
         self.writable = asyncio.Event()  # for the app's answers, which await it
         self.writable.set()
         self.closed = False
+        self.last_token: str | None = None  # this connection's key and its digest, hashed once
+        self.last_digest = key_digest(None)
         self.last_active = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self._dispatching = False
@@ -121,6 +125,8 @@ class CallerConnection(asyncio.Protocol):
         self.expect_continue = False
         self.forwarded: list[bytes] = []
         self.credentials: list[tuple[bytes, bytes]] = []
+        #: an inference route (known at the first header): its headers are not kept in a list
+        self.hot: bool | None = None
 
     # -- asyncio.Protocol
 
@@ -173,10 +179,15 @@ class CallerConnection(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        self.headers.append((name, value))
-        if name in _NOTED:  # read here, once, rather than searched for later
-            if name in _FORWARDED:
+        if self.hot is None:  # the request line is in: is this a request the exchange passes on?
+            self.hot = self.parser.get_method() == b"POST" and self.url.partition(b"?")[0] in HOT_PATHS
+        if not self.hot:  # the app's (ASGI) request: every header, lowercase
+            self.headers.append((name.lower(), value))
+        if len(name) in _NOTED_LENGTHS:  # most headers are none of these: not lowercased at all
+            name = name.lower()
+            if name not in _NOTED:
+                return
+            if name in _FORWARDED:  # read here, once, rather than searched for later
                 self.forwarded.append(name + b": " + value + b"\r\n")
             elif name == b"expect":
                 self.expect_continue = value.lower() == b"100-continue"
@@ -193,10 +204,12 @@ class CallerConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         path, _, query = self.url.partition(b"?")
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        token = token_of(self.credentials) if self.credentials else None
+        if token != self.last_token:  # a caller sends the same key on every request of a connection
+            self.last_token, self.last_digest = token, key_digest(token)
         self.pending.append(_Request(self.parser.get_method(), path, query, self.headers, body,
                                      self.parser.should_keep_alive(), self.parser.get_http_version() == "1.1",
-                                     token_of(self.credentials) if self.credentials else None,
-                                     b"".join(self.forwarded)))
+                                     token, self.last_digest, b"".join(self.forwarded)))
         self._reset()
         if self.current is None and not self._dispatching:
             self._next()

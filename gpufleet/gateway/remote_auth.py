@@ -51,16 +51,17 @@ class RemoteAuthenticator:
         self._session: aiohttp.ClientSession | None = None
         self._cache: dict[str, _Answer] = {}
 
-    def cached(self, token: str | None) -> _Answer | None:
-        """The server's answer about ``token`` while it is remembered; None: :meth:`check` must ask."""
-        hit = self._cache.get(_digest(token))
+    def cached(self, digest: bytes) -> _Answer | None:
+        """The server's answer about the key of that :func:`key_digest` while it is remembered;
+        None: :meth:`check` must ask."""
+        hit = self._cache.get(digest)
         return hit if hit is not None and hit.until >= time.monotonic() else None
 
     async def check(self, token: str | None) -> _Answer:
-        hit = self.cached(token)
+        digest = key_digest(token)
+        hit = self.cached(digest)
         if hit is not None:
             return hit
-        digest = _digest(token)
         answer = await self._ask(token)
         if len(self._cache) > 10000:
             self._cache.clear()
@@ -88,7 +89,8 @@ class RemoteAuthenticator:
             await self._session.close()
 
 
-def _digest(token: str | None) -> bytes:
+def key_digest(token: str | None) -> bytes:
+    """What the cache is keyed by (so that it holds no key in clear)."""
     return hashlib.sha256((token or "").encode()).digest()
 
 
